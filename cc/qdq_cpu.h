@@ -1,0 +1,21 @@
+// CPU entry points of the framework-free core. T is float, double, half_t or bf16_t.
+#pragma once
+
+#include "qdq_float16.h"
+#include "qdq_types.h"
+
+namespace qdq {
+
+// Quantize-and-dequantize `in` into `out` (may alias). With attrs.range_given,
+// given_lo/given_hi hold layout.depth values (validated by the caller: lo <= hi);
+// otherwise they are ignored and each slice's range is its NaN-free min/max.
+template <typename T>
+void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const T* given_lo,
+                  const T* given_hi, const QuantizeAttrs& attrs);
+
+// V4Grad: out = grad * (lo[c] <= x <= hi[c]); lo/hi hold layout.depth values.
+template <typename T>
+void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* out, Layout layout,
+                         const T* lo, const T* hi);
+
+}  // namespace qdq

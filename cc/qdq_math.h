@@ -1,0 +1,166 @@
+// The quantization-range math and the per-element operations, shared by the
+// CPU loops and the CUDA kernels (__host__ __device__) so the two cannot drift.
+// Every operation mirrors TensorFlow's CPU kernel step by step in the compute
+// type (see SPEC §3); the comments name the places where we deliberately differ.
+#pragma once
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+
+#include "qdq_hd.h"
+
+namespace qdq {
+
+enum class RoundMode : int { kHalfToEven = 0, kHalfUp = 1 };
+
+// The simulated integer grid, exact in int64.
+struct IntRange {
+  int64_t qmin;
+  int64_t qmax;
+};
+
+// Valid num_bits: 1..61 signed, 1..62 unsigned (callers validate first).
+QDQ_HD IntRange int_range(bool signed_input, int num_bits, bool narrow_range) {
+  if (!signed_input) return IntRange{0, static_cast<int64_t>((uint64_t{1} << num_bits) - 1)};
+  const int64_t half = static_cast<int64_t>(uint64_t{1} << (num_bits - 1));
+  return IntRange{-half + (narrow_range ? 1 : 0), half - 1};
+}
+
+template <typename C>
+QDQ_HD C max_finite();
+template <>
+QDQ_HD float max_finite<float>() { return FLT_MAX; }
+template <>
+QDQ_HD double max_finite<double>() { return DBL_MAX; }
+
+// Plain IEEE multiply/add. On the device they are spelled as _rn intrinsics so
+// nvcc can never contract them into an FMA (TensorFlow's CPU kernel rounds each).
+QDQ_HD float mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+QDQ_HD double mul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+QDQ_HD float add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+QDQ_HD double add(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+QDQ_HD bool is_nan(float v) { return v != v; }
+QDQ_HD bool is_nan(double v) { return v != v; }
+
+// Overloads that resolve to the float or double routine on host and device alike.
+#if defined(__CUDA_ARCH__)
+QDQ_HD float rint_c(float v) { return rintf(v); }
+QDQ_HD double rint_c(double v) { return rint(v); }
+QDQ_HD float floor_c(float v) { return floorf(v); }
+QDQ_HD double floor_c(double v) { return floor(v); }
+QDQ_HD float signed_zero(float v) { return copysignf(0.0f, v); }
+QDQ_HD double signed_zero(double v) { return copysign(0.0, v); }
+#else
+inline float rint_c(float v) { return std::rint(v); }
+inline double rint_c(double v) { return std::rint(v); }
+inline float floor_c(float v) { return std::floor(v); }
+inline double floor_c(double v) { return std::floor(v); }
+inline float signed_zero(float v) { return std::copysign(0.0f, v); }
+inline double signed_zero(double v) { return std::copysign(0.0, v); }
+#endif
+
+// What one slice (the whole tensor, or one channel) needs for the element pass.
+template <typename C>
+struct SliceParams {
+  C lo;         // clamp bounds after the range adjustment (given ranges only)
+  C hi;
+  C scale;      // value -> grid
+  C inv_scale;  // grid -> value
+  bool degenerate;
+};
+
+// The range math: TensorFlow's ComputeQuantizationRange, plus our degenerate-range
+// rule. `lo`/`hi` are the given range or the measured min/max of the slice.
+template <typename C>
+QDQ_HD SliceParams<C> compute_params(C lo, C hi, IntRange r) {
+  const C qmin = static_cast<C>(r.qmin);
+  const C qmax = static_cast<C>(r.qmax);
+  const C kMax = max_finite<C>();
+  const C scale_lo = (mul(qmin, lo) > C(0)) ? qmin / lo : kMax;
+  const C scale_hi = (mul(qmax, hi) > C(0)) ? qmax / hi : kMax;
+  SliceParams<C> p;
+  if (scale_lo < scale_hi) {  // strict, as TF: ties keep the max side
+    p.scale = scale_lo;
+    p.inv_scale = lo / qmin;
+    p.lo = lo;
+    p.hi = mul(qmax, p.inv_scale);
+  } else {
+    p.scale = scale_hi;
+    p.inv_scale = hi / qmax;
+    p.lo = mul(qmin, p.inv_scale);
+    p.hi = hi;
+  }
+  // FIX (SPEC §3.4): no side of the range can set a finite scale (all-zero
+  // data, unsigned data <= 0, 1-bit signed data >= 0, ...). TF returns NaN/inf or
+  // garbage there; every non-NaN element becomes a zero instead.
+  p.degenerate = !(scale_lo < kMax) && !(scale_hi < kMax);
+  return p;
+}
+
+template <typename C>
+QDQ_HD C round_half_to_even(C y) {
+  return rint_c(y);  // IEEE default rounding: ties to even, -0.5 -> -0.0
+}
+
+// floor(y + 0.5) with the add rounded in C, TF's HALF_UP (0.49999997f -> 1 included).
+template <typename C>
+QDQ_HD C round_half_up(C y) {
+  return floor_c(add(y, C(0.5)));
+}
+
+// Clamp with TF's operand order: min(hi, x) then max(lo, v). A NaN x stays NaN.
+template <typename C>
+QDQ_HD C clamp_value(C x, C lo, C hi) {
+  const C v = (hi < x) ? hi : x;
+  return (v < lo) ? lo : v;
+}
+
+// One element of the forward pass. `v` is already clamped when the range is given.
+template <RoundMode kMode, typename C>
+QDQ_HD C quantize_scaled(C v, const SliceParams<C>& p) {
+  if (p.degenerate) return is_nan(v) ? v : signed_zero(v);
+  const C y = mul(v, p.scale);
+  const C r = (kMode == RoundMode::kHalfToEven) ? round_half_to_even(y) : round_half_up(y);
+  return mul(r, p.inv_scale);
+}
+
+template <RoundMode kMode, bool kClamp, typename C>
+QDQ_HD C quantize_value(C x, const SliceParams<C>& p) {
+  return quantize_scaled<kMode>(kClamp ? clamp_value(x, p.lo, p.hi) : x, p);
+}
+
+// One element of V4Grad: the gradient times a 1/0 mask (inclusive range; a NaN x
+// fails both comparisons). A multiply, not a select, to be bit-identical with TF
+// (-g * 0 is -0.0; NaN or inf gradients stay NaN).
+template <typename C>
+QDQ_HD C masked_gradient(C g, C x, C lo, C hi) {
+  return mul(g, (x >= lo && x <= hi) ? C(1) : C(0));
+}
+
+}  // namespace qdq

@@ -1,0 +1,165 @@
+// The OpKernels of the family, written once for every device. A device supplies
+// QdqLaunch<Device, T> (CPU: qdq_kernels_cpu.cc; GPU: qdq_kernels_gpu.cc), which
+// runs the framework-free core on validated inputs.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "cc/qdq_float16.h"
+#include "cc/qdq_types.h"
+#include "kernels/qdq_validation.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+
+namespace tensorflow {
+namespace qdq_kernels {
+
+// TensorFlow's element types -> the core's layout-compatible storage types.
+template <typename T>
+struct CoreType {
+  using type = T;
+};
+template <>
+struct CoreType<Eigen::half> {
+  using type = ::qdq::half_t;
+};
+template <>
+struct CoreType<Eigen::bfloat16> {
+  using type = ::qdq::bf16_t;
+};
+static_assert(sizeof(Eigen::half) == sizeof(::qdq::half_t), "half layout");
+static_assert(sizeof(Eigen::bfloat16) == sizeof(::qdq::bf16_t), "bfloat16 layout");
+
+template <typename T>
+const typename CoreType<T>::type* Core(const T* p) {
+  return reinterpret_cast<const typename CoreType<T>::type*>(p);
+}
+template <typename T>
+typename CoreType<T>::type* Core(T* p) {
+  return reinterpret_cast<typename CoreType<T>::type*>(p);
+}
+
+// Per-device work. `lo`/`hi` point to host memory (validated given ranges, or
+// the gradient's bounds); everything else lives on the device.
+template <typename Device, typename T>
+struct QdqLaunch {
+  static void Quantize(OpKernelContext* ctx, const T* in, T* out, ::qdq::Layout layout, const T* lo, const T* hi,
+                       const ::qdq::QuantizeAttrs& attrs);
+  static void Gradient(OpKernelContext* ctx, const T* grad, const T* x, T* out, ::qdq::Layout layout, const T* lo,
+                       const T* hi);
+  static void Zero(OpKernelContext* ctx, T* out, int64_t n);
+};
+
+inline ::qdq::Layout LayoutOf(const TensorShape& shape, int axis) {
+  const auto dims = shape.dim_sizes();
+  return ::qdq::make_layout(dims.data(), shape.dims(), axis);
+}
+
+// Shared forward body of V2, V3 and V4.
+template <typename Device, typename T>
+class QuantizeKernelBase : public OpKernel {
+ public:
+  explicit QuantizeKernelBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("signed_input", &signed_input_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("range_given", &range_given_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("narrow_range", &narrow_range_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+    OP_REQUIRES_OK(ctx, CheckAxisAttr(axis_));
+  }
+
+ protected:
+  void Run(OpKernelContext* ctx, int num_bits, ::qdq::RoundMode round_mode) {
+    const Tensor& input = ctx->input(0);
+    const Tensor& min_t = ctx->input(1);
+    const Tensor& max_t = ctx->input(2);
+    OP_REQUIRES_OK(ctx, CheckAxisForInput(axis_, input.shape()));
+    // Auto ranges ignore the values of input_min/input_max, as TensorFlow does.
+    if (range_given_) OP_REQUIRES_OK(ctx, CheckGivenRange<T>(min_t, max_t, axis_, input.shape()));
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, input.shape(), &output));
+    if (input.NumElements() == 0) return;
+    const ::qdq::QuantizeAttrs attrs{::qdq::int_range(signed_input_, num_bits, narrow_range_), range_given_,
+                                     round_mode};
+    const T* lo = range_given_ ? min_t.unaligned_flat<T>().data() : nullptr;
+    const T* hi = range_given_ ? max_t.unaligned_flat<T>().data() : nullptr;
+    QdqLaunch<Device, T>::Quantize(ctx, input.flat<T>().data(), output->flat<T>().data(),
+                                   LayoutOf(input.shape(), axis_), lo, hi, attrs);
+  }
+
+  bool signed_input_ = true;
+  bool range_given_ = false;
+  bool narrow_range_ = false;
+  int axis_ = -1;
+};
+
+// V2 and V4: num_bits and round_mode are attributes (V4 differs only in its gradient).
+template <typename Device, typename T>
+class QuantizeAttrKernel : public QuantizeKernelBase<Device, T> {
+ public:
+  explicit QuantizeAttrKernel(OpKernelConstruction* ctx) : QuantizeKernelBase<Device, T>(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_bits", &num_bits_));
+    OP_REQUIRES_OK(ctx, CheckNumBits(num_bits_, this->signed_input_));
+    std::string mode;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("round_mode", &mode));
+    OP_REQUIRES(ctx, mode == "HALF_TO_EVEN" || mode == "HALF_UP",
+                Invalid("round_mode must be HALF_TO_EVEN or HALF_UP, got " + mode));
+    round_mode_ = mode == "HALF_UP" ? ::qdq::RoundMode::kHalfUp : ::qdq::RoundMode::kHalfToEven;
+  }
+  void Compute(OpKernelContext* ctx) override { this->Run(ctx, num_bits_, round_mode_); }
+
+ private:
+  int num_bits_ = 8;
+  ::qdq::RoundMode round_mode_ = ::qdq::RoundMode::kHalfToEven;
+};
+
+// V3: num_bits is a scalar int32 input (host memory on every device).
+template <typename Device, typename T>
+class QuantizeV3Kernel : public QuantizeKernelBase<Device, T> {
+ public:
+  using QuantizeKernelBase<Device, T>::QuantizeKernelBase;
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& bits = ctx->input(3);
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(bits.shape()),
+                Invalid("num_bits must be a scalar, got shape " + bits.shape().DebugString()));
+    const int num_bits = bits.scalar<int32_t>()();
+    OP_REQUIRES_OK(ctx, CheckNumBits(num_bits, this->signed_input_));
+    this->Run(ctx, num_bits, ::qdq::RoundMode::kHalfToEven);
+  }
+};
+
+// V4Grad: input_backprop = gradients * (input_min <= input <= input_max); the
+// min/max backprops are zeros shaped like input_min/input_max.
+template <typename Device, typename T>
+class GradientKernel : public OpKernel {
+ public:
+  explicit GradientKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+    OP_REQUIRES_OK(ctx, CheckAxisAttr(axis_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& grad = ctx->input(0);
+    const Tensor& input = ctx->input(1);
+    const Tensor& min_t = ctx->input(2);
+    const Tensor& max_t = ctx->input(3);
+    OP_REQUIRES_OK(ctx, CheckGradientInputs(grad, input, min_t, max_t, axis_));
+    Tensor* backprop = nullptr;
+    Tensor* min_backprop = nullptr;
+    Tensor* max_backprop = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, input.shape(), &backprop));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, min_t.shape(), &min_backprop));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, max_t.shape(), &max_backprop));
+    QdqLaunch<Device, T>::Zero(ctx, min_backprop->flat<T>().data(), min_backprop->NumElements());
+    QdqLaunch<Device, T>::Zero(ctx, max_backprop->flat<T>().data(), max_backprop->NumElements());
+    if (input.NumElements() == 0) return;
+    QdqLaunch<Device, T>::Gradient(ctx, grad.flat<T>().data(), input.flat<T>().data(), backprop->flat<T>().data(),
+                                   LayoutOf(input.shape(), axis_), min_t.unaligned_flat<T>().data(),
+                                   max_t.unaligned_flat<T>().data());
+  }
+
+ private:
+  int axis_ = -1;
+};
+
+}  // namespace qdq_kernels
+}  // namespace tensorflow

@@ -1,0 +1,130 @@
+// Op definitions and shape functions. Names live in the `Qdq>` namespace so they
+// never collide with TensorFlow's built-in ops of the same family.
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tensorflow {
+namespace {
+
+using shape_inference::DimensionHandle;
+using shape_inference::InferenceContext;
+using shape_inference::ShapeHandle;
+
+// Static checks shared by every op of the family: `axis` is -1 (per-tensor) or
+// a dimension of `input`, and min/max are scalars (per-tensor) or vectors of
+// dim(axis) (per-channel), as TensorFlow's own shape functions require.
+absl::Status CheckRangeShapes(InferenceContext* c, ShapeHandle input, int min_index, int max_index,
+                              ShapeHandle* minmax) {
+  int axis;
+  TF_RETURN_IF_ERROR(c->GetAttr("axis", &axis));
+  if (axis < -1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("axis must be -1 (per-tensor) or a dimension index >= 0, got ", axis));
+  }
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(min_index), axis == -1 ? 0 : 1, minmax));
+  TF_RETURN_IF_ERROR(c->Merge(c->input(max_index), *minmax, minmax));
+  if (axis == -1) return absl::OkStatus();
+  if (c->RankKnown(input)) {
+    const int rank = c->Rank(input);
+    if (axis >= rank) {
+      return absl::InvalidArgumentError(absl::StrCat("axis ", axis, " is out of range for input of rank ", rank,
+                                                     " (must be -1 or in [0, ", rank, "))"));
+    }
+    DimensionHandle depth;
+    TF_RETURN_IF_ERROR(c->Merge(c->Dim(*minmax, 0), c->Dim(input, axis), &depth));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QuantizeShape(InferenceContext* c) {
+  ShapeHandle minmax;
+  TF_RETURN_IF_ERROR(CheckRangeShapes(c, c->input(0), 1, 2, &minmax));
+  c->set_output(0, c->input(0));
+  return absl::OkStatus();
+}
+
+absl::Status QuantizeV3Shape(InferenceContext* c) {
+  ShapeHandle unused;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 0, &unused));
+  return QuantizeShape(c);
+}
+
+absl::Status GradientShape(InferenceContext* c) {
+  ShapeHandle input;
+  TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &input));
+  ShapeHandle minmax;
+  TF_RETURN_IF_ERROR(CheckRangeShapes(c, input, 2, 3, &minmax));
+  c->set_output(0, input);
+  c->set_output(1, minmax);
+  c->set_output(2, minmax);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+#define QDQ_FLOAT_TYPES "T: {bfloat16, half, float, double}"
+
+REGISTER_OP("Qdq>QuantizeAndDequantizeV2")
+    .Input("input: T")
+    .Input("input_min: T")
+    .Input("input_max: T")
+    .Attr("signed_input: bool = true")
+    .Attr("num_bits: int = 8")
+    .Attr("range_given: bool = false")
+    .Output("output: T")
+    .Attr(QDQ_FLOAT_TYPES)
+    .Attr("round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'")
+    .Attr("narrow_range: bool = false")
+    .Attr("axis: int = -1")
+    .SetShapeFn(QuantizeShape)
+    .Doc("Quantize-and-dequantize with a straight-through gradient (tensorflow-qdq).");
+
+REGISTER_OP("Qdq>QuantizeAndDequantizeV3")
+    .Input("input: T")
+    .Input("input_min: T")
+    .Input("input_max: T")
+    .Input("num_bits: int32")
+    .Attr("signed_input: bool = true")
+    .Attr("range_given: bool = true")
+    .Output("output: T")
+    .Attr(QDQ_FLOAT_TYPES)
+    .Attr("narrow_range: bool = false")
+    .Attr("axis: int = -1")
+    .SetShapeFn(QuantizeV3Shape)
+    .Doc("Quantize-and-dequantize with num_bits as a tensor (tensorflow-qdq).");
+
+REGISTER_OP("Qdq>QuantizeAndDequantizeV4")
+    .Input("input: T")
+    .Input("input_min: T")
+    .Input("input_max: T")
+    .Attr("signed_input: bool = true")
+    .Attr("num_bits: int = 8")
+    .Attr("range_given: bool = false")
+    .Output("output: T")
+    .Attr(QDQ_FLOAT_TYPES)
+    .Attr("round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'")
+    .Attr("narrow_range: bool = false")
+    .Attr("axis: int = -1")
+    .SetShapeFn(QuantizeShape)
+    .Doc("Quantize-and-dequantize with a range-masked gradient (tensorflow-qdq).");
+
+REGISTER_OP("Qdq>QuantizeAndDequantizeV4Grad")
+    .Input("gradients: T")
+    .Input("input: T")
+    .Input("input_min: T")
+    .Input("input_max: T")
+    .Output("input_backprop: T")
+    .Output("input_min_backprop: T")
+    .Output("input_max_backprop: T")
+    .Attr(QDQ_FLOAT_TYPES)
+    .Attr("axis: int = -1")
+    .SetShapeFn(GradientShape)
+    .Doc("Gradient of Qdq>QuantizeAndDequantizeV4: gradients masked to [input_min, input_max].");
+
+#undef QDQ_FLOAT_TYPES
+
+}  // namespace tensorflow

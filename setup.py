@@ -1,0 +1,181 @@
+"""Builds tensorflow-qdq's op library against the installed TensorFlow.
+
+One shared library, ``tensorflow_qdq/_qdq_ops.so``, holds the CPU kernels and,
+when ``nvcc`` is found (``QDQ_CUDA=auto|0|1``), the CUDA kernels with a static
+cudart. It must match the TensorFlow that loads it, so build without isolation:
+
+    pip install --no-build-isolation .
+
+Environment: QDQ_CUDA (auto), QDQ_CUDA_ARCHS (80;90), QDQ_JOBS (CPU count),
+CXX (g++), NVCC (nvcc on PATH or /usr/local/cuda/bin/nvcc).
+"""
+
+import concurrent.futures
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+CORE_SOURCES = ["cc/qdq_cpu.cc"]
+TF_SOURCES = ["kernels/qdq_ops.cc", "kernels/qdq_kernels_cpu.cc"]
+TF_GPU_SOURCES = ["kernels/qdq_kernels_gpu.cc"]
+CUDA_SOURCES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cc").glob("*.cu"))
+WARNINGS = ["-Wall", "-Wextra", "-Werror=return-type"]
+CXX_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-DNDEBUG"] + WARNINGS
+
+
+def log(msg):
+    print(f"[tensorflow-qdq build] {msg}", flush=True)
+
+
+def find_nvcc():
+    explicit = os.environ.get("NVCC")
+    if explicit:
+        return explicit
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return str(default) if default.exists() else None
+
+
+def cuda_setting(nvcc):
+    mode = os.environ.get("QDQ_CUDA", "auto").lower()
+    if mode not in ("auto", "0", "1"):
+        raise SystemExit(f"QDQ_CUDA must be auto, 0 or 1, got {mode!r}")
+    if mode == "0":
+        return False
+    if nvcc is None:
+        if mode == "1":
+            raise SystemExit("QDQ_CUDA=1 but nvcc was not found (set NVCC=/path/to/nvcc)")
+        return False
+    return bool(CUDA_SOURCES) or mode == "1"
+
+
+def tensorflow_flags():
+    try:
+        import tensorflow as tf
+    except ImportError as exc:  # pragma: no cover - exercised by users without TF
+        raise SystemExit(
+            "tensorflow-qdq builds against the installed TensorFlow, which could not be imported "
+            f"({exc}).\nInstall TensorFlow first, then build without isolation:\n"
+            "    pip install tensorflow-cpu && pip install --no-build-isolation ."
+        ) from exc
+    compile_flags = []
+    for flag in tf.sysconfig.get_compile_flags():
+        if flag.startswith("-I"):
+            compile_flags += ["-isystem", flag[2:]]  # silences TF's own header warnings
+        elif not flag.startswith("--std=") and not flag.startswith("-std="):
+            compile_flags.append(flag)
+    return tf.__version__, compile_flags, list(tf.sysconfig.get_link_flags())
+
+
+def cuda_jobs(nvcc, tf_base):
+    """Compile jobs for the CUDA kernels and the GPU glue (the CUDA issue fills this in)."""
+    raise SystemExit("CUDA kernels are not part of this build yet; set QDQ_CUDA=0")
+
+
+def cuda_link_flags(nvcc):
+    return []
+
+
+class Compiler:
+    """Compiles sources in parallel into build/, skipping up-to-date objects."""
+
+    def __init__(self, build_dir):
+        self.build_dir = Path(build_dir)
+        self.build_dir.mkdir(parents=True, exist_ok=True)
+
+    def _object(self, source, command):
+        digest = hashlib.sha1(" ".join(command).encode()).hexdigest()[:10]
+        return self.build_dir / f"{Path(source).name}.{digest}.o"
+
+    def _up_to_date(self, obj):
+        dep = obj.with_suffix(".d")
+        if not obj.exists() or not dep.exists():
+            return False
+        text = dep.read_text().replace("\\\n", " ")
+        inputs = text.split(":", 1)[1].split() if ":" in text else []
+        mtime = obj.stat().st_mtime
+        return all(Path(p).exists() and Path(p).stat().st_mtime <= mtime for p in inputs)
+
+    def compile(self, jobs):
+        """jobs: list of (source, base_command); returns object paths in order."""
+        work, objects = [], []
+        for source, base in jobs:
+            obj = self._object(source, base)
+            objects.append(obj)
+            if not self._up_to_date(obj):
+                work.append(base + ["-MMD", "-MF", str(obj.with_suffix(".d")), "-c", source, "-o", str(obj)])
+        workers = int(os.environ.get("QDQ_JOBS", os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for cmd, result in zip(work, pool.map(self._run, work)):
+                if result.returncode != 0:
+                    sys.stderr.write(result.stdout + result.stderr)
+                    raise SystemExit(f"compilation failed: {shlex.join(cmd)}")
+                if result.stderr.strip():
+                    sys.stderr.write(result.stderr)
+        return objects
+
+    @staticmethod
+    def _run(cmd):
+        log("compiling " + cmd[cmd.index("-c") + 1])
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+
+class BuildQdq(build_ext):
+    """Builds the op library with g++ (and nvcc) instead of distutils' compiler."""
+
+    def get_ext_filename(self, fullname):
+        # A TensorFlow op library, not a Python module: no ABI tag in its name.
+        *package, name = fullname.split(".")
+        if name == "_qdq_ops":
+            return os.path.join(*package, "_qdq_ops.so")
+        return super().get_ext_filename(fullname)
+
+    def build_extension(self, ext):
+        if ext.name != "tensorflow_qdq._qdq_ops":
+            return super().build_extension(ext)
+        tf_version, tf_cflags, tf_ldflags = tensorflow_flags()
+        nvcc = find_nvcc()
+        with_cuda = cuda_setting(nvcc)
+        cxx = os.environ.get("CXX", "g++")
+        log(f"TensorFlow {tf_version}; CUDA kernels: {'yes (' + nvcc + ')' if with_cuda else 'no'}")
+        build = Compiler(Path(self.build_temp) / "qdq")
+        base = [cxx] + CXX_FLAGS + ["-I", str(ROOT)]
+        jobs = [(s, base) for s in CORE_SOURCES] + [(s, base + tf_cflags) for s in TF_SOURCES]
+        link_extra = []
+        if with_cuda:
+            jobs += cuda_jobs(nvcc, base + tf_cflags)
+            link_extra = cuda_link_flags(nvcc)
+        objects = build.compile(jobs)
+        target = Path(self.get_ext_fullpath(ext.name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects] + tf_ldflags + link_extra
+        log("linking " + str(target))
+        subprocess.run(link, cwd=ROOT, check=True)
+        self._write_build_info(target.parent, tf_version, with_cuda)
+
+    def _write_build_info(self, package_dir, tf_version, with_cuda):
+        text = (
+            '"""Written by setup.py: what the op library next to this file was built against."""\n'
+            f"TF_VERSION = {tf_version!r}\nWITH_CUDA = {with_cuda!r}\n"
+            f"PYTHON = {sysconfig.get_python_version()!r}\n"
+        )
+        for directory in {Path(package_dir), ROOT / "tensorflow_qdq"}:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "_build_info.py").write_text(text)
+
+
+setup(
+    ext_modules=[Extension("tensorflow_qdq._qdq_ops", sources=[])],
+    cmdclass={"build_ext": BuildQdq},
+)

@@ -1,0 +1,57 @@
+"""Gradient registrations for the Qdq> ops (SPEC §5). Imported once by the package."""
+
+import tensorflow as tf
+
+from tensorflow_qdq._loader import ops as _ops
+
+
+def _masked(grad, x, lo, hi, axis):
+    return _ops.qdq_quantize_and_dequantize_v4_grad(grad, x, lo, hi, axis=axis)
+
+
+def _unbounded(x, axis):
+    """Bounds that pass every non-NaN element: the range an auto forward pass measured
+    always contains every non-NaN element of its slice, so this mask equals it."""
+    if axis == -1:
+        shape = []
+    else:
+        shape = tf.shape(x)[axis : axis + 1]
+    inf = tf.constant(float("inf"), dtype=x.dtype)
+    return tf.fill(shape, -inf), tf.fill(shape, inf)
+
+
+@tf.RegisterGradient("Qdq>QuantizeAndDequantizeV2")
+def _v2_grad(op, grad):
+    del op
+    return [grad, None, None]
+
+
+@tf.RegisterGradient("Qdq>QuantizeAndDequantizeV3")
+def _v3_grad(op, grad):
+    del op
+    return [grad, None, None, None]
+
+
+@tf.RegisterGradient("Qdq>QuantizeAndDequantizeV4")
+def _v4_grad(op, grad):
+    x, lo, hi = op.inputs
+    axis = op.get_attr("axis")
+    if op.get_attr("range_given"):
+        backprop, dmin, dmax = _masked(grad, x, lo, hi, axis)
+        return [backprop, dmin, dmax]
+    # FIX: TensorFlow masks with the ignored input_min/input_max here; we mask
+    # with the range the forward pass measured.
+    auto_lo, auto_hi = _unbounded(x, axis)
+    backprop = _masked(grad, x, auto_lo, auto_hi, axis)[0]
+    return [backprop, tf.zeros_like(lo), tf.zeros_like(hi)]
+
+
+@tf.RegisterGradient("Qdq>QuantizeAndDequantizeV4Grad")
+def _v4_grad_grad(op, dbackprop, dmin, dmax):
+    """Second order: backprop = g * mask is linear in g, with mask piecewise constant."""
+    del dmin, dmax
+    g, x, lo, hi = op.inputs
+    if dbackprop is None:
+        dbackprop = tf.zeros_like(g)
+    masked = _masked(dbackprop, x, lo, hi, op.get_attr("axis"))[0]
+    return [masked, tf.zeros_like(x), tf.zeros_like(lo), tf.zeros_like(hi)]

@@ -1,0 +1,78 @@
+"""Keyword-only wrappers with the signatures of ``tf.raw_ops.QuantizeAndDequantize*``.
+
+Custom ops never appear in ``tf.raw_ops``; these give the same calling convention
+(axis -1 = per-tensor) over the ``Qdq>`` ops.
+"""
+
+from tensorflow_qdq._loader import ops as _ops
+
+__all__ = [
+    "QuantizeAndDequantizeV2",
+    "QuantizeAndDequantizeV3",
+    "QuantizeAndDequantizeV4",
+    "QuantizeAndDequantizeV4Grad",
+]
+
+
+def QuantizeAndDequantizeV2(  # noqa: N802 - raw-op naming
+    *,
+    input,  # noqa: A002
+    input_min,
+    input_max,
+    signed_input=True,
+    num_bits=8,
+    range_given=False,
+    round_mode="HALF_TO_EVEN",
+    narrow_range=False,
+    axis=-1,
+    name=None,
+):
+    """``Qdq>QuantizeAndDequantizeV2``; gradient: identity w.r.t. input."""
+    return _ops.qdq_quantize_and_dequantize_v2(
+        input, input_min, input_max, signed_input=signed_input, num_bits=num_bits, range_given=range_given,
+        round_mode=round_mode, narrow_range=narrow_range, axis=axis, name=name,
+    )
+
+
+def QuantizeAndDequantizeV3(  # noqa: N802
+    *,
+    input,  # noqa: A002
+    input_min,
+    input_max,
+    num_bits,
+    signed_input=True,
+    range_given=True,
+    narrow_range=False,
+    axis=-1,
+    name=None,
+):
+    """``Qdq>QuantizeAndDequantizeV3`` (num_bits is a scalar int32 tensor; HALF_TO_EVEN)."""
+    return _ops.qdq_quantize_and_dequantize_v3(
+        input, input_min, input_max, num_bits, signed_input=signed_input, range_given=range_given,
+        narrow_range=narrow_range, axis=axis, name=name,
+    )
+
+
+def QuantizeAndDequantizeV4(  # noqa: N802
+    *,
+    input,  # noqa: A002
+    input_min,
+    input_max,
+    signed_input=True,
+    num_bits=8,
+    range_given=False,
+    round_mode="HALF_TO_EVEN",
+    narrow_range=False,
+    axis=-1,
+    name=None,
+):
+    """``Qdq>QuantizeAndDequantizeV4``; gradient: ``QuantizeAndDequantizeV4Grad``."""
+    return _ops.qdq_quantize_and_dequantize_v4(
+        input, input_min, input_max, signed_input=signed_input, num_bits=num_bits, range_given=range_given,
+        round_mode=round_mode, narrow_range=narrow_range, axis=axis, name=name,
+    )
+
+
+def QuantizeAndDequantizeV4Grad(*, gradients, input, input_min, input_max, axis=-1, name=None):  # noqa: A002,N802
+    """``Qdq>QuantizeAndDequantizeV4Grad``: (input_backprop, input_min_backprop, input_max_backprop)."""
+    return _ops.qdq_quantize_and_dequantize_v4_grad(gradients, input, input_min, input_max, axis=axis, name=name)

@@ -102,8 +102,10 @@ QDQ_HD SliceParams<C> compute_params(C lo, C hi, IntRange r) {
   const C qmin = static_cast<C>(r.qmin);
   const C qmax = static_cast<C>(r.qmax);
   const C kMax = max_finite<C>();
-  const C scale_lo = (mul(qmin, lo) > C(0)) ? qmin / lo : kMax;
-  const C scale_hi = (mul(qmax, hi) > C(0)) ? qmax / hi : kMax;
+  const bool lo_usable = mul(qmin, lo) > C(0);
+  const bool hi_usable = mul(qmax, hi) > C(0);
+  const C scale_lo = lo_usable ? qmin / lo : kMax;
+  const C scale_hi = hi_usable ? qmax / hi : kMax;
   SliceParams<C> p;
   if (scale_lo < scale_hi) {  // strict, as TF: ties keep the max side
     p.scale = scale_lo;
@@ -119,7 +121,7 @@ QDQ_HD SliceParams<C> compute_params(C lo, C hi, IntRange r) {
   // FIX (SPEC §3.4): no side of the range can set a finite scale (all-zero
   // data, unsigned data <= 0, 1-bit signed data >= 0, ...). TF returns NaN/inf or
   // garbage there; every non-NaN element becomes a zero instead.
-  p.degenerate = !(scale_lo < kMax) && !(scale_hi < kMax);
+  p.degenerate = !lo_usable && !hi_usable;
   return p;
 }
 

@@ -3,15 +3,22 @@
 CPU (and CUDA) kernels for bfloat16, half, float32 and float64, bit-identical to
 TensorFlow's kernels where those are right, with TensorFlow's bugs fixed where
 they are not (see the README). Importing the package loads the op library and
-registers the gradients.
+registers the gradients. Without TensorFlow installed, only the framework-free
+core (``tensorflow_qdq._core``) is usable.
 """
 
-from tensorflow_qdq import _gradients  # noqa: F401 - registers gradients
-from tensorflow_qdq import raw_ops
-from tensorflow_qdq._api import quantize_and_dequantize, quantize_and_dequantize_v2, quantize_and_dequantize_v4
-from tensorflow_qdq._loader import LibraryError
-
 __version__ = "0.1.0"
+
+try:
+    import tensorflow as _tf  # noqa: F401
+except ImportError as _exc:  # the TensorFlow-free core still imports
+    _TF_IMPORT_ERROR = _exc
+else:
+    _TF_IMPORT_ERROR = None
+    from tensorflow_qdq import _gradients  # noqa: F401 - registers gradients
+    from tensorflow_qdq import raw_ops
+    from tensorflow_qdq._api import quantize_and_dequantize, quantize_and_dequantize_v2, quantize_and_dequantize_v4
+    from tensorflow_qdq._loader import LibraryError
 
 __all__ = [
     "LibraryError",
@@ -20,3 +27,12 @@ __all__ = [
     "quantize_and_dequantize_v4",
     "raw_ops",
 ]
+
+
+def __getattr__(name):
+    if _TF_IMPORT_ERROR is not None and name in __all__:
+        raise ImportError(
+            f"tensorflow_qdq.{name} needs TensorFlow, which could not be imported ({_TF_IMPORT_ERROR}); "
+            "install tensorflow-cpu (or tensorflow) and rebuild: pip install --no-build-isolation ."
+        )
+    raise AttributeError(f"module 'tensorflow_qdq' has no attribute {name!r}")

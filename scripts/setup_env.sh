@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates .venv (if needed) with TensorFlow and the test/demo dependencies, then
+# builds tensorflow-qdq into it against that TensorFlow. Idempotent and quiet
+# when everything is already in place. Sourced by scripts/test.sh and demo.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${QDQ_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+TF_SPEC="${QDQ_TF_SPEC:-tensorflow-cpu==2.21.0}"
+
+say() { echo "[tensorflow-qdq] $*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+if ! python -c "import tensorflow, pytest, hypothesis, sklearn, matplotlib, ml_dtypes, pybind11" 2>/dev/null; then
+  say "installing $TF_SPEC and the test/demo dependencies (first run only)"
+  python -m pip install -q --disable-pip-version-check "$TF_SPEC" -r "$ROOT/requirements-dev.txt"
+fi
+say "building the op library against $(python -c 'import tensorflow as tf; print("TensorFlow", tf.__version__)' 2>/dev/null)"
+python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e "$ROOT"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: sets up .venv and the build if needed, then runs pytest.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k gradients).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/setup_env.sh
+source "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+exec python -m pytest -ra "$@"

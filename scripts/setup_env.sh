@@ -9,6 +9,8 @@ PY="${PYTHON:-python3}"
 TF_SPEC="${QDQ_TF_SPEC:-tensorflow-cpu==2.21.0}"
 
 say() { echo "[tensorflow-qdq] $*"; }
+# Some pip configurations warn once per package about absent local indexes; hide just those lines.
+quiet_pip() { python -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating virtual environment $VENV"
@@ -18,7 +20,12 @@ fi
 source "$VENV/bin/activate"
 if ! python -c "import tensorflow, pytest, hypothesis, sklearn, matplotlib, ml_dtypes, pybind11" 2>/dev/null; then
   say "installing $TF_SPEC and the test/demo dependencies (first run only)"
-  python -m pip install -q --disable-pip-version-check "$TF_SPEC" -r "$ROOT/requirements-dev.txt"
+  quiet_pip install -q --disable-pip-version-check "$TF_SPEC" -r "$ROOT/requirements-dev.txt"
 fi
-say "building the op library against $(python -c 'import tensorflow as tf; print("TensorFlow", tf.__version__)' 2>/dev/null)"
-python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e "$ROOT"
+if ! python -m pip show -q tensorflow-qdq >/dev/null 2>&1; then
+  say "installing tensorflow-qdq (editable) against $(python -c 'import tensorflow as tf; print("TensorFlow", tf.__version__)' 2>/dev/null)"
+  quiet_pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e "$ROOT"
+else
+  say "rebuilding what changed"
+  (cd "$ROOT" && python setup.py -q build_ext --inplace)
+fi

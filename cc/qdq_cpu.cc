@@ -96,8 +96,9 @@ void measure_ranges(const ThreadPool& pool, const T* x, const Layout& l, C* lo, 
       const C* plo = part.data() + 2 * s * l.depth;
       const C* phi = plo + l.depth;
       for (int64_t c = 0; c < l.depth; ++c) {
-        accumulate(plo[c], lo[c], hi[c]);
-        accumulate(phi[c], lo[c], hi[c]);
+        // Merge bound with bound: an empty shard's +inf/-inf must not leak into the other side.
+        lo[c] = (plo[c] < lo[c]) ? plo[c] : lo[c];
+        hi[c] = (phi[c] > hi[c]) ? phi[c] : hi[c];
       }
     }
   } else {

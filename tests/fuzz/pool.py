@@ -86,9 +86,9 @@ class _Slot:
         threading.Thread(target=_drain, args=(proc.stderr, stderr_tail), daemon=True).start()
         current, buf, last = None, b"", time.monotonic()
         fd = proc.stdout.fileno()
-        ended = False
+        ended = verdicts = False
         while True:
-            timeout = self.case_timeout if current is not None else self.case_timeout * 4  # start-up
+            timeout = self.case_timeout * (1 if verdicts else 4)  # the first case also imports TensorFlow
             ready, _, _ = select.select([fd], [], [], 1.0)
             if ready:
                 chunk = os.read(fd, 65536)
@@ -105,7 +105,7 @@ class _Slot:
                         ended = True
                     elif "i" in msg:
                         self._record(seed, msg)
-                        current = None
+                        current, verdicts = None, True
                 if self.deadline is not None and time.monotonic() > self.deadline and not ended:
                     _kill(proc)
                     proc.wait()

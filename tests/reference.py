@@ -131,5 +131,6 @@ def gradient(grad, x, input_min, input_max, axis=-1):
     for c in range(depth):
         xs = x3[:, c, :]
         mask = ((xs >= lo[c]) & (xs <= hi[c])).astype(C)
-        out[:, c, :] = g3[:, c, :] * mask
+        with np.errstate(invalid="ignore"):  # inf gradient * 0 mask is NaN, as in the kernel
+            out[:, c, :] = g3[:, c, :] * mask
     return out.reshape(x.shape).astype(x.dtype)

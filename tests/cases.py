@@ -86,10 +86,10 @@ def _shape(rng, allow_rank0=True, big=False):
     return tuple(int(rng.choice(_DIMS)) for _ in range(rank))
 
 
-def _data(rng, shape, dtype):
+def _data(rng, shape, dtype, decades=(-30, 30)):
     """Values spanning magnitudes 1e-30..1e30, with grid points (rounding ties), zeros and -0.0."""
     n = int(np.prod(shape, dtype=np.int64))
-    mag = 10.0 ** rng.uniform(-30, 30)
+    mag = 10.0 ** rng.uniform(*decades)
     kind = rng.integers(0, 6)
     if kind == 0:
         v = rng.standard_normal(n)
@@ -103,7 +103,7 @@ def _data(rng, shape, dtype):
         v = rng.integers(-64, 65, n) * 0.5  # halves: exact ties at small bit widths
         mag = 2.0 ** int(np.log2(mag))
     else:
-        v = rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3, n)  # wide spread inside one tensor
+        v = rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3, n) / 1e3  # wide spread inside one tensor
     v = v * mag
     if n and rng.random() < 0.3:
         v[rng.integers(0, n, max(1, n // 8))] = 0.0
@@ -133,7 +133,8 @@ def _given(rng, x3):
     return lo, hi
 
 
-def random_case(rng, dtype=np.float32, *, per_channel=None, range_given=None, allow_rank0=True, big=False):
+def random_case(rng, dtype=np.float32, *, per_channel=None, range_given=None, allow_rank0=True, big=False,
+                decades=(-30, 30)):
     """One random case; per_channel/range_given force a mode when not None."""
     dtype = np.dtype(dtype)
     if per_channel is None:
@@ -143,7 +144,7 @@ def random_case(rng, dtype=np.float32, *, per_channel=None, range_given=None, al
     shape = _shape(rng, allow_rank0=allow_rank0 and not per_channel, big=big)
     if per_channel and not shape:
         shape = (int(rng.choice(_DIMS)),)
-    x = _data(rng, shape, dtype)
+    x = _data(rng, shape, dtype, decades)
     axis = int(rng.integers(0, len(shape))) if per_channel else -1
     signed = bool(rng.random() < 0.6)
     bits = int(rng.choice(_BITS))

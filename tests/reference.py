@@ -68,14 +68,11 @@ def _quantize_slice(x, lo, hi, attrs, C):
             v = np.where(v < lo, lo, v).astype(C)
         else:
             v = x
-        if degenerate:
-            return np.where(np.isnan(v), v, np.copysign(C.type(0), v)).astype(C)
-        y = _mul(v, scale)
-        if attrs["round_mode"] == "HALF_UP":
-            r = np.floor(_ftz(y + C.type(0.5)))
-        else:
-            r = np.rint(y)
-        return _mul(r, inv)
+        rnd = (lambda y: np.floor(_ftz(y + C.type(0.5)))) if attrs["round_mode"] == "HALF_UP" else np.rint
+        if degenerate:  # a zero, with the sign of TF's round(v * T_MAX) * inv where that is a zero
+            r = np.where(v == 0, rnd(v), np.copysign(C.type(0), v)).astype(C)
+            return np.where(np.isnan(v), v, r * inv if np.isfinite(inv) else r).astype(C)
+        return _mul(rnd(_mul(v, scale)), inv)
 
 
 def _view3(shape, axis):

@@ -96,7 +96,7 @@ def restore_builtins():
 
 def qdq_ops_in_saved_model(export_dir):
     """The tensorflow-qdq op types (``Qdq>...``) a SavedModel uses, read from its
-    ``saved_model.pb`` without loading it (so it works without the library too)."""
+    ``saved_model.pb`` without loading the model."""
     proto = saved_model_pb2.SavedModel()
     with tf.io.gfile.GFile(tf.io.gfile.join(export_dir, "saved_model.pb"), "rb") as f:
         proto.ParseFromString(f.read())

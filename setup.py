@@ -13,6 +13,7 @@ CXX (g++), NVCC (nvcc on PATH or /usr/local/cuda/bin/nvcc).
 import concurrent.futures
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-CORE_SOURCES = ["cc/qdq_cpu.cc"]
+CORE_SOURCES = ["cc/qdq_cpu.cc", "cc/qdq_cpu_baseline.cc", "cc/qdq_cpu_avx2.cc"]
 TF_SOURCES = ["kernels/qdq_ops.cc", "kernels/qdq_kernels_cpu.cc"]
 TF_GPU_SOURCES = ["kernels/qdq_kernels_gpu.cc"]
 CUDA_SOURCES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cc").glob("*.cu"))
@@ -76,6 +77,16 @@ def tensorflow_flags():
         elif not flag.startswith("--std=") and not flag.startswith("-std="):
             compile_flags.append(flag)
     return tf.__version__, compile_flags, list(tf.sysconfig.get_link_flags())
+
+
+def core_cpu_flags(source):
+    """Per-file flags of the CPU core: IEEE arithmetic exactly as written (no FMA
+    contraction), and AVX2+F16C for the one unit the core dispatches to at run time
+    (never -march=native: the library must run on any x86-64)."""
+    flags = ["-ffp-contract=off", "-fno-trapping-math"]
+    if source.endswith("_avx2.cc") and platform.machine().lower() in ("x86_64", "amd64"):
+        flags += ["-mavx2", "-mf16c"]
+    return flags
 
 
 def cuda_jobs(nvcc, tf_base):
@@ -151,7 +162,7 @@ class BuildQdq(build_ext):
         log(f"TensorFlow {tf_version}; CUDA kernels: {'yes (' + nvcc + ')' if with_cuda else 'no'}")
         build = Compiler(Path(self.build_temp) / "qdq")
         base = [cxx] + CXX_FLAGS + ["-I", str(ROOT)]
-        jobs = [(s, base) for s in CORE_SOURCES] + [(s, base + tf_cflags) for s in TF_SOURCES]
+        jobs = [(s, base + core_cpu_flags(s)) for s in CORE_SOURCES] + [(s, base + tf_cflags) for s in TF_SOURCES]
         link_extra = []
         if with_cuda:
             jobs += cuda_jobs(nvcc, base + tf_cflags)

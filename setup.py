@@ -78,13 +78,47 @@ def tensorflow_flags():
     return tf.__version__, compile_flags, list(tf.sysconfig.get_link_flags())
 
 
+def cuda_home(nvcc):
+    """The toolkit root holding include/cuda_runtime.h: $CUDA_HOME, next to nvcc, or /usr/local/cuda."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  str(Path(nvcc).resolve().parent.parent), "/usr/local/cuda"]
+    for root in filter(None, candidates):
+        if (Path(root) / "include" / "cuda_runtime.h").exists():
+            return Path(root)
+    raise SystemExit(f"found nvcc ({nvcc}) but no CUDA headers; set CUDA_HOME to the toolkit root")
+
+
+def cuda_arch_flags():
+    """-gencode flags for QDQ_CUDA_ARCHS (default 80;90): SASS for each, PTX for the newest (JIT for later GPUs)."""
+    archs = sorted({int(a) for a in os.environ.get("QDQ_CUDA_ARCHS", "80;90").replace(",", ";").split(";") if a})
+    if not archs:
+        raise SystemExit("QDQ_CUDA_ARCHS must list compute capabilities, e.g. 80;90")
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+
+
+def nvcc_command(nvcc):
+    # --fmad=false on top of the _rn intrinsics in qdq_math.h: no contraction can
+    # make the device round differently from the CPU.
+    return [nvcc, "-std=c++17", "-O3", "-DNDEBUG", "-x", "cu", "--fmad=false",
+            "-Xcompiler", ",".join(["-fPIC", "-fvisibility=hidden"] + WARNINGS),
+            "-I", str(ROOT)] + cuda_arch_flags()
+
+
 def cuda_jobs(nvcc, tf_base):
-    """Compile jobs for the CUDA kernels and the GPU glue (the CUDA issue fills this in)."""
-    raise SystemExit("CUDA kernels are not part of this build yet; set QDQ_CUDA=0")
+    """Compile jobs for the CUDA kernels (TF-free, nvcc) and the GPU registrations (g++)."""
+    glue = tf_base + ["-DGOOGLE_CUDA=1", "-isystem", str(cuda_home(nvcc) / "include")]
+    return [(s, nvcc_command(nvcc)) for s in CUDA_SOURCES] + [(s, glue) for s in TF_GPU_SOURCES]
 
 
 def cuda_link_flags(nvcc):
-    return []
+    """cudart linked statically: the library needs no CUDA runtime on the loader path
+    and still loads where there is no driver (CPU-only TensorFlow)."""
+    home = cuda_home(nvcc)
+    for lib in ("lib64", "lib", "targets/x86_64-linux/lib"):
+        if (home / lib / "libcudart_static.a").exists():
+            return ["-L" + str(home / lib), "-l:libcudart_static.a", "-ldl", "-lrt", "-lpthread"]
+    raise SystemExit(f"libcudart_static.a not found under {home}; set CUDA_HOME to the toolkit root")
 
 
 class Compiler:

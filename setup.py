@@ -121,6 +121,40 @@ def cuda_link_flags(nvcc):
     raise SystemExit(f"libcudart_static.a not found under {home}; set CUDA_HOME to the toolkit root")
 
 
+def core_only():
+    return os.environ.get("QDQ_CORE_ONLY", "0") == "1"
+
+
+def build_core_module(cmd, ext):
+    """tensorflow_qdq._core: pybind11 over cc/ (CPU loops, and the CUDA launchers when
+    nvcc is found). Needs no TensorFlow, so a GPU machine without it can build it
+    alone with QDQ_CORE_ONLY=1."""
+    try:
+        import pybind11
+    except ImportError:
+        if core_only():
+            raise SystemExit("QDQ_CORE_ONLY=1 needs pybind11: pip install pybind11")
+        log("pybind11 not found: skipping tensorflow_qdq._core")
+        return
+    nvcc = find_nvcc()
+    with_cuda = cuda_setting(nvcc)
+    cxx = os.environ.get("CXX", "g++")
+    build = Compiler(Path(cmd.build_temp) / "qdq")
+    base = [cxx] + CXX_FLAGS + ["-I", str(ROOT)]
+    py_includes = ["-isystem", pybind11.get_include(), "-isystem", sysconfig.get_paths()["include"]]
+    binding = base + py_includes + (["-DQDQ_WITH_CUDA"] if with_cuda else [])
+    jobs = [(s, base) for s in CORE_SOURCES] + [("cc/qdq_pybind.cc", binding)]
+    if with_cuda:
+        jobs += [(s, nvcc_command(nvcc)) for s in CUDA_SOURCES]
+    objects = build.compile(jobs)
+    target = Path(cmd.get_ext_fullpath(ext.name))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects]
+    link += cuda_link_flags(nvcc) if with_cuda else []
+    log(f"linking {target} (CUDA: {'yes' if with_cuda else 'no'})")
+    subprocess.run(link, cwd=ROOT, check=True)
+
+
 class Compiler:
     """Compiles sources in parallel into build/, skipping up-to-date objects."""
 
@@ -176,8 +210,13 @@ class BuildQdq(build_ext):
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext):
+        if ext.name == "tensorflow_qdq._core":
+            return build_core_module(self, ext)
         if ext.name != "tensorflow_qdq._qdq_ops":
             return super().build_extension(ext)
+        if core_only():
+            log("QDQ_CORE_ONLY=1: skipping the TensorFlow op library")
+            return None
         tf_version, tf_cflags, tf_ldflags = tensorflow_flags()
         nvcc = find_nvcc()
         with_cuda = cuda_setting(nvcc)
@@ -210,6 +249,6 @@ class BuildQdq(build_ext):
 
 
 setup(
-    ext_modules=[Extension("tensorflow_qdq._qdq_ops", sources=[])],
+    ext_modules=[Extension("tensorflow_qdq._qdq_ops", sources=[]), Extension("tensorflow_qdq._core", sources=[])],
     cmdclass={"build_ext": BuildQdq},
 )

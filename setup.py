@@ -33,6 +33,21 @@ WARNINGS = ["-Wall", "-Wextra", "-Werror=return-type"]
 CXX_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-DNDEBUG"] + WARNINGS
 
 
+def sanitizer_flags():
+    """QDQ_SANITIZE=address,undefined (or any -fsanitize= list): instrumented debug build, flags
+    for both compiling and linking. Load it with the ASan runtime preloaded (scripts/sanitize.sh)."""
+    wanted = os.environ.get("QDQ_SANITIZE", "").strip()
+    if not wanted:
+        return []
+    # Every report aborts, so a test or fuzz worker cannot pass over one. UBSan's vptr check needs
+    # TensorFlow's RTTI, and its null/nonnull checks make GCC 12 reject absl's constexpr
+    # function-pointer comparisons; ASan still catches any null dereference.
+    flags = [f"-fsanitize={wanted}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]
+    if "undefined" in wanted.split(","):
+        flags.append("-fno-sanitize=vptr,null,nonnull-attribute,returns-nonnull-attribute")
+    return flags
+
+
 def log(msg):
     print(f"[tensorflow-qdq build] {msg}", flush=True)
 
@@ -151,7 +166,7 @@ def build_core_module(cmd, ext):
     with_cuda = cuda_setting(nvcc)
     cxx = os.environ.get("CXX", "g++")
     build = Compiler(Path(cmd.build_temp) / "qdq")
-    base = [cxx] + CXX_FLAGS + ["-I", str(ROOT)]
+    base = [cxx] + CXX_FLAGS + sanitizer_flags() + ["-I", str(ROOT)]
     py_includes = ["-isystem", pybind11.get_include(), "-isystem", sysconfig.get_paths()["include"]]
     binding = base + py_includes + (["-DQDQ_WITH_CUDA"] if with_cuda else [])
     jobs = [(s, base + core_cpu_flags(s)) for s in CORE_SOURCES] + [("cc/qdq_pybind.cc", binding)]
@@ -162,6 +177,7 @@ def build_core_module(cmd, ext):
     target.parent.mkdir(parents=True, exist_ok=True)
     link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects]
     link += cuda_link_flags(nvcc) if with_cuda else []
+    link += sanitizer_flags()
     log(f"linking {target} (CUDA: {'yes' if with_cuda else 'no'})")
     subprocess.run(link, cwd=ROOT, check=True)
 
@@ -234,7 +250,7 @@ class BuildQdq(build_ext):
         cxx = os.environ.get("CXX", "g++")
         log(f"TensorFlow {tf_version}; CUDA kernels: {'yes (' + nvcc + ')' if with_cuda else 'no'}")
         build = Compiler(Path(self.build_temp) / "qdq")
-        base = [cxx] + CXX_FLAGS + ["-I", str(ROOT)]
+        base = [cxx] + CXX_FLAGS + sanitizer_flags() + ["-I", str(ROOT)]
         jobs = [(s, base + core_cpu_flags(s)) for s in CORE_SOURCES] + [(s, base + tf_cflags) for s in TF_SOURCES]
         link_extra = []
         if with_cuda:
@@ -244,6 +260,7 @@ class BuildQdq(build_ext):
         target = Path(self.get_ext_fullpath(ext.name))
         target.parent.mkdir(parents=True, exist_ok=True)
         link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects] + tf_ldflags + link_extra
+        link += sanitizer_flags()
         log("linking " + str(target))
         subprocess.run(link, cwd=ROOT, check=True)
         self._write_build_info(target.parent, tf_version, with_cuda)

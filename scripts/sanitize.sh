@@ -37,7 +37,8 @@ start=$(date +%s)
 (cd "$TREE" && QDQ_SANITIZE="$SAN" QDQ_CUDA="${QDQ_CUDA:-0}" "$PY" setup.py -q build_ext --inplace)
 
 LIB="$TREE/tensorflow_qdq/_qdq_ops.so"
-if ! nm -D "$LIB" | grep -q "__asan_report\|__ubsan_handle"; then
+# grep -c reads all of nm's output (grep -q would stop early and fail the pipe under pipefail).
+if [ "$(nm -D "$LIB" | grep -c "__asan_report\|__ubsan_handle" || true)" -eq 0 ]; then
   echo "[sanitize] $LIB is not instrumented (no __asan_report/__ubsan_handle symbols)" >&2
   exit 1
 fi

@@ -30,7 +30,7 @@ def test_fixed_seed_budget_in_worker_processes():
     assert report.clean, _describe(report)
     # The mix must exercise both sides of the oracle and every op.
     assert report.passed_ok > CI_CASES // 5 and report.passed_error > CI_CASES // 5
-    assert set(report.by_op) == set(cases.RAW_OPS + cases.API_OPS + cases.TAPE_OPS)
+    assert set(report.by_op) == set(cases.DEFAULT_OPS)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

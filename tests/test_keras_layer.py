@@ -261,3 +261,13 @@ def test_training_through_the_layer_changes_weights_before_it():
     before = model.layers[0].kernel.numpy().copy()
     model.fit(data(32, 4), data(32, 3), epochs=1, verbose=0)
     assert not np.allclose(before, model.layers[0].kernel.numpy())
+
+
+def test_other_keras_backends_are_refused_with_the_fix(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.delitem(sys.modules, "tensorflow_qdq.keras")
+    with pytest.raises(ImportError, match="KERAS_BACKEND=tensorflow"):
+        importlib.import_module("tensorflow_qdq.keras")

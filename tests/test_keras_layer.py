@@ -2,6 +2,8 @@
 gradients, tf.function and model.fit/evaluate/predict — against TensorFlow's own kernels
 and a NumPy model of the tracked ranges (tests/keras_reference.py)."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -77,10 +79,18 @@ def test_bad_types_and_shapes_raise():
         QuantizeAndDequantize(range_mode="fixed", axis=1, min_value=[0.0, 0.0], max_value=[1.0, 1.0])(data(3, 4))
 
 
-def test_supports_jit_follows_the_package_flag(monkeypatch):
-    assert QuantizeAndDequantize().supports_jit is tensorflow_qdq.XLA_SUPPORTED
-    monkeypatch.setattr(tensorflow_qdq, "XLA_SUPPORTED", True)
-    assert QuantizeAndDequantize().supports_jit is True
+@pytest.mark.parametrize("xla_supported", [False, True])
+def test_supports_jit_follows_the_package_flag(monkeypatch, xla_supported):
+    """Keras compiles with XLA only when every layer supports it, else warns and falls back."""
+    monkeypatch.setattr(tensorflow_qdq, "XLA_SUPPORTED", xla_supported)
+    layer = QuantizeAndDequantize()
+    assert layer.supports_jit is xla_supported
+    model = keras.Sequential([keras.Input((3,)), layer])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.compile(loss="mse", jit_compile=True)
+    assert model.jit_compile is xla_supported
+    assert any("jit_compile" in str(w.message) for w in caught) is not xla_supported
 
 
 # -- forward: each range mode against TensorFlow's kernels ---------------------------------

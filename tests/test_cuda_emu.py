@@ -18,10 +18,19 @@ def emu_binary(tmp_path_factory):
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler to build the CUDA emulation")
-    out = tmp_path_factory.mktemp("cuda_emu") / "emu_check"
-    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(ROOT),
-           str(ROOT / "tests/cuda_emu/emu_check.cc"), str(ROOT / "cc/qdq_cpu.cc"), "-o", str(out)]
-    subprocess.run(cmd, check=True)
+    work = tmp_path_factory.mktemp("cuda_emu")
+    base = [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(ROOT)]
+    objects = []
+    # The CPU core with the per-file flags setup.py's core_cpu_flags gives it.
+    for source in sorted((ROOT / "cc").glob("qdq_cpu*.cc")):
+        flags = ["-ffp-contract=off", "-fno-trapping-math"]
+        if source.name.endswith("_avx2.cc"):
+            flags += ["-mavx2", "-mf16c"]
+        objects.append(work / (source.stem + ".o"))
+        subprocess.run(base + flags + ["-c", str(source), "-o", str(objects[-1])], check=True)
+    out = work / "emu_check"
+    subprocess.run(base + [str(ROOT / "tests/cuda_emu/emu_check.cc")] + [str(o) for o in objects] + ["-o", str(out)],
+                   check=True)
     return out
 
 

@@ -120,7 +120,7 @@ def random_range(rng, dtype, depth, unsigned):
     a, b = rng.standard_normal(depth) * 3, rng.standard_normal(depth) * 3
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     if unsigned:
-        lo = np.zeros(depth)
+        lo, hi = np.zeros(depth), np.abs(hi)
     return lo.astype(np_dtype(dtype)), hi.astype(np_dtype(dtype))
 
 

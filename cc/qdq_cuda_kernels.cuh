@@ -27,6 +27,7 @@ namespace cuda_impl {
 constexpr int kBlock = 256;          // threads per block, every kernel
 constexpr int kUnroll = 4;           // vectors per thread per tile (reduction)
 constexpr int64_t kRunMin = 2048;    // inner extent from which rows are reduced as runs
+constexpr int64_t kMinColumnRows = 16;  // rows each thread reduces (at least) on the column path
 
 // 16-byte packs: 4 floats, 2 doubles, 8 halves or bfloat16s.
 template <typename T>
@@ -342,7 +343,7 @@ int launch_reduce(CudaStream s, const T* x, const Layout& l, Key* lo_acc, Key* h
       g.col_tiles = ceil_div(g.width, kBlock);
     }
     const int64_t steps = ceil_div(g.rows, g.rows_per_step);
-    const int64_t chunks = std::max<int64_t>(1, std::min(steps, target / g.col_tiles));
+    const int64_t chunks = std::max<int64_t>(1, std::min(steps / kMinColumnRows, target / g.col_tiles));
     g.rows_per_chunk = ceil_div(steps, chunks) * g.rows_per_step;
     const int64_t grid = g.col_tiles * ceil_div(g.rows, g.rows_per_chunk);
     QDQ_LAUNCH((reduce_columns_kernel<T>), grid, kBlock, s, x, g, lo_acc, hi_acc);

@@ -13,6 +13,7 @@ CXX (g++), NVCC (nvcc on PATH or /usr/local/cuda/bin/nvcc).
 import concurrent.futures
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -24,12 +25,27 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-CORE_SOURCES = ["cc/qdq_cpu.cc"]
+CORE_SOURCES = ["cc/qdq_cpu.cc", "cc/qdq_cpu_baseline.cc", "cc/qdq_cpu_avx2.cc"]
 TF_SOURCES = ["kernels/qdq_ops.cc", "kernels/qdq_kernels_cpu.cc"]
 TF_GPU_SOURCES = ["kernels/qdq_kernels_gpu.cc"]
 CUDA_SOURCES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cc").glob("*.cu"))
 WARNINGS = ["-Wall", "-Wextra", "-Werror=return-type"]
 CXX_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-DNDEBUG"] + WARNINGS
+
+
+def sanitizer_flags():
+    """QDQ_SANITIZE=address,undefined (or any -fsanitize= list): instrumented debug build, flags
+    for both compiling and linking. Load it with the ASan runtime preloaded (scripts/sanitize.sh)."""
+    wanted = os.environ.get("QDQ_SANITIZE", "").strip()
+    if not wanted:
+        return []
+    # Every report aborts, so a test or fuzz worker cannot pass over one. UBSan's vptr check needs
+    # TensorFlow's RTTI, and its null/nonnull checks make GCC 12 reject absl's constexpr
+    # function-pointer comparisons; ASan still catches any null dereference.
+    flags = [f"-fsanitize={wanted}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]
+    if "undefined" in wanted.split(","):
+        flags.append("-fno-sanitize=vptr,null,nonnull-attribute,returns-nonnull-attribute")
+    return flags
 
 
 def log(msg):
@@ -76,6 +92,16 @@ def tensorflow_flags():
         elif not flag.startswith("--std=") and not flag.startswith("-std="):
             compile_flags.append(flag)
     return tf.__version__, compile_flags, list(tf.sysconfig.get_link_flags())
+
+
+def core_cpu_flags(source):
+    """Per-file flags of the CPU core: IEEE arithmetic exactly as written (no FMA
+    contraction), and AVX2+F16C for the one unit the core dispatches to at run time
+    (never -march=native: the library must run on any x86-64)."""
+    flags = ["-ffp-contract=off", "-fno-trapping-math"]
+    if source.endswith("_avx2.cc") and platform.machine().lower() in ("x86_64", "amd64"):
+        flags += ["-mavx2", "-mf16c"]
+    return flags
 
 
 def cuda_home(nvcc):
@@ -140,10 +166,10 @@ def build_core_module(cmd, ext):
     with_cuda = cuda_setting(nvcc)
     cxx = os.environ.get("CXX", "g++")
     build = Compiler(Path(cmd.build_temp) / "qdq")
-    base = [cxx] + CXX_FLAGS + ["-I", str(ROOT)]
+    base = [cxx] + CXX_FLAGS + sanitizer_flags() + ["-I", str(ROOT)]
     py_includes = ["-isystem", pybind11.get_include(), "-isystem", sysconfig.get_paths()["include"]]
     binding = base + py_includes + (["-DQDQ_WITH_CUDA"] if with_cuda else [])
-    jobs = [(s, base) for s in CORE_SOURCES] + [("cc/qdq_pybind.cc", binding)]
+    jobs = [(s, base + core_cpu_flags(s)) for s in CORE_SOURCES] + [("cc/qdq_pybind.cc", binding)]
     if with_cuda:
         jobs += [(s, nvcc_command(nvcc)) for s in CUDA_SOURCES]
     objects = build.compile(jobs)
@@ -151,6 +177,7 @@ def build_core_module(cmd, ext):
     target.parent.mkdir(parents=True, exist_ok=True)
     link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects]
     link += cuda_link_flags(nvcc) if with_cuda else []
+    link += sanitizer_flags()
     log(f"linking {target} (CUDA: {'yes' if with_cuda else 'no'})")
     subprocess.run(link, cwd=ROOT, check=True)
 
@@ -223,8 +250,8 @@ class BuildQdq(build_ext):
         cxx = os.environ.get("CXX", "g++")
         log(f"TensorFlow {tf_version}; CUDA kernels: {'yes (' + nvcc + ')' if with_cuda else 'no'}")
         build = Compiler(Path(self.build_temp) / "qdq")
-        base = [cxx] + CXX_FLAGS + ["-I", str(ROOT)]
-        jobs = [(s, base) for s in CORE_SOURCES] + [(s, base + tf_cflags) for s in TF_SOURCES]
+        base = [cxx] + CXX_FLAGS + sanitizer_flags() + ["-I", str(ROOT)]
+        jobs = [(s, base + core_cpu_flags(s)) for s in CORE_SOURCES] + [(s, base + tf_cflags) for s in TF_SOURCES]
         link_extra = []
         if with_cuda:
             jobs += cuda_jobs(nvcc, base + tf_cflags)
@@ -233,6 +260,7 @@ class BuildQdq(build_ext):
         target = Path(self.get_ext_fullpath(ext.name))
         target.parent.mkdir(parents=True, exist_ok=True)
         link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects] + tf_ldflags + link_extra
+        link += sanitizer_flags()
         log("linking " + str(target))
         subprocess.run(link, cwd=ROOT, check=True)
         self._write_build_info(target.parent, tf_version, with_cuda)

@@ -160,6 +160,7 @@ def run(args):
     ok, why = db.available()
     if not ok:
         raise SystemExit(f"cannot benchmark: {why}")
+    core.set_cpu_isa("baseline")  # the check's reference: the shared scalar math, as the kernels
     timer = Timer(torch)
     ref = TorchReference(torch)
     rows = []

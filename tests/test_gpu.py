@@ -49,6 +49,17 @@ except ImportError:
     _BF16 = None
 
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def portable_cpu_reference():
+    """The reference is the CPU core's portable loops, which are cc/qdq_math.h's scalar
+    functions as written (the kernels use the same ones); the SIMD loops must equal
+    them and have their own tests."""
+    before = _core.cpu_isa()
+    _core.set_cpu_isa("baseline")
+    yield
+    _core.set_cpu_isa(before)
 UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 POISON = 0xFF  # every byte: a NaN pattern in every dtype
 

@@ -40,9 +40,7 @@ def emulated_package(tmp_path_factory):
 
 
 def test_gpu_module_passes_on_emulated_device(emulated_package):
-    # QDQ_CPU_ISA=baseline: the CPU reference follows cc/qdq_math.h exactly (see test_cuda_emu.py).
-    env = {"PYTHONPATH": f"{emulated_package}:{ROOT / 'tests' / 'cuda_emu'}", "PATH": "/usr/bin:/bin",
-           "QDQ_CPU_ISA": "baseline"}
+    env = {"PYTHONPATH": f"{emulated_package}:{ROOT / 'tests' / 'cuda_emu'}", "PATH": "/usr/bin:/bin"}
     # A copy of the module, outside the repository: its conftest would put the real package first.
     shutil.copy(ROOT / "tests" / "test_gpu.py", emulated_package / "test_gpu.py")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "/dev/null", "-W",

@@ -5,7 +5,6 @@ reduction paths, per-tensor/per-channel, auto/given, both rounding modes, V4Grad
 unaligned offsets, in place, NaN/inf/zero channels, poisoned outputs). Needs g++,
 not CUDA and not TensorFlow."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,20 +13,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "cuda_emu"))
-from host_build import core_objects  # noqa: E402
+import host_build  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def emu_binary(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler to build the CUDA emulation")
-    tmp = tmp_path_factory.mktemp("cuda_emu")
-    out = tmp / "emu_check"
-    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(ROOT),
-           str(ROOT / "tests/cuda_emu/emu_check.cc"), *core_objects(cxx, tmp), "-o", str(out)]
-    subprocess.run(cmd, check=True)
-    return out
+    return host_build.build(tmp_path_factory.mktemp("cuda_emu") / "emu_check", ["tests/cuda_emu/emu_check.cc"])
 
 
 # The reference is the CPU core's portable loops: the shared scalar math of cc/qdq_math.h,

@@ -15,25 +15,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 pybind11 = pytest.importorskip("pybind11")
 sys.path.insert(0, str(ROOT / "tests" / "cuda_emu"))
-from host_build import core_objects  # noqa: E402
+import host_build  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def emulated_package(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
     tmp = tmp_path_factory.mktemp("gpu_emulated")
     pkg = tmp / "tensorflow_qdq"
     pkg.mkdir()
     for py in (ROOT / "tensorflow_qdq").glob("*.py"):
         shutil.copy(py, pkg / py.name)
-    target = pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX"))
-    cmd = [cxx, "-std=c++17", "-O1", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror",
-           "-DQDQ_WITH_CUDA", "-isystem", pybind11.get_include(), "-isystem", sysconfig.get_paths()["include"],
-           "-I", str(ROOT), "-I", str(ROOT / "cc"), str(ROOT / "cc/qdq_pybind.cc"),
-           str(ROOT / "tests/cuda_emu/emu_api.cc"), *core_objects(cxx, tmp, "-O1"), "-o", str(target)]
-    subprocess.run(cmd, check=True)
+    includes = ["-DQDQ_WITH_CUDA", "-shared", "-fvisibility=hidden", "-isystem", pybind11.get_include(),
+                "-isystem", sysconfig.get_paths()["include"], "-I", str(ROOT / "cc")]
+    host_build.build(pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX")),
+                     ["cc/qdq_pybind.cc", "tests/cuda_emu/emu_api.cc"], opt="-O1", extra=includes)
     (tmp / "tensorflow.py").write_text("raise ImportError('TensorFlow is hidden from the emulated GPU run')\n")
     (tmp / "torch.py").write_text("raise ImportError('PyTorch is hidden from the emulated GPU run')\n")
     return tmp

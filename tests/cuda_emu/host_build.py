@@ -1,14 +1,18 @@
-"""Compiles the CPU core (cc/qdq_cpu*.cc) for the host-emulation tests, with the
-per-file flags setup.py's core_cpu_flags uses (no FMA contraction; AVX2+F16C for
-the one unit the core dispatches to at run time)."""
+"""Builds the host-emulation test programs: the given sources (compiled with g++
+against the emulated CUDA port layer) linked with the CPU core (cc/qdq_cpu*.cc),
+whose units get setup.py's per-file flags (no FMA contraction; AVX2+F16C for the
+one unit the core dispatches to at run time)."""
 import platform
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def core_objects(cxx, out_dir, opt="-O2"):
+def _core_objects(cxx, out_dir, opt):
     objects = []
     for source in sorted((ROOT / "cc").glob("qdq_cpu*.cc")):
         flags = ["-ffp-contract=off", "-fno-trapping-math"]
@@ -19,3 +23,16 @@ def core_objects(cxx, out_dir, opt="-O2"):
                         "-c", str(source), "-o", str(obj)], check=True)
         objects.append(str(obj))
     return objects
+
+
+def build(output, sources, *, opt="-O2", extra=()):
+    """Compiles and links `sources` (paths relative to the repository) with the CPU core
+    into `output`; skips the calling test when there is no C++ compiler."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler to build the CUDA emulation")
+    output = Path(output)
+    cmd = [cxx, "-std=c++17", opt, "-fPIC", "-Wall", "-Wextra", "-Werror", *extra, "-I", str(ROOT),
+           *(str(ROOT / s) for s in sources), *_core_objects(cxx, output.parent, opt), "-o", str(output)]
+    subprocess.run(cmd, check=True)
+    return output

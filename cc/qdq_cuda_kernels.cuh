@@ -198,12 +198,49 @@ QDQ_KERNEL void params_kernel(const Key* lo_acc, const Key* hi_acc, int64_t dept
 
 // ---- Element pass: a grid-stride loop over "units" = head scalars, 16-byte
 // packs, tail scalars (all scalars when the buffers' alignments differ). ----
+// Division by a fixed 32-bit divisor as a multiply and a shift (Granlund-Montgomery):
+// exact for every 32-bit dividend. The per-channel element pass uses it to find an
+// element's channel when the tensor has fewer than 2^32 elements; 64-bit division
+// would make that pass compute-bound.
+struct FastDiv {
+  uint32_t d, mul, shift;
+  static FastDiv make(uint32_t d) {
+    uint32_t l = 0;
+    while (l < 32 && (uint64_t{1} << l) < d) ++l;
+    const uint64_t m = ((uint64_t{1} << 32) * ((uint64_t{1} << l) - d)) / d + 1;
+    return FastDiv{d, static_cast<uint32_t>(m), l};
+  }
+  QDQ_HD uint32_t div(uint32_t n) const {
+#if defined(__CUDA_ARCH__)
+    const uint32_t hi = __umulhi(n, mul);
+#else
+    const uint32_t hi = static_cast<uint32_t>((uint64_t{n} * mul) >> 32);
+#endif
+    return static_cast<uint32_t>((uint64_t{hi} + n) >> shift);
+  }
+};
+
 struct ElemGeom {
   int64_t n, inner, depth;
   int64_t head;  // scalar elements before the first pack
   int64_t packs;
   int64_t units;  // head + packs + tail
+  bool small;     // n < 2^32: channels via FastDiv
+  FastDiv by_inner, by_depth;
 };
+
+// Channel of flat element i, and i's position inside its run of `inner` elements.
+QDQ_HD void locate(const ElemGeom& g, int64_t i, int64_t* c, int64_t* rem) {
+  if (g.small) {
+    const uint32_t q = g.by_inner.div(static_cast<uint32_t>(i));
+    *rem = i - int64_t{q} * g.inner;
+    *c = q - int64_t{g.by_depth.div(q)} * g.depth;
+  } else {
+    const int64_t q = i / g.inner;
+    *rem = i - q * g.inner;
+    *c = q % g.depth;
+  }
+}
 
 template <typename T, RoundMode kMode, bool kClamp>
 struct QuantizeOp {
@@ -242,13 +279,10 @@ QDQ_KERNEL void element_kernel(const T* a, const T* b, T* out, ElemGeom g, typen
     const bool is_pack = u >= g.head && u < g.head + g.packs;
     const int64_t i = u < g.head ? u : (is_pack ? g.head + (u - g.head) * V : u + (g.packs * (V - 1)));
     int64_t c = 0, rem = 0;
-    if (kPerChannel) {
-      const int64_t q = i / g.inner;
-      rem = i - q * g.inner;
-      c = q % g.depth;
-    }
+    if (kPerChannel) locate(g, i, &c, &rem);
+    Param p = kPerChannel ? per[c] : fixed;
     if (!is_pack) {
-      out[i] = Op::apply(a[i], Op::kTwoInputs ? b[i] : a[i], kPerChannel ? per[c] : fixed);
+      out[i] = Op::apply(a[i], Op::kTwoInputs ? b[i] : a[i], p);
       continue;
     }
     const Pack<T> pa = *reinterpret_cast<const Pack<T>*>(a + i);
@@ -257,10 +291,11 @@ QDQ_KERNEL void element_kernel(const T* a, const T* b, T* out, ElemGeom g, typen
     Pack<T> po;
 QDQ_UNROLL
     for (int j = 0; j < V; ++j) {
-      po.v[j] = Op::apply(pa.v[j], Op::kTwoInputs ? pb.v[j] : pa.v[j], kPerChannel ? per[c] : fixed);
-      if (kPerChannel && ++rem == g.inner) {
+      po.v[j] = Op::apply(pa.v[j], Op::kTwoInputs ? pb.v[j] : pa.v[j], p);
+      if (kPerChannel && ++rem == g.inner && j + 1 < V) {  // next element starts a new channel
         rem = 0;
         if (++c == g.depth) c = 0;
+        p = per[c];
       }
     }
     *reinterpret_cast<Pack<T>*>(out + i) = po;
@@ -277,7 +312,12 @@ inline size_t align16(size_t b) { return (b + 15) & ~size_t{15}; }
 template <typename T>
 ElemGeom element_geom(const Layout& l, const T* a, const T* b, const T* out) {
   constexpr int V = Pack<T>::kSize;
-  ElemGeom g{l.size(), l.inner, l.depth, 0, 0, 0};
+  ElemGeom g{l.size(), l.inner, l.depth, 0, 0, 0, false, {}, {}};
+  g.small = g.n < (int64_t{1} << 32);
+  if (g.small) {
+    g.by_inner = FastDiv::make(static_cast<uint32_t>(l.inner));
+    g.by_depth = FastDiv::make(static_cast<uint32_t>(l.depth));
+  }
   const int64_t head = head_of(a, g.n);
   const bool same = head == head_of(out, g.n) && (b == nullptr || head == head_of(b, g.n));
   g.head = same ? head : g.n;

@@ -109,10 +109,16 @@ QDQ_KERNEL void reduce_runs_kernel(const T* x, RunGeom g, Key* lo_acc, Key* hi_a
   Range<C> r;
   r.reset();
   int64_t c_cur = -1;
+  // (row, k) = divmod(tile, tiles_per_row), advanced without dividing again.
+  int64_t row = first / g.tiles_per_row;
+  int64_t k = first - row * g.tiles_per_row - 1;
+  int64_t c = row % g.depth;
   for (int64_t tile = first; tile < last; ++tile) {
-    const int64_t row = tile / g.tiles_per_row;
-    const int64_t k = tile - row * g.tiles_per_row;
-    const int64_t c = row % g.depth;
+    if (++k == g.tiles_per_row) {
+      k = 0;
+      ++row;
+      if (++c == g.depth) c = 0;
+    }
     if (c != c_cur) {  // block-uniform
       flush(r, c_cur, lo_acc, hi_acc);
       r.reset();

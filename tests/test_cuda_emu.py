@@ -18,7 +18,8 @@ import host_build  # noqa: E402
 
 @pytest.fixture(scope="module")
 def emu_binary(tmp_path_factory):
-    return host_build.build(tmp_path_factory.mktemp("cuda_emu") / "emu_check", ["tests/cuda_emu/emu_check.cc"])
+    return host_build.build(tmp_path_factory.mktemp("cuda_emu") / "emu_check", ["tests/cuda_emu/emu_check.cc"],
+                            tmp_path_factory.getbasetemp() / "qdq_core_objects")
 
 
 # The reference is the CPU core's portable loops: the shared scalar math of cc/qdq_math.h,

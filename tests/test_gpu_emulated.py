@@ -28,7 +28,8 @@ def emulated_package(tmp_path_factory):
     includes = ["-DQDQ_WITH_CUDA", "-shared", "-fvisibility=hidden", "-isystem", pybind11.get_include(),
                 "-isystem", sysconfig.get_paths()["include"], "-I", str(ROOT / "cc")]
     host_build.build(pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX")),
-                     ["cc/qdq_pybind.cc", "tests/cuda_emu/emu_api.cc"], opt="-O1", extra=includes)
+                     ["cc/qdq_pybind.cc", "tests/cuda_emu/emu_api.cc"],
+                     tmp_path_factory.getbasetemp() / "qdq_core_objects", extra=includes)
     (tmp / "tensorflow.py").write_text("raise ImportError('TensorFlow is hidden from the emulated GPU run')\n")
     (tmp / "torch.py").write_text("raise ImportError('PyTorch is hidden from the emulated GPU run')\n")
     return tmp

@@ -8,6 +8,8 @@ written), NaN/inf/zero/all-NaN channels. Inputs are denormal-free (SPEC §3.8).
 Run on a GPU machine:  python -m pytest -m gpu -ra tests/test_gpu.py
 (-m gpu also selects the 2^28-element cases). Skipped, with the reason, elsewhere.
 """
+import zlib
+
 import numpy as np
 import pytest
 
@@ -164,7 +166,7 @@ LAYOUTS = [  # shape, axis: per-tensor, first, middle and last axes; both reduct
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", LAYOUTS)
 def test_forward_bit_identical_to_cpu(dtype, shape, axis):
-    rng = np.random.default_rng(hash((dtype, shape, axis)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((dtype, shape, axis)).encode()))
     for trial in range(8):
         unsigned = trial % 4 == 3
         attrs = dict(signed_input=not unsigned, num_bits=int(rng.choice([1, 2, 4, 8, 8, 13, 16, 23, 32, 61])),

@@ -186,10 +186,31 @@ QDQ_UNROLL_4
   flush(r, active ? col / g.inner : int64_t{-1}, lo_acc, hi_acc);
 }
 
-// ---- Scales: one thread per channel turns the measured keys into SliceParams. ----
+// SliceParams as 16-byte vectors (one for float, two for double), so a per-channel
+// element reads its channel's parameters with one load even when every lane of a
+// warp is in a different channel (last axis). A degenerate slice stores a NaN scale:
+// its scale is never used, and no usable range yields a NaN scale.
+template <typename C>
+struct alignas(16) Scales {
+  C lo, hi, scale, inv_scale;
+  static QDQ_HD Scales pack(const SliceParams<C>& p) {
+    return Scales{p.lo, p.hi, p.degenerate ? C(NAN) : p.scale, p.inv_scale};
+  }
+  QDQ_HD SliceParams<C> unpack() const {
+    SliceParams<C> p;
+    p.lo = lo;
+    p.hi = hi;
+    p.scale = scale;
+    p.inv_scale = inv_scale;
+    p.degenerate = is_nan(scale);
+    return p;
+  }
+};
+
+// ---- Scales: one thread per channel turns the measured keys into parameters. ----
 template <typename C, typename Key = typename KeyOf<C>::type>
 QDQ_KERNEL void params_kernel(const Key* lo_acc, const Key* hi_acc, int64_t depth, IntRange range,
-                              SliceParams<C>* params) {
+                              Scales<C>* params) {
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (c >= depth) return;
   C lo, hi;
@@ -199,7 +220,7 @@ QDQ_KERNEL void params_kernel(const Key* lo_acc, const Key* hi_acc, int64_t dept
     lo = KeyOf<C>::decode(lo_acc[c]);
     hi = KeyOf<C>::decode(static_cast<Key>(~hi_acc[c]));
   }
-  params[c] = compute_params(lo, hi, range);
+  params[c] = Scales<C>::pack(compute_params(lo, hi, range));
 }
 
 // ---- Element pass: a grid-stride loop over "units" = head scalars, 16-byte
@@ -251,15 +272,15 @@ QDQ_HD void locate(const ElemGeom& g, int64_t i, int64_t* c, int64_t* rem) {
 template <typename T, RoundMode kMode, bool kClamp>
 struct QuantizeOp {
   using C = compute_t<T>;
-  using Param = SliceParams<C>;
+  using Param = Scales<C>;
   static constexpr bool kTwoInputs = false;
   static QDQ_DEV T apply(T x, T, const Param& p) {
-    return Compute<T>::store(quantize_value<kMode, kClamp>(Compute<T>::load(x), p));
+    return Compute<T>::store(quantize_value<kMode, kClamp>(Compute<T>::load(x), p.unpack()));
   }
 };
 
 template <typename C>
-struct Bounds {
+struct alignas(2 * sizeof(C)) Bounds {
   C lo, hi;
 };
 
@@ -349,7 +370,7 @@ int launch_elements(CudaStream s, const T* a, const typename NoDeduce<T>::type* 
   return port::last_error();
 }
 
-template <typename T, typename Param = SliceParams<compute_t<T>>>
+template <typename T, typename Param = Scales<compute_t<T>>>
 int launch_quantize_pass(CudaStream s, const T* in, T* out, const Layout& l, const QuantizeAttrs& attrs,
                          Param one, const typename NoDeduce<Param>::type* per) {
   const bool up = attrs.round_mode == RoundMode::kHalfUp;
@@ -368,7 +389,7 @@ struct AutoWorkspace {
   using Key = typename KeyOf<C>::type;
   static size_t keys_bytes(int64_t depth) { return align16(sizeof(Key) * static_cast<size_t>(depth)); }
   static size_t bytes(int64_t depth) {
-    return 2 * keys_bytes(depth) + align16(sizeof(SliceParams<C>) * static_cast<size_t>(depth));
+    return 2 * keys_bytes(depth) + align16(sizeof(Scales<C>) * static_cast<size_t>(depth));
   }
 };
 
@@ -403,7 +424,7 @@ size_t quantize_workspace(Layout layout, bool range_given) {
   const Layout l = canonical(layout);
   if (l.size() == 0) return 0;
   if (!range_given) return AutoWorkspace<T>::bytes(l.depth);
-  return l.depth > 1 ? align16(sizeof(SliceParams<C>) * static_cast<size_t>(l.depth)) : 0;
+  return l.depth > 1 ? align16(sizeof(Scales<C>) * static_cast<size_t>(l.depth)) : 0;
 }
 
 template <typename T>
@@ -416,24 +437,26 @@ int quantize(CudaStream s, const T* in, T* out, Layout layout, const T* given_lo
   char* ws = static_cast<char*>(workspace);
   if (attrs.range_given) {
     // Host-side ranges: the scales are computed here, with the same function.
-    std::vector<SliceParams<C>> p(static_cast<size_t>(l.depth));
-    for (int64_t c = 0; c < l.depth; ++c)
-      p[c] = compute_params(Compute<T>::load(given_lo[c]), Compute<T>::load(given_hi[c]), attrs.range);
+    std::vector<Scales<C>> p(static_cast<size_t>(l.depth));
+    for (int64_t c = 0; c < l.depth; ++c) {
+      p[c] = Scales<C>::pack(
+          compute_params(Compute<T>::load(given_lo[c]), Compute<T>::load(given_hi[c]), attrs.range));
+    }
     if (l.depth == 1) return launch_quantize_pass<T>(s, in, out, l, attrs, p[0], nullptr);
-    auto* dev = reinterpret_cast<SliceParams<C>*>(ws);
-    if (int err = port::copy_to_device_async(dev, p.data(), sizeof(SliceParams<C>) * p.size(), s)) return err;
+    auto* dev = reinterpret_cast<Scales<C>*>(ws);
+    if (int err = port::copy_to_device_async(dev, p.data(), sizeof(Scales<C>) * p.size(), s)) return err;
     return launch_quantize_pass<T>(s, in, out, l, attrs, p[0], dev);
   }
   const size_t kb = AutoWorkspace<T>::keys_bytes(l.depth);
   Key* lo_acc = reinterpret_cast<Key*>(ws);
   Key* hi_acc = reinterpret_cast<Key*>(ws + kb);
-  auto* params = reinterpret_cast<SliceParams<C>*>(ws + 2 * kb);
+  auto* params = reinterpret_cast<Scales<C>*>(ws + 2 * kb);
   if (int err = port::memset_async(ws, 0xff, 2 * kb, s)) return err;
   if (int err = launch_reduce<T>(s, in, l, lo_acc, hi_acc)) return err;
   QDQ_LAUNCH((params_kernel<C>), ceil_div(l.depth, kBlock), kBlock, s, lo_acc, hi_acc, l.depth, attrs.range,
              params);
   if (int err = port::last_error()) return err;
-  return launch_quantize_pass<T>(s, in, out, l, attrs, SliceParams<C>{}, params);
+  return launch_quantize_pass<T>(s, in, out, l, attrs, Scales<C>{}, params);
 }
 
 template <typename T>

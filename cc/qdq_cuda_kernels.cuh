@@ -28,6 +28,11 @@ constexpr int kBlock = 256;          // threads per block, every kernel
 constexpr int kUnroll = 4;           // vectors per thread per tile (reduction)
 constexpr int64_t kRunMin = 2048;    // inner extent from which rows are reduced as runs
 constexpr int64_t kMinColumnRows = 16;  // rows each thread reduces (at least) on the column path
+// Tensors below this many elements find channels with 32-bit FastDiv; the emulation
+// tests lower it to 0 to run the 64-bit path on small tensors.
+#ifndef QDQ_CUDA_FAST_INDEX_LIMIT
+#define QDQ_CUDA_FAST_INDEX_LIMIT (int64_t{1} << 32)
+#endif
 
 // 16-byte packs: 4 floats, 2 doubles, 8 halves or bfloat16s.
 template <typename T>
@@ -340,7 +345,7 @@ template <typename T>
 ElemGeom element_geom(const Layout& l, const T* a, const T* b, const T* out) {
   constexpr int V = Pack<T>::kSize;
   ElemGeom g{l.size(), l.inner, l.depth, 0, 0, 0, false, {}, {}};
-  g.small = g.n < (int64_t{1} << 32);
+  g.small = g.n < QDQ_CUDA_FAST_INDEX_LIMIT;
   if (g.small) {
     g.by_inner = FastDiv::make(static_cast<uint32_t>(l.inner));
     g.by_depth = FastDiv::make(static_cast<uint32_t>(l.depth));

@@ -33,3 +33,13 @@ def test_emulated_kernels_match_cpu_bit_for_bit(emu_binary):
                             env=REFERENCE_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "OK 2400"
+
+
+def test_wide_index_path_matches_cpu(tmp_path_factory):
+    """The 64-bit channel arithmetic used beyond 2^32 elements, forced on small tensors."""
+    binary = host_build.build(tmp_path_factory.mktemp("cuda_emu_wide") / "emu_check",
+                              ["tests/cuda_emu/emu_check.cc"], tmp_path_factory.getbasetemp() / "qdq_core_objects",
+                              extra=["-DQDQ_CUDA_FAST_INDEX_LIMIT=0"])
+    result = subprocess.run([str(binary), "150"], capture_output=True, text=True, timeout=300, env=REFERENCE_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "OK 600"

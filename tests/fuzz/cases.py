@@ -117,7 +117,7 @@ def _short(v, dtype):
     if isinstance(v, float):
         return repr(v)
     a = np.asarray(v)
-    vals = a.ravel()[:4].astype(np.float64).tolist() if a.dtype.kind in "fc" or dtype in ref.FLOAT_DTYPES else a.ravel()[:4].tolist()
+    vals = np.real(a.ravel()[:4]).astype(np.float64).tolist() if a.dtype.kind in "fc" or dtype in ref.FLOAT_DTYPES else a.ravel()[:4].tolist()
     return f"{dtype}{list(a.shape)}{vals}{'...' if a.size > 4 else ''}"
 
 
@@ -232,6 +232,23 @@ def _range_shape(d, axis, shape):
     return d.choice(((), (1,), (2,), (0,), (1, 1), (3, 2), (right[0] + 1,) if right else (5,), (4,)))
 
 
+def _bounds(d, rng, style, n, float_dtype):
+    """Bounds around the data, random values, or specials."""
+    if style < 6:
+        width = np.abs(values(d, rng, n, float_dtype)) + 0.0
+        center = values(d, rng, n, float_dtype) * (0.1 if d.chance(0.5) else 1.0)
+        lo_all, hi_all = center - width, center + width
+        if d.chance(0.15):
+            lo_all, hi_all = np.minimum(lo_all, 0.0), np.maximum(hi_all, 0.0)
+    elif style < 8:
+        lo_all = values(d, rng, n, float_dtype)
+        hi_all = values(d, rng, n, float_dtype)
+    else:
+        lo_all = rng.choice(_specials(float_dtype), size=n)
+        hi_all = rng.choice(_specials(float_dtype), size=n)
+    return lo_all, hi_all
+
+
 def draw_case(d, seed=0, index=0, ops=DEFAULT_OPS, big_ok=True):
     rng = np.random.default_rng(d.seed())
     op = d.choice(ops)
@@ -268,18 +285,8 @@ def draw_case(d, seed=0, index=0, ops=DEFAULT_OPS, big_ok=True):
     m = int(np.prod(min_shape, dtype=np.int64))
     k = int(np.prod(max_shape, dtype=np.int64))
     style = d.integer(0, 9)
-    if style < 6:
-        width = np.abs(values(d, rng, max(m, k), float_dtype)) + 0.0
-        center = values(d, rng, max(m, k), float_dtype) * (0.1 if d.chance(0.5) else 1.0)
-        lo_all, hi_all = center - width, center + width
-        if d.chance(0.15):
-            lo_all, hi_all = np.minimum(lo_all, 0.0), np.maximum(hi_all, 0.0)
-    elif style < 8:
-        lo_all = values(d, rng, max(m, k), float_dtype)
-        hi_all = values(d, rng, max(m, k), float_dtype)
-    else:
-        lo_all = rng.choice(_specials(float_dtype), size=max(m, k))
-        hi_all = rng.choice(_specials(float_dtype), size=max(m, k))
+    with np.errstate(all="ignore"):  # huge centres and widths may overflow to inf: wanted
+        lo_all, hi_all = _bounds(d, rng, style, max(m, k), float_dtype)
     if d.chance(0.05):
         lo_all, hi_all = hi_all, lo_all
     min_value = as_dtype(lo_all[:m].reshape(min_shape), min_dtype)

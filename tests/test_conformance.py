@@ -11,6 +11,7 @@ accepts them; HALF_TO_EVEN only) and with the float NumPy model (tests/reference
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.ops import gen_array_ops
 
 import tensorflow_qdq as qdq
 from tests import cases, compare
@@ -149,3 +150,66 @@ def test_inside_tf_function(dtype):
            for (i, op, c), a, b in zip(pairs + cross, ours, theirs) if not compare.same_bits(a, b)]
     cases.record(f"tf.function {np.dtype(dtype).name}", len(ours))
     _assert_none(bad, len(ours), 500)
+
+
+WRAPPERS = (("quantize_and_dequantize", tf.quantization.quantize_and_dequantize),
+            ("quantize_and_dequantize_v2", tf.quantization.quantize_and_dequantize_v2),
+            # TF 2.21 exports no public quantize_and_dequantize_v4: its generated op wrapper.
+            ("quantize_and_dequantize_v4", getattr(tf, "quantize_and_dequantize_v4", None)
+             or gen_array_ops.quantize_and_dequantize_v4))
+
+
+def test_python_wrappers_match_tf_wrappers():
+    """The tf.quantization-style functions (wrapper axis convention: None per-tensor, negative
+    counts from the end; v4 keeps the raw convention) equal TF's functions of the same name."""
+    batch = [c for c in cases.random_cases(800, 200, np.float32) if not c.degenerate()
+             and not (c.per_channel and c.range_given)]
+    rng = np.random.default_rng(801)
+    bad, n = [], 0
+    for i, c in enumerate(batch):
+        for name, theirs_fn in WRAPPERS:
+            if name.endswith("v4"):
+                axis = c.axis
+            elif c.per_channel:
+                axis = c.axis - c.x.ndim if rng.random() < 0.5 else c.axis  # negative counts from the end
+            else:
+                axis = None
+            kw = dict(signed_input=c.signed_input, num_bits=c.num_bits, range_given=c.range_given,
+                      round_mode=c.round_mode, narrow_range=c.narrow_range, axis=axis)
+            ours = getattr(qdq, name)(c.x, c.input_min, c.input_max, **kw)
+            # (TF's wrappers need tensors: they read input.shape.ndims)
+            theirs = theirs_fn(tf.constant(c.x), tf.constant(c.input_min), tf.constant(c.input_max), **kw)
+            n += 1
+            if not compare.same_bits(ours, theirs):
+                bad.append(f"#{i} {name} axis={axis} {c!r}: {compare.describe(ours, theirs)}")
+    cases.record("Python wrappers vs TF's", n)
+    _assert_none(bad, n, 300)
+
+
+def test_spec_worked_examples():
+    """SPEC §3's worked examples, on ours, on TF and on the model."""
+    f = np.float32
+    x = np.array([-11.0, -10.0, 0.05, 5.0, 9.921875, 20.0], f)
+    examples = [
+        (dict(input=x, input_min=f(-10), input_max=f(5), range_given=True), None),
+        (dict(input=x, input_min=f(-10), input_max=f(10), range_given=True), None),
+        (dict(input=np.array([-1, -0.5, 0, 0.3, 0.8, 0.555, 0.50390625], f), input_min=f(0), input_max=f(0)),
+         [-1, -0.5, 0, 0.296875, 0.796875, 0.5546875, 0.5]),
+        (dict(input=np.array([-1, -0.5, 0, 0.3, 0.8, 0.555, 0.50390625], f), input_min=f(0), input_max=f(0),
+              round_mode="HALF_UP"), [-1, -0.5, 0, 0.296875, 0.796875, 0.5546875, 0.5078125]),
+        (dict(input=np.array([-0.5, 0, 0.3, 0.8], f), input_min=f(0), input_max=f(1), range_given=True,
+              signed_input=False), np.array([0, 0, 76, 204], f) * (f(1) / f(255))),  # grid * inv_scale
+    ]
+    for kw, want in examples:
+        ours = qdq.raw_ops.QuantizeAndDequantizeV2(**kw)
+        compare.assert_same_bits(ours, tf.raw_ops.QuantizeAndDequantizeV2(**kw), f"TF {kw}")
+        model_kw = {k: v for k, v in kw.items() if k not in ("input", "input_min", "input_max")}
+        compare.assert_same_bits(ours, cases.reference.quantize(kw["input"], kw["input_min"], kw["input_max"],
+                                                                **model_kw), f"model {kw}")
+        if want is not None:
+            compare.assert_same_bits(ours, np.asarray(want, f), f"SPEC {kw}")
+    # Given [-10, 5]: scale 12.8, hi becomes 9.921875; given [-10, 10]: lo becomes -10.07874.
+    out = qdq.raw_ops.QuantizeAndDequantizeV2(**examples[0][0]).numpy()
+    assert out.max() == f(9.921875) and out[0] == f(-10)
+    out = qdq.raw_ops.QuantizeAndDequantizeV2(**examples[1][0]).numpy()
+    assert out[0] == f(-10.07874) and out[-1] == f(10)

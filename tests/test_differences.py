@@ -203,6 +203,13 @@ def test_row8_wrapper_axis_and_lists():
         qdq.quantize_and_dequantize(x, lo4, hi4, axis=-4)
     out = qdq.quantize_and_dequantize([-1.0, 0.3, 0.8], [0.0], [0.0])
     np.testing.assert_array_equal(out.numpy(), np.array([-1.0, 0.296875, 0.796875], F))
+    # Lists (or NumPy arrays) with a negative axis: TF reads input.shape before converting.
+    rows = [[-1.0, 0.3], [0.8, 0.5]]
+    with pytest.raises(AttributeError):
+        tf.quantization.quantize_and_dequantize_v2(rows, [0.0, 0.0], [0.0, 0.0], axis=-1)
+    compare.assert_same_bits(qdq.quantize_and_dequantize_v2(rows, [0.0, 0.0], [0.0, 0.0], axis=-1),
+                             tf.quantization.quantize_and_dequantize_v2(tf.constant(rows), tf.zeros(2), tf.zeros(2),
+                                                                        axis=1), "lists")
     with pytest.raises(ValueError, match="rank"):
         tf.function(lambda t: qdq.quantize_and_dequantize(t, 0.0, 0.0, axis=-1),
                     input_signature=[tf.TensorSpec(None, tf.float32)]).get_concrete_function()

@@ -35,7 +35,10 @@ class Case:
     axis: int = -1
 
     def kwargs(self, op="QuantizeAndDequantizeV2"):
-        kw = dict(input=self.x, input_min=self.input_min, input_max=self.input_max,
+        # 0-d arrays, never NumPy scalars: np.float64 is a Python float, and TF's eager scalar cache
+        # keys on the value, so -0.0 and +0.0 would share one cached tensor.
+        kw = dict(input=np.asarray(self.x), input_min=np.asarray(self.input_min),
+                  input_max=np.asarray(self.input_max),
                   signed_input=self.signed_input, range_given=self.range_given,
                   narrow_range=self.narrow_range, axis=self.axis)
         if op.endswith("V3"):

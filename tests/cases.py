@@ -71,6 +71,27 @@ class Case:
                 return True
         return False
 
+    def zero_sign_ambiguous(self):
+        """True when an auto range's scale comes from a zero bound of a slice holding both +0.0 and
+        -0.0 (the other side's scale overflowed). Which zero TF's min/max reduction returns then
+        depends on its SIMD width and the zeros' positions, and the output zeros' signs follow it."""
+        if self.range_given:
+            return False
+        C = reference.compute_dtype(self.x.dtype)
+        x = self.x.astype(C)
+        x2 = x.reshape(1, -1) if self.axis == -1 else np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
+        for row, (lo, hi) in zip(x2, self.slices()):
+            zeros = row[row == 0]
+            if not (np.any(np.signbit(zeros)) and not np.all(np.signbit(zeros))):
+                continue
+            qmin, qmax = reference.int_range(self.signed_input, self.num_bits, self.narrow_range)
+            with np.errstate(all="ignore"):
+                s_lo = C.type(qmin) / C.type(lo) if C.type(qmin) * C.type(lo) > 0 else np.finfo(C).max
+                s_hi = C.type(qmax) / C.type(hi) if C.type(qmax) * C.type(hi) > 0 else np.finfo(C).max
+            if (lo == 0 and s_lo < s_hi) or (hi == 0 and not s_lo < s_hi):
+                return True
+        return False
+
     @property
     def per_channel(self):
         return self.axis != -1

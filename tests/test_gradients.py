@@ -244,3 +244,16 @@ def test_gradients_half_and_bfloat16():
         dx = tape.gradient(y, x, output_gradients=tf.cast(tf.range(1.0, 8.0), dtype))
         assert dx.dtype == dtype
         np.testing.assert_array_equal(tf.cast(dx, tf.float32).numpy(), [0, 2, 3, 4, 5, 6, 0])
+
+
+def test_v4_auto_gradient_with_unknown_shape_in_tf_function():
+    """The auto-range mask is built from tf.shape, so it works when the rank is unknown at trace."""
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = qdq.quantize_and_dequantize_v4(x, tf.zeros([3]), tf.zeros([3]), axis=1)
+        return tape.gradient(y, x)
+
+    x = np.array([[1.0, np.nan, -3.0], [0.5, 2.0, -1.0]], np.float32)
+    np.testing.assert_array_equal(grad(x).numpy(), np.isfinite(x).astype(np.float32))

@@ -1,11 +1,35 @@
 """Keras 3 layers and quantization-aware training over tensorflow-qdq's ops.
 
 ``QuantizeAndDequantize`` is a fake-quantization layer (fixed, per-batch or tracked
-ranges, per tensor or per channel). Importing this module registers the layers with
-Keras' serialization, so ``keras.saving.load_model`` of a ``.keras`` file that holds them
-needs ``import tensorflow_qdq.keras`` first.
+ranges, per tensor or per channel); ``quantize_model`` turns a Sequential or functional
+model into a quantization-aware copy built from ``QuantizedDense``/``QuantizedConv*``.
+Importing this module registers the layers with Keras' serialization, so
+``keras.saving.load_model`` of a ``.keras`` file that holds them needs
+``import tensorflow_qdq.keras`` first.
 """
 
-from tensorflow_qdq.keras._layer import QuantizeAndDequantize
+import keras as _keras
 
-__all__ = ["QuantizeAndDequantize"]
+if _keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        f"tensorflow_qdq.keras needs Keras' TensorFlow backend, but Keras runs on {_keras.backend.backend()!r}; "
+        "set KERAS_BACKEND=tensorflow before importing keras"
+    )
+
+from tensorflow_qdq.keras._layer import QuantizeAndDequantize  # noqa: E402
+from tensorflow_qdq.keras._quantize_model import quantize_model  # noqa: E402
+from tensorflow_qdq.keras._quantized_layers import (  # noqa: E402
+    QuantizedConv1D,
+    QuantizedConv2D,
+    QuantizedConv3D,
+    QuantizedDense,
+)
+
+__all__ = [
+    "QuantizeAndDequantize",
+    "QuantizedConv1D",
+    "QuantizedConv2D",
+    "QuantizedConv3D",
+    "QuantizedDense",
+    "quantize_model",
+]

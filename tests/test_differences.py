@@ -233,3 +233,30 @@ def test_one_element_vector_range_is_accepted_in_eager(op):
         _run(tf, op, **kw)
     want = _run(tf, op, **dict(kw, input_min=F(-1), input_max=F(1)))
     compare.assert_same_bits(_run(qdq, op, **kw), want, "[1]-shaped range")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=["float32", "float64", "half"])
+def test_row6_degenerate_channels_in_wide_rows(dtype):
+    """Per-channel along the last axis with many channels (the vectorised row loops), half of
+    them degenerate (unsigned with a negative given range: TF returns +0 there, and so must we)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((8, 67)).astype(dtype)
+    x[:, ::5] = 0.0
+    x[:, 1::7] = -0.0
+    lo = np.where(np.arange(67) % 2 == 0, -2.0, 0.0).astype(dtype)
+    hi = np.where(np.arange(67) % 2 == 0, -1.0, 1.5).astype(dtype)
+    bad = []
+    for mode in ("HALF_TO_EVEN", "HALF_UP"):
+        c = cases.Case(x=x, input_min=lo, input_max=hi, signed_input=False, range_given=True, round_mode=mode,
+                       axis=1)
+        for op in ("QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4"):
+            ours = _run(qdq, op, **c.kwargs(op))
+            want = c.reference() if not op.endswith("V3") else \
+                cases.Case(**{**c.__dict__, "round_mode": "HALF_TO_EVEN"}).reference()
+            if not compare.same_bits(ours, want):
+                bad.append(f"{op} {mode} vs model: {compare.describe(ours, want)}")
+            if op.endswith("V3") and dtype != np.float16:
+                theirs = _run(tf, op, **c.kwargs(op))
+                if not compare.same_bits(ours, theirs):
+                    bad.append(f"{op} vs TF: {compare.describe(ours, theirs)}")
+    assert not bad, "\n".join(bad)

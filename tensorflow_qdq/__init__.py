@@ -9,6 +9,9 @@ core (``tensorflow_qdq._core``) is usable.
 
 __version__ = "0.1.0"
 
+# Inside jit_compile the ops lower to a composite of standard ops (docs/XLA_EXPORT.md).
+XLA_SUPPORTED = True
+
 try:
     import tensorflow as _tf  # noqa: F401
 except ImportError as _exc:  # the TensorFlow-free core still imports
@@ -19,13 +22,17 @@ else:
     from tensorflow_qdq import raw_ops
     from tensorflow_qdq._api import quantize_and_dequantize, quantize_and_dequantize_v2, quantize_and_dequantize_v4
     from tensorflow_qdq._loader import LibraryError
+    from tensorflow_qdq.export import export, to_tflite  # the function shadows the submodule's name
 
 __all__ = [
     "LibraryError",
+    "XLA_SUPPORTED",
+    "export",
     "quantize_and_dequantize",
     "quantize_and_dequantize_v2",
     "quantize_and_dequantize_v4",
     "raw_ops",
+    "to_tflite",
 ]
 
 

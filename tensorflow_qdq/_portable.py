@@ -5,10 +5,10 @@ library), so variables, signatures and the object graph stay untouched.
 
 * ``QuantizeAndDequantizeV2/V3/V4/V4Grad`` (the built-ins) replace our ops where
   TensorFlow's kernel computes what ours does on every input that has no NaN and
-  no degenerate range (SPEC §3.3-3.4): float32/float64, per tensor, or per channel
-  with a measured range. TensorFlow rejects per-channel given ranges and has no
-  half/bfloat16 kernels, so those become a call of the composite (``_composite``),
-  bit-identical to our kernels on every input.
+  no degenerate range (SPEC §3.3-3.4) and where the TFLite converter handles it:
+  float32/float64 per tensor (and V4Grad). Everything else (per channel, half,
+  bfloat16) becomes a call of the composite (``_composite``), bit-identical to
+  our kernels on every input.
 * ``exact=True`` uses the composite everywhere (NaN and degenerate ranges too).
 """
 
@@ -55,8 +55,9 @@ def _attrs(node):
 def _uses_builtin(node, dtype, attrs, exact):
     if exact or dtype not in (tf.float32, tf.float64):
         return False
-    per_channel_given = attrs.get("axis", -1) != -1 and attrs.get("range_given", False)
-    return not per_channel_given or node.op.endswith("V4Grad")
+    # Per channel: TF 2.21's V2/V4 reject given ranges, and the TFLite converter crashes
+    # (SIGSEGV) on its per-channel QuantizeAndDequantizeV4 with a measured range.
+    return attrs["axis"] == -1 or node.op.endswith("V4Grad")
 
 
 def _set_attr(node, key, value):

@@ -1,116 +1,191 @@
-// CPU loops of the core. Every pass walks the flat buffer once; channels are
-// found from the [outer, depth, inner] layout, so per-channel work on any axis
-// uses the same loops as per-tensor work (no per-channel launches or copies).
+// CPU driver of the core: picks the loops for this CPU, splits the flat buffer
+// into pieces for the thread pool, and finds each piece's channel from the
+// [outer, depth, inner] layout, so per-channel work on any axis runs through
+// the same loops as per-tensor work (no per-channel launches or copies).
+//
+// Bytes move the fewest times: given ranges and V4Grad are one pass, auto
+// ranges one reduction pass plus one quantize pass.
 #include "qdq_cpu.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
+
+#include "qdq_simd_loops.h"
 
 namespace qdq {
 namespace {
 
-// Below this many elements a shard is not worth a thread.
+// Channels whose runs are shorter than this go through row loops.
+constexpr int64_t kMinRun = 64;
+// A row period is repeated until it holds at least this many elements.
+constexpr int64_t kMinPeriod = 512;
+// Row periods with channel inner > 1 longer than this use runs instead.
+constexpr int64_t kMaxExpandedPeriod = int64_t{1} << 16;
+// Reductions keep one partial range per shard up to this many positions.
+constexpr int64_t kMaxPartialPositions = int64_t{1} << 14;
+// Work is handed to the pool in units of this many elements (cache-line aligned pieces).
+constexpr int64_t kUnit = 256;
+// Below this many elements a reduction shard is not worth a thread.
 constexpr int64_t kMinShardElements = int64_t{1} << 15;
-// Channel counts up to this use per-shard partial ranges; above, shards own channels.
-constexpr int64_t kMaxPartialDepth = 1024;
-// Rough cycles per element, for the pool's cost model.
-constexpr int64_t kCyclesPerElement = 6;
+// Cycles per element for the pool's cost model. Memory bound: about one cycle
+// per element moved plus thread start-up; with Eigen's model (100k cycles per
+// extra thread) tensors under ~50k elements stay on the calling thread.
+constexpr int64_t kCyclesPerElement = 2;
+// Outputs at least this big are written with non-temporal stores (they
+// would not stay in the last-level cache anyway).
+constexpr int64_t kStreamBytes = int64_t{16} << 20;
 
-// A size-1 channel axis is per-tensor work; folding it keeps the loops long.
-Layout canonical(Layout l) {
-  if (l.depth == 1) return Layout{1, 1, l.size()};
-  return l;
+// ---- instruction-set choice ------------------------------------------------
+
+enum class Isa : int { kBaseline = 0, kAvx2 = 1 };
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
 }
 
-// Splits the flat range [b, e) into pieces: with inner > 1, run(c, f, len) for
-// pieces inside one channel; with inner == 1, row(c0, f, len) for pieces whose
-// element j belongs to channel c0 + j.
-template <typename Run, typename Row>
-void for_each_piece(const Layout& l, int64_t b, int64_t e, Run&& run, Row&& row) {
-  int64_t f = b;
-  if (l.inner == 1) {
-    while (f < e) {
-      const int64_t c = f % l.depth;
-      const int64_t len = std::min(e - f, l.depth - c);
-      row(c, f, len);
-      f += len;
-    }
-    return;
-  }
-  while (f < e) {
-    const int64_t block = f / l.inner;
-    const int64_t len = std::min(e - f, (block + 1) * l.inner - f);
-    run(block % l.depth, f, len);
+Isa best_isa() { return cpu_has_avx2() && avx2_loops<float>() != nullptr ? Isa::kAvx2 : Isa::kBaseline; }
+
+// "baseline" forces the portable loops, "avx2" asks for AVX2 (granted only
+// when the CPU has it); anything else means the best available.
+Isa isa_from_name(const char* name) {
+  if (name != nullptr && std::strcmp(name, "baseline") == 0) return Isa::kBaseline;
+  return best_isa();
+}
+
+std::atomic<int>& active_isa() {
+  static std::atomic<int> isa{static_cast<int>(isa_from_name(std::getenv("QDQ_CPU_ISA")))};
+  return isa;
+}
+
+template <typename T>
+const CpuLoops<T>& loops() {
+  if (active_isa().load(std::memory_order_relaxed) == static_cast<int>(Isa::kAvx2)) return *avx2_loops<T>();
+  return baseline_loops<T>();
+}
+
+// ---- layout plan -----------------------------------------------------------
+
+// How a tensor is walked. Run mode: pieces inside one channel (inner >= kMinRun
+// or per-tensor). Row mode: the flat buffer repeats a period of `period`
+// positions; position j belongs to channel (j / inner) % depth and the loops
+// read per-position parameter arrays.
+struct Plan {
+  Layout l;
+  bool row;
+  int64_t period;
+  int64_t channel_of(int64_t position) const { return (position / l.inner) % l.depth; }
+  Runs runs() const { return Runs{l.inner, l.depth}; }
+};
+
+Plan make_plan(Layout l) {
+  if (l.depth == 1) return Plan{Layout{1, 1, l.size()}, false, 0};
+  const int64_t p = l.depth * l.inner;
+  if (l.inner >= kMinRun || (l.inner > 1 && p > kMaxExpandedPeriod)) return Plan{l, false, 0};
+  return Plan{l, true, p * ((kMinPeriod + p - 1) / p)};
+}
+
+// Row mode: calls row(position, f, len) for the pieces of [b, e) that stay
+// inside one period.
+template <typename Row>
+void for_each_row(const Plan& plan, int64_t b, int64_t e, Row&& row) {
+  for (int64_t f = b; f < e;) {
+    const int64_t position = f % plan.period;
+    const int64_t len = std::min(e - f, plan.period - position);
+    row(position, f, len);
     f += len;
   }
 }
 
-// NaN-ignoring min/max: a NaN fails both comparisons and changes nothing.
+// Runs piece(b, e) over [0, n) in kUnit-aligned pieces on the pool. The fence
+// makes non-temporal stores visible before the pool reports the piece done.
+template <typename Piece>
+void parallel_elements(const ThreadPool& pool, int64_t n, Piece&& piece) {
+  const int64_t units = (n + kUnit - 1) / kUnit;
+  pool.parallel_for(units, kUnit * kCyclesPerElement, [&](int64_t u0, int64_t u1) {
+    piece(u0 * kUnit, std::min(n, u1 * kUnit));
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  });
+}
+
+// Copies per-channel values to per-position arrays of one period.
+template <typename C, typename Get>
+std::vector<C> by_position(const Plan& plan, Get&& get) {
+  std::vector<C> out(static_cast<size_t>(plan.period));
+  for (int64_t j = 0; j < plan.period; ++j) out[j] = get(plan.channel_of(j));
+  return out;
+}
+
+// ---- range measurement -----------------------------------------------------
+
 template <typename C>
-inline void accumulate(C v, C& lo, C& hi) {
-  lo = (v < lo) ? v : lo;
-  hi = (v > hi) ? v : hi;
-}
-
-template <typename T, typename C = compute_t<T>>
-void reduce_run(const T* x, int64_t n, C& lo, C& hi) {
-  C l = lo, h = hi;
-  for (int64_t i = 0; i < n; ++i) accumulate(Compute<T>::load(x[i]), l, h);
-  lo = l;
-  hi = h;
-}
-
-template <typename T, typename C = compute_t<T>>
-void reduce_row(const T* x, int64_t n, C* lo, C* hi) {
-  for (int64_t i = 0; i < n; ++i) accumulate(Compute<T>::load(x[i]), lo[i], hi[i]);
+void merge_range(C l, C h, C& lo, C& hi) {
+  // Bound with bound: an empty shard's +inf/-inf must not leak into the other side.
+  lo = (l < lo) ? l : lo;
+  hi = (h > hi) ? h : hi;
 }
 
 // Per-channel NaN-free min/max of x. A channel with no non-NaN element gets NaN
 // bounds, which makes its range degenerate and keeps its NaNs.
 template <typename T, typename C = compute_t<T>>
-void measure_ranges(const ThreadPool& pool, const T* x, const Layout& l, C* lo, C* hi) {
+void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, const Plan& plan, C* lo, C* hi) {
+  const Layout& l = plan.l;
   const C inf = std::numeric_limits<C>::infinity();
   std::fill(lo, lo + l.depth, inf);
   std::fill(hi, hi + l.depth, -inf);
   const int64_t n = l.size();
-  if (l.depth <= kMaxPartialDepth) {
-    const int64_t shards =
-        std::max<int64_t>(1, std::min<int64_t>(n / kMinShardElements, 4 * int64_t{pool.num_threads()}));
-    std::vector<C> part(static_cast<size_t>(2 * shards * l.depth));
+  const int64_t positions = plan.row ? plan.period : l.depth;  // partial slots per shard
+  if (positions <= kMaxPartialPositions) {
+    // Flat shards, each with its own partial ranges, merged afterwards.
+    const int64_t shards = std::max<int64_t>(
+        1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
+    std::vector<C> part(static_cast<size_t>(2 * shards * positions));
     for (int64_t s = 0; s < shards; ++s) {
-      std::fill_n(part.begin() + 2 * s * l.depth, l.depth, inf);
-      std::fill_n(part.begin() + (2 * s + 1) * l.depth, l.depth, -inf);
+      std::fill_n(part.begin() + 2 * s * positions, positions, inf);
+      std::fill_n(part.begin() + (2 * s + 1) * positions, positions, -inf);
     }
     pool.parallel_for(shards, (n / shards + 1) * kCyclesPerElement, [&](int64_t first, int64_t last) {
       for (int64_t s = first; s < last; ++s) {
-        C* plo = part.data() + 2 * s * l.depth;
-        C* phi = plo + l.depth;
-        for_each_piece(
-            l, n * s / shards, n * (s + 1) / shards,
-            [&](int64_t c, int64_t f, int64_t len) { reduce_run(x + f, len, plo[c], phi[c]); },
-            [&](int64_t c, int64_t f, int64_t len) { reduce_row(x + f, len, plo + c, phi + c); });
+        C* plo = part.data() + 2 * s * positions;
+        C* phi = plo + positions;
+        const int64_t b = n * s / shards, e = n * (s + 1) / shards;
+        if (plan.row) {
+          for_each_row(plan, b, e, [&](int64_t j, int64_t f, int64_t len) { k.reduce_row(x + f, len, plo + j, phi + j); });
+        } else {
+          k.reduce_runs(x, b, e - b, plan.runs(), plo, phi);
+        }
       }
     });
     for (int64_t s = 0; s < shards; ++s) {
-      const C* plo = part.data() + 2 * s * l.depth;
-      const C* phi = plo + l.depth;
-      for (int64_t c = 0; c < l.depth; ++c) {
-        // Merge bound with bound: an empty shard's +inf/-inf must not leak into the other side.
-        lo[c] = (plo[c] < lo[c]) ? plo[c] : lo[c];
-        hi[c] = (phi[c] > hi[c]) ? phi[c] : hi[c];
+      const C* plo = part.data() + 2 * s * positions;
+      const C* phi = plo + positions;
+      for (int64_t j = 0; j < positions; ++j) {
+        const int64_t c = plan.row ? plan.channel_of(j) : j;
+        merge_range(plo[j], phi[j], lo[c], hi[c]);
       }
     }
+  } else if (plan.row) {
+    // Long period (many channels, inner < kMinRun): shards own positions of
+    // the period across every repetition of it (here period == depth * inner).
+    std::vector<C> plo(static_cast<size_t>(plan.period), inf), phi(static_cast<size_t>(plan.period), -inf);
+    const int64_t reps = n / plan.period;
+    pool.parallel_for(plan.period, reps * kCyclesPerElement, [&](int64_t j0, int64_t j1) {
+      for (int64_t r = 0; r < reps; ++r) k.reduce_row(x + r * plan.period + j0, j1 - j0, &plo[j0], &phi[j0]);
+    });
+    for (int64_t j = 0; j < plan.period; ++j) merge_range(plo[j], phi[j], lo[plan.channel_of(j)], hi[plan.channel_of(j)]);
   } else {
-    // Many channels: each shard owns a channel range across every row.
+    // Many long channels: shards own channels across every outer row.
     pool.parallel_for(l.depth, l.outer * l.inner * kCyclesPerElement, [&](int64_t c0, int64_t c1) {
       for (int64_t o = 0; o < l.outer; ++o) {
-        const T* row = x + (o * l.depth + c0) * l.inner;
-        if (l.inner == 1) {
-          reduce_row(row, c1 - c0, lo + c0, hi + c0);
-        } else {
-          for (int64_t c = c0; c < c1; ++c) reduce_run(row + (c - c0) * l.inner, l.inner, lo[c], hi[c]);
-        }
+        k.reduce_runs(x, (o * l.depth + c0) * l.inner, (c1 - c0) * l.inner, plan.runs(), lo, hi);
       }
     });
   }
@@ -120,34 +195,29 @@ void measure_ranges(const ThreadPool& pool, const T* x, const Layout& l, C* lo, 
   }
 }
 
-template <RoundMode kMode, bool kClamp, typename T, typename C = compute_t<T>>
-void quantize_run(const T* x, T* y, int64_t n, SliceParams<C> p) {
-  for (int64_t i = 0; i < n; ++i) y[i] = Compute<T>::store(quantize_value<kMode, kClamp>(Compute<T>::load(x[i]), p));
-}
-
-template <RoundMode kMode, bool kClamp, typename T, typename C = compute_t<T>>
-void quantize_row(const T* x, T* y, int64_t n, const SliceParams<C>* p) {
-  for (int64_t i = 0; i < n; ++i)
-    y[i] = Compute<T>::store(quantize_value<kMode, kClamp>(Compute<T>::load(x[i]), p[i]));
-}
-
-template <RoundMode kMode, bool kClamp, typename T, typename C = compute_t<T>>
-void quantize_pass(const ThreadPool& pool, const T* x, T* y, const Layout& l, const SliceParams<C>* params) {
-  pool.parallel_for(l.size(), kCyclesPerElement, [&](int64_t b, int64_t e) {
-    for_each_piece(
-        l, b, e, [&](int64_t c, int64_t f, int64_t len) { quantize_run<kMode, kClamp>(x + f, y + f, len, params[c]); },
-        [&](int64_t c, int64_t f, int64_t len) { quantize_row<kMode, kClamp>(x + f, y + f, len, params + c); });
-  });
+template <typename T>
+bool streams(int64_t n) {
+  return n * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
 }
 
 }  // namespace
+
+const char* cpu_isa() { return active_isa().load() == static_cast<int>(Isa::kAvx2) ? "avx2" : "baseline"; }
+
+const char* set_cpu_isa(const char* name) {
+  active_isa().store(static_cast<int>(isa_from_name(name)));
+  return cpu_isa();
+}
 
 template <typename T>
 void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const T* given_lo,
                   const T* given_hi, const QuantizeAttrs& attrs) {
   using C = compute_t<T>;
-  const Layout l = canonical(layout);
-  if (l.size() == 0) return;
+  const Plan plan = make_plan(layout);
+  const Layout& l = plan.l;
+  const int64_t n = l.size();
+  if (n == 0) return;
+  const CpuLoops<T>& k = loops<T>();
   std::vector<C> lo(static_cast<size_t>(l.depth)), hi(static_cast<size_t>(l.depth));
   if (attrs.range_given) {
     for (int64_t c = 0; c < l.depth; ++c) {
@@ -155,22 +225,32 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
       hi[c] = Compute<T>::load(given_hi[c]);
     }
   } else {
-    measure_ranges(pool, in, l, lo.data(), hi.data());
+    measure_ranges(pool, k, in, plan, lo.data(), hi.data());
   }
   std::vector<SliceParams<C>> params(static_cast<size_t>(l.depth));
   for (int64_t c = 0; c < l.depth; ++c) params[c] = compute_params(lo[c], hi[c], attrs.range);
 
-  const bool half_up = attrs.round_mode == RoundMode::kHalfUp;
-  if (attrs.range_given) {
-    if (half_up)
-      quantize_pass<RoundMode::kHalfUp, true>(pool, in, out, l, params.data());
-    else
-      quantize_pass<RoundMode::kHalfToEven, true>(pool, in, out, l, params.data());
+  const int mode = static_cast<int>(attrs.round_mode);
+  const bool clamp = attrs.range_given;
+  const bool stream = streams<T>(n);
+  if (plan.row) {
+    const auto pick = [&](auto field) { return by_position<C>(plan, [&](int64_t c) { return field(params[c]); }); };
+    const std::vector<C> plo = pick([](const SliceParams<C>& p) { return p.lo; });
+    const std::vector<C> phi = pick([](const SliceParams<C>& p) { return p.hi; });
+    const std::vector<C> pscale = pick([](const SliceParams<C>& p) { return p.scale; });
+    const std::vector<C> pinv = pick([](const SliceParams<C>& p) { return p.inv_scale; });
+    const std::vector<C> pdeg = pick([](const SliceParams<C>& p) { return p.degenerate ? C(1) : C(0); });
+    const auto row = k.quantize_row[mode][clamp];
+    parallel_elements(pool, n, [&](int64_t b, int64_t e) {
+      for_each_row(plan, b, e, [&](int64_t j, int64_t f, int64_t len) {
+        const RowParams<C> p{&plo[j], &phi[j], &pscale[j], &pinv[j], &pdeg[j]};
+        row(in + f, out + f, len, p, stream);
+      });
+    });
   } else {
-    if (half_up)
-      quantize_pass<RoundMode::kHalfUp, false>(pool, in, out, l, params.data());
-    else
-      quantize_pass<RoundMode::kHalfToEven, false>(pool, in, out, l, params.data());
+    const auto runs = k.quantize_runs[mode][clamp];
+    parallel_elements(pool, n,
+                      [&](int64_t b, int64_t e) { runs(in, out, b, e - b, plan.runs(), params.data(), stream); });
   }
 }
 
@@ -178,27 +258,30 @@ template <typename T>
 void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* out, Layout layout, const T* lo,
                          const T* hi) {
   using C = compute_t<T>;
-  const Layout l = canonical(layout);
-  if (l.size() == 0) return;
+  const Plan plan = make_plan(layout);
+  const Layout& l = plan.l;
+  const int64_t n = l.size();
+  if (n == 0) return;
+  const CpuLoops<T>& k = loops<T>();
   std::vector<C> clo(static_cast<size_t>(l.depth)), chi(static_cast<size_t>(l.depth));
   for (int64_t c = 0; c < l.depth; ++c) {
     clo[c] = Compute<T>::load(lo[c]);
     chi[c] = Compute<T>::load(hi[c]);
   }
-  auto element = [](T g, T v, C a, C b) {
-    return Compute<T>::store(masked_gradient(Compute<T>::load(g), Compute<T>::load(v), a, b));
-  };
-  pool.parallel_for(l.size(), kCyclesPerElement, [&](int64_t b, int64_t e) {
-    for_each_piece(
-        l, b, e,
-        [&](int64_t c, int64_t f, int64_t len) {
-          const C a = clo[c], z = chi[c];
-          for (int64_t i = f; i < f + len; ++i) out[i] = element(grad[i], x[i], a, z);
-        },
-        [&](int64_t c, int64_t f, int64_t len) {
-          for (int64_t i = 0; i < len; ++i) out[f + i] = element(grad[f + i], x[f + i], clo[c + i], chi[c + i]);
-        });
-  });
+  const bool stream = streams<T>(n);
+  if (plan.row) {
+    const std::vector<C> plo = by_position<C>(plan, [&](int64_t c) { return clo[c]; });
+    const std::vector<C> phi = by_position<C>(plan, [&](int64_t c) { return chi[c]; });
+    parallel_elements(pool, n, [&](int64_t b, int64_t e) {
+      for_each_row(plan, b, e, [&](int64_t j, int64_t f, int64_t len) {
+        k.gradient_row(grad + f, x + f, out + f, len, &plo[j], &phi[j], stream);
+      });
+    });
+  } else {
+    parallel_elements(pool, n, [&](int64_t b, int64_t e) {
+      k.gradient_runs(grad, x, out, b, e - b, plan.runs(), clo.data(), chi.data(), stream);
+    });
+  }
 }
 
 #define QDQ_INSTANTIATE(T)                                                                                   \
@@ -212,3 +295,12 @@ QDQ_INSTANTIATE(bf16_t)
 #undef QDQ_INSTANTIATE
 
 }  // namespace qdq
+
+// Test and benchmark hooks, callable through ctypes on the loaded op library:
+// the instruction set in use, and a way to force one ("baseline", "avx2",
+// anything else = best). The environment variable QDQ_CPU_ISA sets the
+// initial choice the same way.
+extern "C" __attribute__((visibility("default"))) const char* qdq_cpu_isa() { return qdq::cpu_isa(); }
+extern "C" __attribute__((visibility("default"))) const char* qdq_cpu_set_isa(const char* name) {
+  return qdq::set_cpu_isa(name);
+}

@@ -18,4 +18,10 @@ template <typename T>
 void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* out, Layout layout,
                          const T* lo, const T* hi);
 
+// The instruction set the CPU loops use ("avx2" or "baseline"), and a way to
+// change it for tests and benchmarks ("baseline", "avx2"; anything else = best
+// available). The environment variable QDQ_CPU_ISA sets the initial choice.
+const char* cpu_isa();
+const char* set_cpu_isa(const char* name);
+
 }  // namespace qdq

@@ -9,7 +9,8 @@ core (``tensorflow_qdq._core``) is usable.
 
 __version__ = "0.1.0"
 
-# Inside jit_compile the ops lower to a composite of standard ops (docs/XLA_EXPORT.md).
+# tf.function(jit_compile=True) compiles our functions: inside XLA they lower to a composite of
+# standard ops (docs/XLA_EXPORT.md); the Keras layers report it to Keras as supports_jit.
 XLA_SUPPORTED = True
 
 try:
@@ -21,6 +22,7 @@ else:
     from tensorflow_qdq import _gradients  # noqa: F401 - registers gradients
     from tensorflow_qdq import raw_ops
     from tensorflow_qdq._api import quantize_and_dequantize, quantize_and_dequantize_v2, quantize_and_dequantize_v4
+    from tensorflow_qdq._builtins import load_saved_model, qdq_ops_in_saved_model, restore_builtins, use_for_builtins
     from tensorflow_qdq._loader import LibraryError
     from tensorflow_qdq.export import export, to_tflite  # the function shadows the submodule's name
 
@@ -28,15 +30,24 @@ __all__ = [
     "LibraryError",
     "XLA_SUPPORTED",
     "export",
+    "load_saved_model",
+    "qdq_ops_in_saved_model",
     "quantize_and_dequantize",
     "quantize_and_dequantize_v2",
     "quantize_and_dequantize_v4",
     "raw_ops",
+    "restore_builtins",
     "to_tflite",
+    "use_for_builtins",
 ]
 
 
 def __getattr__(name):
+    if name == "keras" and _TF_IMPORT_ERROR is None:
+        # Imported on first use: Keras takes seconds to import and the ops do not need it.
+        import importlib
+
+        return importlib.import_module("tensorflow_qdq.keras")
     if _TF_IMPORT_ERROR is not None and name in __all__:
         raise ImportError(
             f"tensorflow_qdq.{name} needs TensorFlow, which could not be imported ({_TF_IMPORT_ERROR}); "

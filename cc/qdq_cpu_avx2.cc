@@ -1,0 +1,188 @@
+// AVX2 + F16C inner loops (this file alone is compiled with -mavx2 -mf16c;
+// qdq_cpu.cc calls it only after checking the CPU). Whole vectors here, tails
+// and degenerate slices through the baseline loops, so every result is the
+// baseline's bit for bit.
+//
+// Everything is in an anonymous namespace: an inline function compiled here
+// with AVX2 must never be merged with another unit's copy (the linker could
+// otherwise hand AVX2 code to the baseline path).
+#include "qdq_simd_loops.h"
+
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+
+namespace qdq {
+namespace {
+
+#include "qdq_avx2_lanes.h"
+
+// Calls body(i) -> vector for each whole vector of y[0, n) and stores it;
+// tail(i, count) handles what is left. Streaming starts after a head that
+// brings y to the vector alignment; the driver fences once per parallel piece.
+template <typename T, typename Body, typename Tail>
+void for_each_vector(T* y, int64_t n, bool stream, Body&& body, Tail&& tail) {
+  using L = Lanes<T>;
+  constexpr int64_t kLanes = L::kLanes;
+  constexpr uintptr_t kAlign = kLanes * sizeof(T);
+  const uintptr_t address = reinterpret_cast<uintptr_t>(y);
+  int64_t i = 0;
+  if (stream && address % sizeof(T) == 0) {
+    int64_t head = static_cast<int64_t>(((kAlign - address % kAlign) % kAlign) / sizeof(T));
+    head = head < n ? head : n;
+    if (head > 0) tail(0, head);
+    for (i = head; i + kLanes <= n; i += kLanes) L::stream(y + i, body(i));
+  } else {
+    for (; i + kLanes <= n; i += kLanes) L::store(y + i, body(i));
+  }
+  if (i < n) tail(i, n - i);
+}
+
+template <typename T>
+struct Avx2 {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  using C = typename L::C;
+  static const CpuLoops<T>& base() { return baseline_loops<T>(); }
+
+  template <bool kClamp>
+  static V clamp(V x, V lo, V hi) {
+    return kClamp ? L::max(lo, L::min(hi, x)) : x;  // max(lo, min(hi, x)) in TF's operand order
+  }
+
+  template <RoundMode kMode>
+  static V quantize(V v, V scale, V inv) {
+    const V y = L::mul(v, scale);
+    const V r = kMode == RoundMode::kHalfToEven ? L::rint(y) : L::floor(L::add(y, L::set1(C(0.5))));
+    return L::mul(r, inv);
+  }
+
+  template <RoundMode kMode, bool kClamp>
+  static void quantize_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C>* params,
+                            bool stream) {
+    const auto tail = base().quantize_runs[static_cast<int>(kMode)][kClamp];
+    for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
+      const SliceParams<C>& p = params[c];
+      if (p.degenerate) return tail(x, y, b, len, r, params, false);
+      const V lo = L::set1(p.lo), hi = L::set1(p.hi), scale = L::set1(p.scale), inv = L::set1(p.inv_scale);
+      for_each_vector(
+          y + b, len, stream,
+          [&](int64_t i) { return quantize<kMode>(clamp<kClamp>(L::load(x + b + i), lo, hi), scale, inv); },
+          [&](int64_t i, int64_t m) { tail(x, y, b + i, m, r, params, false); });
+    });
+  }
+
+  template <RoundMode kMode, bool kClamp>
+  static void quantize_row(const T* x, T* y, int64_t n, const RowParams<C>& p, bool stream) {
+    const auto tail = base().quantize_row[static_cast<int>(kMode)][kClamp];
+    for_each_vector(
+        y, n, stream,
+        [&](int64_t i) {
+          const V v = clamp<kClamp>(L::load(x + i), L::loadc(p.lo + i), L::loadc(p.hi + i));
+          const V q = quantize<kMode>(v, L::loadc(p.scale + i), L::loadc(p.inv_scale + i));
+          // Degenerate slices: NaN stays, everything else becomes a zero of its sign.
+          const V zero = L::bit_and(v, L::bit_or(L::is_nan(v), L::set1(C(-0.0))));
+          return L::select(L::nonzero(L::loadc(p.degenerate + i)), zero, q);
+        },
+        [&](int64_t i, int64_t m) {
+          const RowParams<C> r{p.lo + i, p.hi + i, p.scale + i, p.inv_scale + i, p.degenerate + i};
+          tail(x + i, y + i, m, r, false);
+        });
+  }
+
+  // Accumulators never hold NaN: min(x, acc) keeps acc when x is NaN.
+  static void reduce_runs(const T* x, int64_t f, int64_t n, const Runs& r, C* lo, C* hi) {
+    constexpr int64_t kLanes = L::kLanes;
+    for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
+      V l0 = L::set1(lo[c]), l1 = l0, h0 = L::set1(hi[c]), h1 = h0;
+      const T* p = x + b;
+      int64_t i = 0;
+      for (; i + 2 * kLanes <= len; i += 2 * kLanes) {
+        const V u = L::load(p + i), v = L::load(p + i + kLanes);
+        l0 = L::min(u, l0);
+        h0 = L::max(u, h0);
+        l1 = L::min(v, l1);
+        h1 = L::max(v, h1);
+      }
+      for (; i + kLanes <= len; i += kLanes) {
+        const V u = L::load(p + i);
+        l0 = L::min(u, l0);
+        h0 = L::max(u, h0);
+      }
+      lo[c] = L::fold_min(L::min(l1, l0));
+      hi[c] = L::fold_max(L::max(h1, h0));
+      if (i < len) base().reduce_runs(x, b + i, len - i, r, lo, hi);
+    });
+  }
+
+  static void reduce_row(const T* x, int64_t n, C* lo, C* hi) {
+    constexpr int64_t kLanes = L::kLanes;
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      const V a = L::load(x + i);
+      L::storec(lo + i, L::min(a, L::loadc(lo + i)));
+      L::storec(hi + i, L::max(a, L::loadc(hi + i)));
+    }
+    if (i < n) base().reduce_row(x + i, n - i, lo + i, hi + i);
+  }
+
+  static V masked(V g, V x, V lo, V hi) { return L::mul(g, L::bit_and(L::within(x, lo, hi), L::set1(C(1)))); }
+
+  static void gradient_runs(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C* lo,
+                            const C* hi, bool stream) {
+    for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
+      const V vlo = L::set1(lo[c]), vhi = L::set1(hi[c]);
+      for_each_vector(
+          out + b, len, stream, [&](int64_t i) { return masked(L::load(g + b + i), L::load(x + b + i), vlo, vhi); },
+          [&](int64_t i, int64_t m) { base().gradient_runs(g, x, out, b + i, m, r, lo, hi, false); });
+    });
+  }
+
+  static void gradient_row(const T* g, const T* x, T* out, int64_t n, const C* lo, const C* hi, bool stream) {
+    for_each_vector(
+        out, n, stream,
+        [&](int64_t i) { return masked(L::load(g + i), L::load(x + i), L::loadc(lo + i), L::loadc(hi + i)); },
+        [&](int64_t i, int64_t m) { base().gradient_row(g + i, x + i, out + i, m, lo + i, hi + i, false); });
+  }
+
+  static CpuLoops<T> table() {
+    constexpr RoundMode kEven = RoundMode::kHalfToEven;
+    constexpr RoundMode kUp = RoundMode::kHalfUp;
+    return CpuLoops<T>{"avx2",
+                       {{quantize_runs<kEven, false>, quantize_runs<kEven, true>},
+                        {quantize_runs<kUp, false>, quantize_runs<kUp, true>}},
+                       {{quantize_row<kEven, false>, quantize_row<kEven, true>},
+                        {quantize_row<kUp, false>, quantize_row<kUp, true>}},
+                       reduce_runs,
+                       reduce_row,
+                       gradient_runs,
+                       gradient_row};
+  }
+};
+
+}  // namespace
+
+template <typename T>
+const CpuLoops<T>* avx2_loops() {
+  static const CpuLoops<T> table = Avx2<T>::table();
+  return &table;
+}
+
+}  // namespace qdq
+
+#else  // no AVX2 in this build (another architecture): the baseline loops serve alone
+
+namespace qdq {
+template <typename T>
+const CpuLoops<T>* avx2_loops() {
+  return nullptr;
+}
+}  // namespace qdq
+
+#endif
+
+namespace qdq {
+template const CpuLoops<float>* avx2_loops<float>();
+template const CpuLoops<double>* avx2_loops<double>();
+template const CpuLoops<half_t>* avx2_loops<half_t>();
+template const CpuLoops<bf16_t>* avx2_loops<bf16_t>();
+}  // namespace qdq

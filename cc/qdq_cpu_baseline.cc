@@ -1,0 +1,113 @@
+// Portable inner loops: plain C++ over the shared element operations of
+// qdq_math.h, written so the compiler can vectorise them for the build's base
+// ISA. They define the results every faster table must reproduce bit for bit,
+// and they finish the tails of the vector loops.
+#include "qdq_simd_loops.h"
+
+namespace qdq {
+namespace {
+
+template <typename T>
+using C_t = compute_t<T>;
+
+template <typename T>
+C_t<T> load(T v) {
+  return Compute<T>::load(v);
+}
+template <typename T>
+T store(C_t<T> v) {
+  return Compute<T>::store(v);
+}
+
+template <RoundMode kMode, bool kClamp, typename T>
+void quantize_run(const T* x, T* y, int64_t n, const SliceParams<C_t<T>>& p) {
+  if (p.degenerate) {
+    for (int64_t i = 0; i < n; ++i) y[i] = store<T>(quantize_value<kMode, kClamp>(load(x[i]), p));
+    return;
+  }
+  // A constant `false` the compiler can see: the loop body has no branch.
+  const SliceParams<C_t<T>> q{p.lo, p.hi, p.scale, p.inv_scale, false};
+  for (int64_t i = 0; i < n; ++i) y[i] = store<T>(quantize_value<kMode, kClamp>(load(x[i]), q));
+}
+
+template <RoundMode kMode, bool kClamp, typename T>
+void quantize_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C_t<T>>* params,
+                   bool) {
+  for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
+    quantize_run<kMode, kClamp>(x + b, y + b, len, params[c]);
+  });
+}
+
+template <RoundMode kMode, bool kClamp, typename T>
+void quantize_row(const T* x, T* y, int64_t n, const RowParams<C_t<T>>& p, bool) {
+  for (int64_t i = 0; i < n; ++i) {
+    const SliceParams<C_t<T>> r{p.lo[i], p.hi[i], p.scale[i], p.inv_scale[i], p.degenerate[i] != 0};
+    y[i] = store<T>(quantize_value<kMode, kClamp>(load(x[i]), r));
+  }
+}
+
+// NaN fails both comparisons and changes nothing.
+template <typename C>
+void accumulate(C v, C& lo, C& hi) {
+  lo = (v < lo) ? v : lo;
+  hi = (v > hi) ? v : hi;
+}
+
+template <typename T>
+void reduce_runs(const T* x, int64_t f, int64_t n, const Runs& r, C_t<T>* lo, C_t<T>* hi) {
+  for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
+    C_t<T> l = lo[c], h = hi[c];
+    for (int64_t i = b; i < b + len; ++i) accumulate(load(x[i]), l, h);
+    lo[c] = l;
+    hi[c] = h;
+  });
+}
+
+template <typename T>
+void reduce_row(const T* x, int64_t n, C_t<T>* lo, C_t<T>* hi) {
+  for (int64_t i = 0; i < n; ++i) accumulate(load(x[i]), lo[i], hi[i]);
+}
+
+template <typename T>
+void gradient_runs(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C_t<T>* lo,
+                   const C_t<T>* hi, bool) {
+  for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
+    const C_t<T> l = lo[c], h = hi[c];
+    for (int64_t i = b; i < b + len; ++i) out[i] = store<T>(masked_gradient(load(g[i]), load(x[i]), l, h));
+  });
+}
+
+template <typename T>
+void gradient_row(const T* g, const T* x, T* out, int64_t n, const C_t<T>* lo, const C_t<T>* hi, bool) {
+  for (int64_t i = 0; i < n; ++i) out[i] = store<T>(masked_gradient(load(g[i]), load(x[i]), lo[i], hi[i]));
+}
+
+template <typename T>
+CpuLoops<T> make_table() {
+  constexpr RoundMode kEven = RoundMode::kHalfToEven;
+  constexpr RoundMode kUp = RoundMode::kHalfUp;
+  return CpuLoops<T>{"baseline",
+                     {{quantize_runs<kEven, false, T>, quantize_runs<kEven, true, T>},
+                      {quantize_runs<kUp, false, T>, quantize_runs<kUp, true, T>}},
+                     {{quantize_row<kEven, false, T>, quantize_row<kEven, true, T>},
+                      {quantize_row<kUp, false, T>, quantize_row<kUp, true, T>}},
+                     reduce_runs<T>,
+                     reduce_row<T>,
+                     gradient_runs<T>,
+                     gradient_row<T>};
+}
+
+}  // namespace
+
+template <typename T>
+const CpuLoops<T>& baseline_loops() {
+  static const CpuLoops<T> table = make_table<T>();
+  return table;
+}
+
+template const CpuLoops<float>& baseline_loops<float>();
+template const CpuLoops<double>& baseline_loops<double>();
+template const CpuLoops<half_t>& baseline_loops<half_t>();
+template const CpuLoops<bf16_t>& baseline_loops<bf16_t>();
+
+}  // namespace qdq

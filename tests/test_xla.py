@@ -185,3 +185,39 @@ def test_static_errors_under_xla_name_the_argument():
     with pytest.raises(ValueError, match="input_min"):
         tf.function(lambda x: qdq.quantize_and_dequantize_v2(x, [0.0, 1.0, 2.0], [1.0, 2.0, 3.0],
                                                              range_given=True, axis=1), jit_compile=True)(x)
+
+
+def test_keras_models_compile_with_xla(monkeypatch):
+    """Every layer of a quantized model reports supports_jit (so Keras's jit_compile='auto'
+    picks XLA on machines with an accelerator; on CPU-only machines Keras never does);
+    predictions equal the kernels' and QAT training runs through the composite."""
+    import keras
+
+    from tensorflow_qdq.keras import QuantizeAndDequantize, quantize_model
+
+    calls = []
+    real = _composite.forward
+    monkeypatch.setattr(_composite, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, 12)).astype(np.float32) * 2
+    y = (x[:, :3].sum(1) > 0).astype(np.int32)
+
+    def layer_model(jit):
+        model = keras.Sequential([keras.Input((12,)), QuantizeAndDequantize(num_bits=4, axis=-1, round_mode="HALF_UP")])
+        model.compile(jit_compile=jit)
+        return model
+
+    plain = layer_model(False).predict(x, verbose=0)
+    assert not calls
+    compiled = layer_model(True).predict(x, verbose=0)
+    assert calls
+    assert_same_bits(compiled, plain, "Keras layer predict, jit_compile=True vs False")
+
+    keras.utils.set_random_seed(0)
+    float_model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
+    model = quantize_model(float_model, weight_bits=4, activation_bits=8)
+    assert all(layer.supports_jit for layer in model._flatten_layers())  # what 'auto' asks
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
+    calls.clear()
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0).history["loss"]
+    assert calls and np.all(np.isfinite(history)) and history[-1] < history[0]

@@ -221,3 +221,24 @@ def test_keras_models_compile_with_xla(monkeypatch):
     calls.clear()
     history = model.fit(x, y, epochs=3, batch_size=16, verbose=0).history["loss"]
     assert calls and np.all(np.isfinite(history)) and history[-1] < history[0]
+
+
+def test_documented_limit_inner_function_traced_outside_xla():
+    """docs/XLA_EXPORT.md: an inner tf.function first traced outside XLA keeps its kernel trace
+    (TensorFlow's cache), which XLA rejects; one first traced inside the jit function works."""
+    x = tf.constant([1.0, -0.25, 0.5])
+    inner = tf.function(lambda x: qdq.quantize_and_dequantize_v2(x, 0.0, 0.0))
+    inner(x)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Qdq>"):
+        tf.function(lambda x: inner(x) * 2, jit_compile=True)(x)
+    fresh = tf.function(lambda x: qdq.quantize_and_dequantize_v2(x, 0.0, 0.0))
+    out = tf.function(lambda x: fresh(x) * 2, jit_compile=True)(x)
+    assert_same_bits(out.numpy(), (qdq.quantize_and_dequantize_v2(x, 0.0, 0.0) * 2).numpy())
+
+
+def test_denormal_inputs_and_ranges_match_the_kernels():
+    x = tf.constant(np.array([1e-40, -3e-39, 1.0, 0.5, 2e-45, -0.0], np.float32))
+    for given in (False, True):
+        def f(x, given=given):
+            return qdq.quantize_and_dequantize_v2(x, np.float32(-1e-39), np.float32(1e-39), range_given=given)
+        assert_same_bits(tf.function(f, jit_compile=True)(x).numpy(), f(x).numpy(), f"given={given}")

@@ -113,6 +113,16 @@ def _signed_zero(v):
     return tf.where(tf.math.is_nan(v), v, tf.where(negative, -zero, zero))
 
 
+def _degenerate_value(v, inv, round_mode):
+    """FIX (SPEC §3.4), as cc/qdq_math.h: a zero with the sign TF's own zero would have,
+    round(v * T_MAX) * inv where that is a zero (v = +-0), else copysign(0, v) * inv;
+    without the multiply where inv is not finite (1-bit signed: hi / 0). NaN stays NaN."""
+    r = tf.where(tf.equal(v, 0), _round(v, round_mode), _signed_zero(v))
+    finite_inv = tf.abs(inv) <= tf.constant(inv.dtype.max, inv.dtype)  # no IsFinite in TFLite
+    out = tf.where(finite_inv, r * inv, r)
+    return tf.where(tf.math.is_nan(v), v, out)
+
+
 def _nan_ignoring_min_max(x, reduce_axes):
     inf = tf.constant(np.inf, x.dtype)
     nan = tf.math.is_nan(x)
@@ -228,7 +238,7 @@ def forward(
         v = tf.where(new_hi < v, new_hi, v)
         v = tf.where(v < new_lo, new_lo, v)
     out = _round(v * scale, round_mode) * inv
-    out = tf.where(degenerate, _signed_zero(v), out)
+    out = tf.where(degenerate, _degenerate_value(v, inv, round_mode), out)
     if valid is not None:
         out = tf.where(valid, out, tf.constant(np.nan, ctype))
     if per_channel:

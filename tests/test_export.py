@@ -71,30 +71,17 @@ def _cases(seed):
     return cases
 
 
-def _apply(case, x, lo, hi):
+def _apply(case, x, lo, hi, ops=qdq.raw_ops):
+    """One case through `ops`: ours (qdq.raw_ops) or TensorFlow's kernels (tf.raw_ops)."""
     kind, axis, attrs, _ = case
     if kind == "v4grad":
         g = tf.reverse(x, [0]) if x.shape.rank else x  # any gradient values
-        return qdq.raw_ops.QuantizeAndDequantizeV4Grad(gradients=g, input=x, input_min=lo, input_max=hi, axis=axis)[0]
+        return ops.QuantizeAndDequantizeV4Grad(gradients=g, input=x, input_min=lo, input_max=hi, axis=axis)[0]
     if kind == "v3":
-        return qdq.raw_ops.QuantizeAndDequantizeV3(
+        return ops.QuantizeAndDequantizeV3(
             input=x, input_min=lo, input_max=hi, num_bits=attrs["num_bits"], signed_input=attrs["signed_input"],
             range_given=attrs["range_given"], narrow_range=attrs["narrow_range"], axis=axis)
-    op = qdq.raw_ops.QuantizeAndDequantizeV2 if kind == "v2" else qdq.raw_ops.QuantizeAndDequantizeV4
-    return op(input=x, input_min=lo, input_max=hi, axis=axis, **attrs)
-
-
-def _builtin(case, x, lo, hi):
-    """TensorFlow's own kernel for a case the default export maps to a built-in."""
-    kind, axis, attrs, _ = case
-    if kind == "v4grad":
-        g = tf.reverse(x, [0]) if x.shape.rank else x
-        return tf.raw_ops.QuantizeAndDequantizeV4Grad(gradients=g, input=x, input_min=lo, input_max=hi, axis=axis)[0]
-    if kind == "v3":
-        return tf.raw_ops.QuantizeAndDequantizeV3(
-            input=x, input_min=lo, input_max=hi, num_bits=attrs["num_bits"], signed_input=attrs["signed_input"],
-            range_given=attrs["range_given"], narrow_range=attrs["narrow_range"], axis=axis)
-    op = tf.raw_ops.QuantizeAndDequantizeV2 if kind == "v2" else tf.raw_ops.QuantizeAndDequantizeV4
+    op = ops.QuantizeAndDequantizeV2 if kind == "v2" else ops.QuantizeAndDequantizeV4
     return op(input=x, input_min=lo, input_max=hi, axis=axis, **attrs)
 
 
@@ -187,7 +174,7 @@ def test_default_export_bit_identical_except_nan_or_degenerate_slices(exported):
             assert_same_bits(got, e, f"composite case {i} {case[:3]}", sign_free)
             continue
         builtin_cases += 1
-        assert_same_bits(got, _builtin(case, *inputs[3 * i : 3 * i + 3]).numpy(), f"built-in case {i}")
+        assert_same_bits(got, _apply(case, *inputs[3 * i : 3 * i + 3], ops=tf.raw_ops).numpy(), f"built-in case {i}")
         kind, axis, attrs, (x, lo, hi) = case
         if kind == "v4grad":  # same mask semantics as ours
             assert_same_bits(got, e, f"V4Grad case {i}")

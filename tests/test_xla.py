@@ -246,3 +246,16 @@ def test_denormal_inputs_and_ranges_match_the_kernels():
         def f(x, given=given):
             return qdq.quantize_and_dequantize_v2(x, np.float32(-1e-39), np.float32(1e-39), range_given=given)
         assert_same_bits(tf.function(f, jit_compile=True)(x).numpy(), f(x).numpy(), f"given={given}")
+
+
+def test_static_range_shapes_checked_as_outside_xla_for_measured_ranges_too():
+    x = tf.constant([[1.0, 2.0]])
+    bad_calls = [
+        lambda x: qdq.quantize_and_dequantize_v2(x, 0.0, 0.0, axis=1),  # per channel needs vectors
+        lambda x: qdq.quantize_and_dequantize_v2(x, [0.0], [0.0]),  # per tensor needs scalars
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError, match="input_min"):
+            tf.function(call)(x)  # the kernels' shape functions
+        with pytest.raises(ValueError, match="input_min"):
+            tf.function(call, jit_compile=True)(x)  # the composite

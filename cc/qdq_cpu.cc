@@ -195,6 +195,22 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
   }
 }
 
+// A measured bound of zero keeps the sign of the slice's first zero, as a
+// sequential min/max (TensorFlow's) does; vector reductions lose that order.
+// The sign only matters when the scale comes from that bound (inv_scale is
+// then a zero), so only those slices are rescanned, stopping at the first zero.
+template <typename T, typename C = compute_t<T>>
+C first_zero(const T* x, const Layout& l, int64_t c) {
+  for (int64_t o = 0; o < l.outer; ++o) {
+    const T* run = x + (o * l.depth + c) * l.inner;
+    for (int64_t i = 0; i < l.inner; ++i) {
+      const C v = Compute<T>::load(run[i]);
+      if (v == C(0)) return v;
+    }
+  }
+  return C(0);
+}
+
 template <typename T>
 bool streams(int64_t n) {
   return n * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
@@ -228,7 +244,15 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
     measure_ranges(pool, k, in, plan, lo.data(), hi.data());
   }
   std::vector<SliceParams<C>> params(static_cast<size_t>(l.depth));
-  for (int64_t c = 0; c < l.depth; ++c) params[c] = compute_params(lo[c], hi[c], attrs.range);
+  for (int64_t c = 0; c < l.depth; ++c) {
+    params[c] = compute_params(lo[c], hi[c], attrs.range);
+    if (!attrs.range_given && params[c].inv_scale == C(0) && (lo[c] == C(0) || hi[c] == C(0))) {
+      const C zero = first_zero(in, l, c);
+      if (lo[c] == C(0)) lo[c] = zero;
+      if (hi[c] == C(0)) hi[c] = zero;
+      params[c] = compute_params(lo[c], hi[c], attrs.range);
+    }
+  }
 
   const int mode = static_cast<int>(attrs.round_mode);
   const bool clamp = attrs.range_given;
@@ -240,7 +264,10 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
     const std::vector<C> pscale = pick([](const SliceParams<C>& p) { return p.scale; });
     const std::vector<C> pinv = pick([](const SliceParams<C>& p) { return p.inv_scale; });
     const std::vector<C> pdeg = pick([](const SliceParams<C>& p) { return p.degenerate ? C(1) : C(0); });
-    const auto row = k.quantize_row[mode][clamp];
+    // Degenerate channels take the portable loop: their zeros follow the shared scalar rule.
+    const bool any_degenerate =
+        std::any_of(params.begin(), params.end(), [](const SliceParams<C>& p) { return p.degenerate; });
+    const auto row = (any_degenerate ? baseline_loops<T>() : k).quantize_row[mode][clamp];
     parallel_elements(pool, n, [&](int64_t b, int64_t e) {
       for_each_row(plan, b, e, [&](int64_t j, int64_t f, int64_t len) {
         const RowParams<C> p{&plo[j], &phi[j], &pscale[j], &pinv[j], &pdeg[j]};

@@ -181,15 +181,13 @@ def assert_same_bits(actual, expected, what="", sign_free=None):
         )
 
 
-@contextlib.contextmanager
-def baseline_cpu_loops():
-    """Runs the kernels on their portable loops (cc/qdq_math.h element by element).
+ISAS = ("best", "baseline")
 
-    The AVX2 per-channel row loop (cc/qdq_cpu_avx2.cc, quantize_row) still gives a
-    degenerate slice's zeros v's sign, not the sign rule of cc/qdq_math.h's
-    degenerate_value that every other path follows; until that is fixed the composite
-    is compared with the reference loops.
-    """
+
+@contextlib.contextmanager
+def cpu_loops(isa):
+    """Runs the kernels on one set of CPU loops: "best" (AVX2 where the CPU has it, what
+    users run) or "baseline" (the portable loops, cc/qdq_math.h element by element)."""
     import ctypes
 
     from tensorflow_qdq import _loader
@@ -199,7 +197,7 @@ def baseline_cpu_loops():
     lib.qdq_cpu_set_isa.restype = ctypes.c_char_p
     lib.qdq_cpu_set_isa.argtypes = [ctypes.c_char_p]
     previous = lib.qdq_cpu_isa()
-    assert lib.qdq_cpu_set_isa(b"baseline") == b"baseline"
+    lib.qdq_cpu_set_isa(isa.encode())
     try:
         yield
     finally:

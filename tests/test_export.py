@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from qdq_xla_cases import (DTYPES, assert_same_bits, baseline_cpu_loops, per_channel_case, per_tensor_case,
+from qdq_xla_cases import (DTYPES, assert_same_bits, per_channel_case, per_tensor_case,
                            random_attrs, unsigned_zero_slices)
 
 _RUNNER = textwrap.dedent(
@@ -131,8 +131,7 @@ def exported(tmp_path_factory):
     arrays = [a for case in cases for a in case[3]]
     inputs = [tf.constant(a) for a in arrays]
     model = _Model(cases)
-    with baseline_cpu_loops():  # see qdq_xla_cases.baseline_cpu_loops
-        expected = [t.numpy() for t in model.f(inputs)]
+    expected = [t.numpy() for t in model.f(inputs)]
     original = str(tmp / "original")
     tf.saved_model.save(model, original)
     counts = {mode: qdq.export(original, str(tmp / mode), exact=(mode == "exact")) for mode in ("default", "exact")}

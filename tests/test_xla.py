@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import tensorflow_qdq as qdq
 from tensorflow_qdq import _composite
-from qdq_xla_cases import (DTYPES, assert_same_bits, baseline_cpu_loops, per_channel_case, per_tensor_case,
+from qdq_xla_cases import (DTYPES, assert_same_bits, ISAS, cpu_loops, per_channel_case, per_tensor_case,
                            random_attrs, unsigned_zero_slices)
 
 ZERO = tf.UnconnectedGradients.ZERO
@@ -70,17 +70,18 @@ def _random_cases(seed, dtype):
 def test_xla_forward_and_gradient_bit_identical_to_kernels(dtype):
     cases, arrays = _random_cases(1000 + DTYPES.index(dtype), dtype)
     tensors = [[tf.constant(a) for a in case] for case in arrays]
-    with baseline_cpu_loops():  # eager: the custom kernels (the loops written from cc/qdq_math.h)
-        expected = _forward_and_gradients(cases, tensors)
     compiled = tf.function(lambda t: _forward_and_gradients(cases, t), jit_compile=True)
     actual = compiled(tensors)
-    slices = 0
-    for (kind, axis, attrs), exp, act, arr in zip(cases, expected, actual, arrays):
-        slices += 1 if axis == -1 else arr[0].shape[axis]
-        sign_free = unsigned_zero_slices(arr[0], axis, attrs)
-        for name, e, a in zip(("output", "d_input", "d_min", "d_max"), exp, act):
-            assert_same_bits(a.numpy(), e.numpy(), f"{dtype.name} {kind} axis={axis} {attrs} {name}",
-                             sign_free if name == "output" else None)
+    for isa in ISAS:  # eager: the custom kernels, on each set of CPU loops
+        with cpu_loops(isa):
+            expected = _forward_and_gradients(cases, tensors)
+        slices = 0
+        for (kind, axis, attrs), exp, act, arr in zip(cases, expected, actual, arrays):
+            slices += 1 if axis == -1 else arr[0].shape[axis]
+            sign_free = unsigned_zero_slices(arr[0], axis, attrs)
+            for name, e, a in zip(("output", "d_input", "d_min", "d_max"), exp, act):
+                assert_same_bits(a.numpy(), e.numpy(), f"{dtype.name} {isa} {kind} axis={axis} {attrs} {name}",
+                                 sign_free if name == "output" else None)
     assert slices == PER_TENSOR_CASES + PER_CHANNEL_CASES * DEPTH  # 1160 independent slices per dtype
 
 

@@ -82,15 +82,25 @@ struct Plan {
   Layout l;
   bool row;
   int64_t period;
-  int64_t channel_of(int64_t position) const { return (position / l.inner) % l.depth; }
   Runs runs() const { return Runs{l.inner, l.depth}; }
+  // Calls fn(position, channel) for each position of the period, in order.
+  template <typename Fn>
+  void for_each_position(Fn&& fn) const {
+    for (int64_t j = 0; j < period;) {
+      for (int64_t c = 0; c < l.depth; ++c) {
+        for (int64_t i = 0; i < l.inner; ++i, ++j) fn(j, c);
+      }
+    }
+  }
 };
 
 Plan make_plan(Layout l) {
   if (l.depth == 1) return Plan{Layout{1, 1, l.size()}, false, 0};
   const int64_t p = l.depth * l.inner;
   if (l.inner >= kMinRun || (l.inner > 1 && p > kMaxExpandedPeriod)) return Plan{l, false, 0};
-  return Plan{l, true, p * ((kMinPeriod + p - 1) / p)};
+  // Repeat short periods so row pieces are long, but never past the tensor's end.
+  const int64_t repeats = std::min((kMinPeriod + p - 1) / p, l.outer);
+  return Plan{l, true, p * repeats};
 }
 
 // Row mode: calls row(position, f, len) for the pieces of [b, e) that stay
@@ -120,7 +130,7 @@ void parallel_elements(const ThreadPool& pool, int64_t n, Piece&& piece) {
 template <typename C, typename Get>
 std::vector<C> by_position(const Plan& plan, Get&& get) {
   std::vector<C> out(static_cast<size_t>(plan.period));
-  for (int64_t j = 0; j < plan.period; ++j) out[j] = get(plan.channel_of(j));
+  plan.for_each_position([&](int64_t j, int64_t c) { out[j] = get(c); });
   return out;
 }
 
@@ -167,9 +177,10 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
     for (int64_t s = 0; s < shards; ++s) {
       const C* plo = part.data() + 2 * s * positions;
       const C* phi = plo + positions;
-      for (int64_t j = 0; j < positions; ++j) {
-        const int64_t c = plan.row ? plan.channel_of(j) : j;
-        merge_range(plo[j], phi[j], lo[c], hi[c]);
+      if (plan.row) {
+        plan.for_each_position([&](int64_t j, int64_t c) { merge_range(plo[j], phi[j], lo[c], hi[c]); });
+      } else {
+        for (int64_t c = 0; c < positions; ++c) merge_range(plo[c], phi[c], lo[c], hi[c]);
       }
     }
   } else if (plan.row) {
@@ -180,7 +191,7 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
     pool.parallel_for(plan.period, reps * kCyclesPerElement, [&](int64_t j0, int64_t j1) {
       for (int64_t r = 0; r < reps; ++r) k.reduce_row(x + r * plan.period + j0, j1 - j0, &plo[j0], &phi[j0]);
     });
-    for (int64_t j = 0; j < plan.period; ++j) merge_range(plo[j], phi[j], lo[plan.channel_of(j)], hi[plan.channel_of(j)]);
+    plan.for_each_position([&](int64_t j, int64_t c) { merge_range(plo[j], phi[j], lo[c], hi[c]); });
   } else {
     // Many long channels: shards own channels across every outer row.
     pool.parallel_for(l.depth, l.outer * l.inner * kCyclesPerElement, [&](int64_t c0, int64_t c1) {

@@ -8,19 +8,14 @@ all four dtypes. References: float32/float64 -> TensorFlow's own kernels
 (`tf.raw_ops`); half/bfloat16 -> the cast route a TensorFlow user has today
 (cast to float32, built-in op, cast back).
 """
-import ctypes
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from tensorflow_qdq import _loader
+from tensorflow_qdq._benchmark import isa_hooks
 
-_LIB = ctypes.CDLL(str(_loader._LIBRARY))
-_LIB.qdq_cpu_isa.restype = ctypes.c_char_p
-_LIB.qdq_cpu_set_isa.restype = ctypes.c_char_p
-_LIB.qdq_cpu_set_isa.argtypes = [ctypes.c_char_p]
+_LIB = isa_hooks()
 _BEST = _LIB.qdq_cpu_set_isa(b"best").decode()
 
 DTYPES = [tf.float32, tf.float64, tf.half, tf.bfloat16]

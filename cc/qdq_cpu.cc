@@ -143,6 +143,23 @@ void merge_range(C l, C h, C& lo, C& hi) {
   hi = (h > hi) ? h : hi;
 }
 
+// Row mode: folds x[b, e) into per-position partial ranges; whole periods in
+// the middle go to the loops in one call (their columns stay in registers).
+template <typename T, typename C = compute_t<T>>
+void reduce_rows_piece(const CpuLoops<T>& k, const Plan& plan, const T* x, int64_t b, int64_t e, C* lo, C* hi) {
+  const int64_t p = plan.period;
+  int64_t f = b;
+  if (f % p != 0) {
+    const int64_t len = std::min(e - f, p - f % p);
+    k.reduce_rows(x + f, 1, 0, len, lo + f % p, hi + f % p);
+    f += len;
+  }
+  const int64_t whole = (e - f) / p;
+  if (whole > 0) k.reduce_rows(x + f, whole, p, p, lo, hi);
+  f += whole * p;
+  if (f < e) k.reduce_rows(x + f, 1, 0, e - f, lo, hi);
+}
+
 // Per-channel NaN-free min/max of x. A channel with no non-NaN element gets NaN
 // bounds, which makes its range degenerate and keeps its NaNs.
 template <typename T, typename C = compute_t<T>>
@@ -168,7 +185,7 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
         C* phi = plo + positions;
         const int64_t b = n * s / shards, e = n * (s + 1) / shards;
         if (plan.row) {
-          for_each_row(plan, b, e, [&](int64_t j, int64_t f, int64_t len) { k.reduce_row(x + f, len, plo + j, phi + j); });
+          reduce_rows_piece(k, plan, x, b, e, plo, phi);
         } else {
           k.reduce_runs(x, b, e - b, plan.runs(), plo, phi);
         }
@@ -189,7 +206,7 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
     std::vector<C> plo(static_cast<size_t>(plan.period), inf), phi(static_cast<size_t>(plan.period), -inf);
     const int64_t reps = n / plan.period;
     pool.parallel_for(plan.period, reps * kCyclesPerElement, [&](int64_t j0, int64_t j1) {
-      for (int64_t r = 0; r < reps; ++r) k.reduce_row(x + r * plan.period + j0, j1 - j0, &plo[j0], &phi[j0]);
+      k.reduce_rows(x + j0, reps, plan.period, j1 - j0, &plo[j0], &phi[j0]);
     });
     plan.for_each_position([&](int64_t j, int64_t c) { merge_range(plo[j], phi[j], lo[c], hi[c]); });
   } else {
@@ -251,10 +268,12 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
     const std::vector<C> pscale = pick([](const SliceParams<C>& p) { return p.scale; });
     const std::vector<C> pinv = pick([](const SliceParams<C>& p) { return p.inv_scale; });
     const std::vector<C> pdeg = pick([](const SliceParams<C>& p) { return p.degenerate ? C(1) : C(0); });
+    const bool any_degenerate =
+        std::any_of(params.begin(), params.end(), [](const SliceParams<C>& p) { return p.degenerate; });
     const auto row = k.quantize_row[mode][clamp];
     parallel_elements(pool, n, [&](int64_t b, int64_t e) {
       for_each_row(plan, b, e, [&](int64_t j, int64_t f, int64_t len) {
-        const RowParams<C> p{&plo[j], &phi[j], &pscale[j], &pinv[j], &pdeg[j]};
+        const RowParams<C> p{&plo[j], &phi[j], &pscale[j], &pinv[j], any_degenerate ? &pdeg[j] : nullptr};
         row(in + f, out + f, len, p, stream);
       });
     });

@@ -71,22 +71,29 @@ struct Avx2 {
     });
   }
 
-  template <RoundMode kMode, bool kClamp>
-  static void quantize_row(const T* x, T* y, int64_t n, const RowParams<C>& p, bool stream) {
-    const auto tail = base().quantize_row[static_cast<int>(kMode)][kClamp];
+  template <RoundMode kMode, bool kClamp, bool kDegenerate>
+  static void quantize_row_loop(const T* x, T* y, int64_t n, const RowParams<C>& p, bool stream) {
     for_each_vector(
         y, n, stream,
         [&](int64_t i) {
           const V v = clamp<kClamp>(L::load(x + i), L::loadc(p.lo + i), L::loadc(p.hi + i));
           const V q = quantize<kMode>(v, L::loadc(p.scale + i), L::loadc(p.inv_scale + i));
+          if (!kDegenerate) return q;
           // Degenerate slices: NaN stays, everything else becomes a zero of its sign.
           const V zero = L::bit_and(v, L::bit_or(L::is_nan(v), L::set1(C(-0.0))));
           return L::select(L::nonzero(L::loadc(p.degenerate + i)), zero, q);
         },
         [&](int64_t i, int64_t m) {
-          const RowParams<C> r{p.lo + i, p.hi + i, p.scale + i, p.inv_scale + i, p.degenerate + i};
-          tail(x + i, y + i, m, r, false);
+          const RowParams<C> r{p.lo + i, p.hi + i, p.scale + i, p.inv_scale + i,
+                               kDegenerate ? p.degenerate + i : nullptr};
+          base().quantize_row[static_cast<int>(kMode)][kClamp](x + i, y + i, m, r, false);
         });
+  }
+
+  template <RoundMode kMode, bool kClamp>
+  static void quantize_row(const T* x, T* y, int64_t n, const RowParams<C>& p, bool stream) {
+    if (p.degenerate != nullptr) return quantize_row_loop<kMode, kClamp, true>(x, y, n, p, stream);
+    quantize_row_loop<kMode, kClamp, false>(x, y, n, p, stream);
   }
 
   // Accumulators never hold NaN: min(x, acc) keeps acc when x is NaN.
@@ -114,15 +121,41 @@ struct Avx2 {
     });
   }
 
-  static void reduce_row(const T* x, int64_t n, C* lo, C* hi) {
+  // Column blocks of 4 vectors stay in registers while the rows stream past.
+  static void reduce_rows(const T* x, int64_t rows, int64_t stride, int64_t n, C* lo, C* hi) {
     constexpr int64_t kLanes = L::kLanes;
+    constexpr int kBlock = 4;
     int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-      const V a = L::load(x + i);
-      L::storec(lo + i, L::min(a, L::loadc(lo + i)));
-      L::storec(hi + i, L::max(a, L::loadc(hi + i)));
+    for (; i + kBlock * kLanes <= n; i += kBlock * kLanes) {
+      V l[kBlock], h[kBlock];
+      for (int k = 0; k < kBlock; ++k) {
+        l[k] = L::loadc(lo + i + k * kLanes);
+        h[k] = L::loadc(hi + i + k * kLanes);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* p = x + r * stride + i;
+        for (int k = 0; k < kBlock; ++k) {
+          const V a = L::load(p + k * kLanes);
+          l[k] = L::min(a, l[k]);
+          h[k] = L::max(a, h[k]);
+        }
+      }
+      for (int k = 0; k < kBlock; ++k) {
+        L::storec(lo + i + k * kLanes, l[k]);
+        L::storec(hi + i + k * kLanes, h[k]);
+      }
     }
-    if (i < n) base().reduce_row(x + i, n - i, lo + i, hi + i);
+    for (; i + kLanes <= n; i += kLanes) {
+      V l = L::loadc(lo + i), h = L::loadc(hi + i);
+      for (int64_t r = 0; r < rows; ++r) {
+        const V a = L::load(x + r * stride + i);
+        l = L::min(a, l);
+        h = L::max(a, h);
+      }
+      L::storec(lo + i, l);
+      L::storec(hi + i, h);
+    }
+    if (i < n) base().reduce_rows(x + i, rows, stride, n - i, lo + i, hi + i);
   }
 
   static V masked(V g, V x, V lo, V hi) { return L::mul(g, L::bit_and(L::within(x, lo, hi), L::set1(C(1)))); }
@@ -153,7 +186,7 @@ struct Avx2 {
                        {{quantize_row<kEven, false>, quantize_row<kEven, true>},
                         {quantize_row<kUp, false>, quantize_row<kUp, true>}},
                        reduce_runs,
-                       reduce_row,
+                       reduce_rows,
                        gradient_runs,
                        gradient_row};
   }

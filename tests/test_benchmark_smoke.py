@@ -21,7 +21,9 @@ def test_tiny_run_writes_table_plot_and_only_its_section(tmp_path):
                 for s in _benchmark.TINY_SIZES]
     assert [(r.case.name, r.case.layout, r.case.dtype, r.log2) for r in rows] == expected
     for r in rows:
-        assert all(math.isfinite(v) and v > 0 for v in (r.ours_s, r.tf_s, r.copy_s, r.speedup, r.copy_gbps))
+        assert all(math.isfinite(v) and v > 0 for v in (r.ours_s, r.tf_s, r.copy_s, r.speedup, r.copy_gbps,
+                                                          r.best_speedup))
+        assert all(b <= m for b, m in zip(r.best, (r.ours_s, r.tf_s, r.copy_s)))
     text = results.read_text()
     assert "old cpu table" not in text
     assert gpu in text  # the GPU helper's section survives

@@ -33,6 +33,21 @@ WARNINGS = ["-Wall", "-Wextra", "-Werror=return-type"]
 CXX_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-DNDEBUG"] + WARNINGS
 
 
+def sanitizer_flags():
+    """QDQ_SANITIZE=address,undefined (or any -fsanitize= list): instrumented debug build, flags
+    for both compiling and linking. Load it with the ASan runtime preloaded (scripts/sanitize.sh)."""
+    wanted = os.environ.get("QDQ_SANITIZE", "").strip()
+    if not wanted:
+        return []
+    # Every report aborts, so a test or fuzz worker cannot pass over one. UBSan's vptr check needs
+    # TensorFlow's RTTI, and its null/nonnull checks make GCC 12 reject absl's constexpr
+    # function-pointer comparisons; ASan still catches any null dereference.
+    flags = [f"-fsanitize={wanted}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]
+    if "undefined" in wanted.split(","):
+        flags.append("-fno-sanitize=vptr,null,nonnull-attribute,returns-nonnull-attribute")
+    return flags
+
+
 def log(msg):
     print(f"[tensorflow-qdq build] {msg}", flush=True)
 
@@ -89,13 +104,82 @@ def core_cpu_flags(source):
     return flags
 
 
+def cuda_home(nvcc):
+    """The toolkit root holding include/cuda_runtime.h: $CUDA_HOME, next to nvcc, or /usr/local/cuda."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  str(Path(nvcc).resolve().parent.parent), "/usr/local/cuda"]
+    for root in filter(None, candidates):
+        if (Path(root) / "include" / "cuda_runtime.h").exists():
+            return Path(root)
+    raise SystemExit(f"found nvcc ({nvcc}) but no CUDA headers; set CUDA_HOME to the toolkit root")
+
+
+def cuda_arch_flags():
+    """-gencode flags for QDQ_CUDA_ARCHS (default 80;90): SASS for each, PTX for the newest (JIT for later GPUs)."""
+    archs = sorted({int(a) for a in os.environ.get("QDQ_CUDA_ARCHS", "80;90").replace(",", ";").split(";") if a})
+    if not archs:
+        raise SystemExit("QDQ_CUDA_ARCHS must list compute capabilities, e.g. 80;90")
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+
+
+def nvcc_command(nvcc):
+    # --fmad=false on top of the _rn intrinsics in qdq_math.h: no contraction can
+    # make the device round differently from the CPU.
+    return [nvcc, "-std=c++17", "-O3", "-DNDEBUG", "-x", "cu", "--fmad=false",
+            "-Xcompiler", ",".join(["-fPIC", "-fvisibility=hidden"] + WARNINGS),
+            "-I", str(ROOT)] + cuda_arch_flags()
+
+
 def cuda_jobs(nvcc, tf_base):
-    """Compile jobs for the CUDA kernels and the GPU glue (the CUDA issue fills this in)."""
-    raise SystemExit("CUDA kernels are not part of this build yet; set QDQ_CUDA=0")
+    """Compile jobs for the CUDA kernels (TF-free, nvcc) and the GPU registrations (g++)."""
+    glue = tf_base + ["-DGOOGLE_CUDA=1", "-isystem", str(cuda_home(nvcc) / "include")]
+    return [(s, nvcc_command(nvcc)) for s in CUDA_SOURCES] + [(s, glue) for s in TF_GPU_SOURCES]
 
 
 def cuda_link_flags(nvcc):
-    return []
+    """cudart linked statically: the library needs no CUDA runtime on the loader path
+    and still loads where there is no driver (CPU-only TensorFlow)."""
+    home = cuda_home(nvcc)
+    for lib in ("lib64", "lib", "targets/x86_64-linux/lib"):
+        if (home / lib / "libcudart_static.a").exists():
+            return ["-L" + str(home / lib), "-l:libcudart_static.a", "-ldl", "-lrt", "-lpthread"]
+    raise SystemExit(f"libcudart_static.a not found under {home}; set CUDA_HOME to the toolkit root")
+
+
+def core_only():
+    return os.environ.get("QDQ_CORE_ONLY", "0") == "1"
+
+
+def build_core_module(cmd, ext):
+    """tensorflow_qdq._core: pybind11 over cc/ (CPU loops, and the CUDA launchers when
+    nvcc is found). Needs no TensorFlow, so a GPU machine without it can build it
+    alone with QDQ_CORE_ONLY=1."""
+    try:
+        import pybind11
+    except ImportError:
+        if core_only():
+            raise SystemExit("QDQ_CORE_ONLY=1 needs pybind11: pip install pybind11")
+        log("pybind11 not found: skipping tensorflow_qdq._core")
+        return
+    nvcc = find_nvcc()
+    with_cuda = cuda_setting(nvcc)
+    cxx = os.environ.get("CXX", "g++")
+    build = Compiler(Path(cmd.build_temp) / "qdq")
+    base = [cxx] + CXX_FLAGS + sanitizer_flags() + ["-I", str(ROOT)]
+    py_includes = ["-isystem", pybind11.get_include(), "-isystem", sysconfig.get_paths()["include"]]
+    binding = base + py_includes + (["-DQDQ_WITH_CUDA"] if with_cuda else [])
+    jobs = [(s, base + core_cpu_flags(s)) for s in CORE_SOURCES] + [("cc/qdq_pybind.cc", binding)]
+    if with_cuda:
+        jobs += [(s, nvcc_command(nvcc)) for s in CUDA_SOURCES]
+    objects = build.compile(jobs)
+    target = Path(cmd.get_ext_fullpath(ext.name))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects]
+    link += cuda_link_flags(nvcc) if with_cuda else []
+    link += sanitizer_flags()
+    log(f"linking {target} (CUDA: {'yes' if with_cuda else 'no'})")
+    subprocess.run(link, cwd=ROOT, check=True)
 
 
 class Compiler:
@@ -153,15 +237,20 @@ class BuildQdq(build_ext):
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext):
+        if ext.name == "tensorflow_qdq._core":
+            return build_core_module(self, ext)
         if ext.name != "tensorflow_qdq._qdq_ops":
             return super().build_extension(ext)
+        if core_only():
+            log("QDQ_CORE_ONLY=1: skipping the TensorFlow op library")
+            return None
         tf_version, tf_cflags, tf_ldflags = tensorflow_flags()
         nvcc = find_nvcc()
         with_cuda = cuda_setting(nvcc)
         cxx = os.environ.get("CXX", "g++")
         log(f"TensorFlow {tf_version}; CUDA kernels: {'yes (' + nvcc + ')' if with_cuda else 'no'}")
         build = Compiler(Path(self.build_temp) / "qdq")
-        base = [cxx] + CXX_FLAGS + ["-I", str(ROOT)]
+        base = [cxx] + CXX_FLAGS + sanitizer_flags() + ["-I", str(ROOT)]
         jobs = [(s, base + core_cpu_flags(s)) for s in CORE_SOURCES] + [(s, base + tf_cflags) for s in TF_SOURCES]
         link_extra = []
         if with_cuda:
@@ -171,6 +260,7 @@ class BuildQdq(build_ext):
         target = Path(self.get_ext_fullpath(ext.name))
         target.parent.mkdir(parents=True, exist_ok=True)
         link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects] + tf_ldflags + link_extra
+        link += sanitizer_flags()
         log("linking " + str(target))
         subprocess.run(link, cwd=ROOT, check=True)
         self._write_build_info(target.parent, tf_version, with_cuda)
@@ -187,6 +277,6 @@ class BuildQdq(build_ext):
 
 
 setup(
-    ext_modules=[Extension("tensorflow_qdq._qdq_ops", sources=[])],
+    ext_modules=[Extension("tensorflow_qdq._qdq_ops", sources=[]), Extension("tensorflow_qdq._core", sources=[])],
     cmdclass={"build_ext": BuildQdq},
 )

@@ -143,13 +143,29 @@ QDQ_HD C clamp_value(C x, C lo, C hi) {
   return (v < lo) ? lo : v;
 }
 
+template <RoundMode kMode, typename C>
+QDQ_HD C round_with_mode(C y) {
+  return (kMode == RoundMode::kHalfToEven) ? round_half_to_even(y) : round_half_up(y);
+}
+
+// FIX (SPEC §3.4): a degenerate slice returns zeros. TF computes round(v * T_MAX) *
+// inv_scale there; whenever that is a zero (v = ±0, or a zero inv_scale) its sign is
+// that of round(v * T_MAX) (v's sign, except HALF_UP's floor(-0 + 0.5) = +0) times
+// inv_scale's, so the zero is built the same way and is bit-identical wherever TF is
+// right. Where inv_scale is not finite (1-bit signed: hi / 0) that zero is returned.
+template <RoundMode kMode, typename C>
+QDQ_HD C degenerate_value(C v, C inv_scale) {
+  if (is_nan(v)) return v;
+  const C r = (v == C(0)) ? round_with_mode<kMode>(v) : signed_zero(v);
+  const bool finite_inv = inv_scale - inv_scale == C(0);  // false for inf and NaN
+  return finite_inv ? mul(r, inv_scale) : r;
+}
+
 // One element of the forward pass. `v` is already clamped when the range is given.
 template <RoundMode kMode, typename C>
 QDQ_HD C quantize_scaled(C v, const SliceParams<C>& p) {
-  if (p.degenerate) return is_nan(v) ? v : signed_zero(v);
-  const C y = mul(v, p.scale);
-  const C r = (kMode == RoundMode::kHalfToEven) ? round_half_to_even(y) : round_half_up(y);
-  return mul(r, p.inv_scale);
+  if (p.degenerate) return degenerate_value<kMode>(v, p.inv_scale);
+  return mul(round_with_mode<kMode>(mul(v, p.scale)), p.inv_scale);
 }
 
 template <RoundMode kMode, bool kClamp, typename C>

@@ -1,5 +1,5 @@
 """Quick demo: tensorflow-qdq against TensorFlow's built-in op, per tensor and per
-channel, in all four float types. (Replaced by the QAT demo once the Keras layer lands.)"""
+channel, in all four float types. The main demo (scripts/demo.sh) is examples/qat_digits.py."""
 
 import numpy as np
 import tensorflow as tf

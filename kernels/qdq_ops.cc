@@ -1,6 +1,7 @@
 // Op definitions and shape functions. Names live in the `Qdq>` namespace so they
 // never collide with TensorFlow's built-in ops of the same family.
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -14,6 +15,13 @@ using shape_inference::DimensionHandle;
 using shape_inference::InferenceContext;
 using shape_inference::ShapeHandle;
 
+// The framework's shape errors ("Shape must be rank 0 but is rank 1") do not say
+// which argument is wrong; this prefixes them with the argument and the rule.
+absl::Status Named(const std::string& what, const absl::Status& s) {
+  if (s.ok()) return s;
+  return absl::InvalidArgumentError(absl::StrCat(what, ": ", s.message()));
+}
+
 // Static checks shared by every op of the family: `axis` is -1 (per-tensor) or
 // a dimension of `input`, and min/max are scalars (per-tensor) or vectors of
 // dim(axis) (per-channel), as TensorFlow's own shape functions require.
@@ -25,17 +33,25 @@ absl::Status CheckRangeShapes(InferenceContext* c, ShapeHandle input, int min_in
     return absl::InvalidArgumentError(
         absl::StrCat("axis must be -1 (per-tensor) or a dimension index >= 0, got ", axis));
   }
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(min_index), axis == -1 ? 0 : 1, minmax));
-  TF_RETURN_IF_ERROR(c->Merge(c->input(max_index), *minmax, minmax));
+  const int rank = axis == -1 ? 0 : 1;
+  const char* rule = axis == -1 ? " must be a scalar for per-tensor quantization (axis=-1)"
+                                : " must be a vector (one value per channel) for per-channel quantization";
+  ShapeHandle max_shape;
+  TF_RETURN_IF_ERROR(Named(absl::StrCat("input_min", rule), c->WithRank(c->input(min_index), rank, minmax)));
+  TF_RETURN_IF_ERROR(Named(absl::StrCat("input_max", rule), c->WithRank(c->input(max_index), rank, &max_shape)));
+  TF_RETURN_IF_ERROR(
+      Named("input_max must have the shape of input_min", c->Merge(max_shape, *minmax, minmax)));
   if (axis == -1) return absl::OkStatus();
   if (c->RankKnown(input)) {
-    const int rank = c->Rank(input);
-    if (axis >= rank) {
-      return absl::InvalidArgumentError(absl::StrCat("axis ", axis, " is out of range for input of rank ", rank,
-                                                     " (must be -1 or in [0, ", rank, "))"));
+    const int input_rank = c->Rank(input);
+    if (axis >= input_rank) {
+      return absl::InvalidArgumentError(absl::StrCat("axis ", axis, " is out of range for input of rank ",
+                                                     input_rank, " (must be -1 or in [0, ", input_rank, "))"));
     }
     DimensionHandle depth;
-    TF_RETURN_IF_ERROR(c->Merge(c->Dim(*minmax, 0), c->Dim(input, axis), &depth));
+    TF_RETURN_IF_ERROR(Named(absl::StrCat("input_min and input_max must hold dim(input, axis=", axis,
+                                          ") values for per-channel quantization"),
+                             c->Merge(c->Dim(*minmax, 0), c->Dim(input, axis), &depth)));
   }
   return absl::OkStatus();
 }
@@ -49,13 +65,13 @@ absl::Status QuantizeShape(InferenceContext* c) {
 
 absl::Status QuantizeV3Shape(InferenceContext* c) {
   ShapeHandle unused;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 0, &unused));
+  TF_RETURN_IF_ERROR(Named("num_bits must be a scalar", c->WithRank(c->input(3), 0, &unused)));
   return QuantizeShape(c);
 }
 
 absl::Status GradientShape(InferenceContext* c) {
   ShapeHandle input;
-  TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &input));
+  TF_RETURN_IF_ERROR(Named("gradients must have the shape of input", c->Merge(c->input(0), c->input(1), &input)));
   ShapeHandle minmax;
   TF_RETURN_IF_ERROR(CheckRangeShapes(c, input, 2, 3, &minmax));
   c->set_output(0, input);

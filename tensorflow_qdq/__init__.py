@@ -9,6 +9,10 @@ core (``tensorflow_qdq._core``) is usable.
 
 __version__ = "0.1.0"
 
+# Whether tf.function(jit_compile=True) can compile our functions (set by the XLA support
+# when it is available); the Keras layers report it to Keras as supports_jit.
+XLA_SUPPORTED = False
+
 try:
     import tensorflow as _tf  # noqa: F401
 except ImportError as _exc:  # the TensorFlow-free core still imports
@@ -18,18 +22,28 @@ else:
     from tensorflow_qdq import _gradients  # noqa: F401 - registers gradients
     from tensorflow_qdq import raw_ops
     from tensorflow_qdq._api import quantize_and_dequantize, quantize_and_dequantize_v2, quantize_and_dequantize_v4
+    from tensorflow_qdq._builtins import load_saved_model, qdq_ops_in_saved_model, restore_builtins, use_for_builtins
     from tensorflow_qdq._loader import LibraryError
 
 __all__ = [
     "LibraryError",
+    "load_saved_model",
+    "qdq_ops_in_saved_model",
     "quantize_and_dequantize",
     "quantize_and_dequantize_v2",
     "quantize_and_dequantize_v4",
     "raw_ops",
+    "restore_builtins",
+    "use_for_builtins",
 ]
 
 
 def __getattr__(name):
+    if name == "keras" and _TF_IMPORT_ERROR is None:
+        # Imported on first use: Keras takes seconds to import and the ops do not need it.
+        import importlib
+
+        return importlib.import_module("tensorflow_qdq.keras")
     if _TF_IMPORT_ERROR is not None and name in __all__:
         raise ImportError(
             f"tensorflow_qdq.{name} needs TensorFlow, which could not be imported ({_TF_IMPORT_ERROR}); "

@@ -4,7 +4,7 @@ import operator
 
 import tensorflow as tf
 
-from tensorflow_qdq._loader import ops as _ops
+from tensorflow_qdq import _routing
 
 __all__ = ["quantize_and_dequantize", "quantize_and_dequantize_v2", "quantize_and_dequantize_v4"]
 
@@ -58,7 +58,7 @@ def quantize_and_dequantize(
     [-1.0, 0.296875, 0.796875]
     """
     input, input_min, input_max = _tensors(input, input_min, input_max)  # noqa: A001
-    return _ops.qdq_quantize_and_dequantize_v2(
+    return _routing.qdq_v2(
         input,
         input_min,
         input_max,
@@ -93,7 +93,7 @@ def quantize_and_dequantize_v2(
     masks with the ignored ``input_min``/``input_max`` instead).
     """
     input, input_min, input_max = _tensors(input, input_min, input_max)  # noqa: A001
-    return _ops.qdq_quantize_and_dequantize_v4(
+    return _routing.qdq_v4(
         input,
         input_min,
         input_max,
@@ -124,7 +124,7 @@ def quantize_and_dequantize_v4(
     Emits ``Qdq>QuantizeAndDequantizeV4`` with the range-masked gradient.
     """
     input, input_min, input_max = _tensors(input, input_min, input_max)  # noqa: A001
-    return _ops.qdq_quantize_and_dequantize_v4(
+    return _routing.qdq_v4(
         input,
         input_min,
         input_max,

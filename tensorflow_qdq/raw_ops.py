@@ -4,7 +4,7 @@ Custom ops never appear in ``tf.raw_ops``; these give the same calling conventio
 (axis -1 = per-tensor) over the ``Qdq>`` ops.
 """
 
-from tensorflow_qdq._loader import ops as _ops
+from tensorflow_qdq import _routing
 
 __all__ = [
     "QuantizeAndDequantizeV2",
@@ -28,7 +28,7 @@ def QuantizeAndDequantizeV2(  # noqa: N802 - raw-op naming
     name=None,
 ):
     """``Qdq>QuantizeAndDequantizeV2``; gradient: identity w.r.t. input."""
-    return _ops.qdq_quantize_and_dequantize_v2(
+    return _routing.qdq_v2(
         input, input_min, input_max, signed_input=signed_input, num_bits=num_bits, range_given=range_given,
         round_mode=round_mode, narrow_range=narrow_range, axis=axis, name=name,
     )
@@ -47,7 +47,7 @@ def QuantizeAndDequantizeV3(  # noqa: N802
     name=None,
 ):
     """``Qdq>QuantizeAndDequantizeV3`` (num_bits is a scalar int32 tensor; HALF_TO_EVEN)."""
-    return _ops.qdq_quantize_and_dequantize_v3(
+    return _routing.qdq_v3(
         input, input_min, input_max, num_bits, signed_input=signed_input, range_given=range_given,
         narrow_range=narrow_range, axis=axis, name=name,
     )
@@ -67,7 +67,7 @@ def QuantizeAndDequantizeV4(  # noqa: N802
     name=None,
 ):
     """``Qdq>QuantizeAndDequantizeV4``; gradient: ``QuantizeAndDequantizeV4Grad``."""
-    return _ops.qdq_quantize_and_dequantize_v4(
+    return _routing.qdq_v4(
         input, input_min, input_max, signed_input=signed_input, num_bits=num_bits, range_given=range_given,
         round_mode=round_mode, narrow_range=narrow_range, axis=axis, name=name,
     )
@@ -75,4 +75,4 @@ def QuantizeAndDequantizeV4(  # noqa: N802
 
 def QuantizeAndDequantizeV4Grad(*, gradients, input, input_min, input_max, axis=-1, name=None):  # noqa: A002,N802
     """``Qdq>QuantizeAndDequantizeV4Grad``: (input_backprop, input_min_backprop, input_max_backprop)."""
-    return _ops.qdq_quantize_and_dequantize_v4_grad(gradients, input, input_min, input_max, axis=axis, name=name)
+    return _routing.qdq_v4_grad(gradients, input, input_min, input_max, axis=axis, name=name)

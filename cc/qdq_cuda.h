@@ -1,0 +1,50 @@
+// CUDA entry points of the framework-free core. T is float, double, half_t or bf16_t.
+// No CUDA or TensorFlow headers: callers pass their stream as CUstream_st*
+// (the type behind cudaStream_t and CUstream) and get a cudaError_t value back
+// as an int (0 = success). Every launcher is asynchronous on `stream`.
+#pragma once
+
+#include <cstddef>
+
+#include "qdq_float16.h"
+#include "qdq_types.h"
+
+struct CUstream_st;
+
+namespace qdq {
+
+using CudaStream = CUstream_st*;
+
+// Device scratch bytes quantize_cuda needs for this call (0: pass nullptr). The
+// caller allocates it on `stream`'s device, 16-byte aligned (any allocator is).
+template <typename T>
+size_t quantize_cuda_workspace(Layout layout, bool range_given);
+
+// quantize_cpu on the device: `in`/`out` (may alias) are device pointers; with
+// attrs.range_given, given_lo/given_hi are HOST pointers to layout.depth
+// validated values (lo <= hi). The auto path measures the per-slice NaN-free
+// min/max, computes the scales and runs the element pass all on the device, in
+// four stream operations whatever the channel count, without waiting on it.
+template <typename T>
+int quantize_cuda(CudaStream stream, const T* in, T* out, Layout layout, const T* given_lo, const T* given_hi,
+                  const QuantizeAttrs& attrs, void* workspace);
+
+template <typename T>
+size_t gradient_cuda_workspace(Layout layout);
+
+// V4Grad on the device: out = grad * (lo[c] <= x <= hi[c]). grad/x/out are
+// device pointers; lo/hi are HOST pointers to layout.depth values.
+template <typename T>
+int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, Layout layout, const T* lo,
+                         const T* hi, void* workspace);
+
+// Fills `bytes` bytes of device memory with zeros on `stream`.
+int cuda_zero(CudaStream stream, void* ptr, size_t bytes);
+
+// cudaGetErrorString for the codes above.
+const char* cuda_error_string(int code);
+
+// Visible CUDA devices (0 when there is no driver or no GPU; never fails).
+int cuda_device_count();
+
+}  // namespace qdq

@@ -1,0 +1,414 @@
+// The CUDA kernels and their launchers, written against the small port layer
+// (qdq_cuda_port.cuh on a GPU, tests/cuda_emu/cuda_emu.h on a host) so the same
+// text is compiled by nvcc and tested on a CPU. No kernel uses shared memory or
+// block barriers: cross-thread work goes through warp-level merges and global
+// atomics only, which the host port can run one thread after another.
+//
+// One call is at most four stream operations, whatever the channel count:
+//   auto:  clear accumulators -> reduce min/max -> compute scales -> element pass
+//   given: (per-channel only) copy host-computed scales -> element pass
+// The scalar math is the CPU path's (qdq_math.h), so results are bit-identical.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "qdq_cuda.h"
+#include "qdq_float16.h"
+#include "qdq_math.h"
+#include "qdq_types.h"
+
+namespace qdq {
+namespace cuda_impl {
+
+constexpr int kBlock = 256;          // threads per block, every kernel
+constexpr int kUnroll = 4;           // vectors per thread per tile (reduction)
+constexpr int64_t kRunMin = 2048;    // inner extent from which rows are reduced as runs
+
+// 16-byte packs: 4 floats, 2 doubles, 8 halves or bfloat16s.
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+// ---- Order-preserving keys: min/max of floats as unsigned integer atomics. ----
+// key(x) orders like x for non-NaN values; the max accumulator stores ~key so
+// both bounds use atomicMin and start from all-ones (kNone = nothing seen).
+template <typename C>
+struct KeyOf;
+template <>
+struct KeyOf<float> {
+  using type = uint32_t;
+  static constexpr uint32_t kNone = 0xffffffffu;
+  static QDQ_DEV uint32_t encode(float v) {
+    const uint32_t u = port::as_bits(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  }
+  static QDQ_DEV float decode(uint32_t k) { return port::float_from((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k); }
+};
+template <>
+struct KeyOf<double> {
+  using type = uint64_t;
+  static constexpr uint64_t kNone = ~uint64_t{0};
+  static constexpr uint64_t kSign = uint64_t{1} << 63;
+  static QDQ_DEV uint64_t encode(double v) {
+    const uint64_t u = port::as_bits(v);
+    return (u & kSign) ? ~u : (u | kSign);
+  }
+  static QDQ_DEV double decode(uint64_t k) { return port::double_from((k & kSign) ? (k & ~kSign) : ~k); }
+};
+
+// Running NaN-free min/max of one thread, in the compute type (as the CPU loop).
+template <typename C>
+struct Range {
+  C lo, hi;
+  QDQ_DEV void reset() {
+    lo = C(INFINITY);
+    hi = -lo;
+  }
+  QDQ_DEV void add(C v) {
+    lo = (v < lo) ? v : lo;
+    hi = (v > hi) ? v : hi;
+  }
+};
+
+template <typename C, typename Key = typename KeyOf<C>::type>
+QDQ_DEV void flush(const Range<C>& r, int64_t c, Key* lo_acc, Key* hi_acc) {
+  const bool seen = r.lo <= r.hi;
+  const Key none = KeyOf<C>::kNone;
+  port::merge_keys(lo_acc, hi_acc, c, seen ? KeyOf<C>::encode(r.lo) : none,
+                   seen ? static_cast<Key>(~KeyOf<C>::encode(r.hi)) : none, none);
+}
+
+// Elements before the first 16-byte boundary at or after p (at most n).
+template <typename T>
+QDQ_HD int64_t head_of(const T* p, int64_t n) {
+  const int64_t h = static_cast<int64_t>((16 - (reinterpret_cast<uintptr_t>(p) & 15u)) & 15u) / int64_t{sizeof(T)};
+  return h < n ? h : n;
+}
+
+// ---- Reduction, path 1: long rows. Rows of `inner` elements (row r is channel
+// r % depth) are cut into tiles of kBlock*kUnroll packs; each block takes a
+// contiguous range of tiles and flushes its running range only when the
+// channel changes (once, per-tensor), so atomics stay few. ----
+struct RunGeom {
+  int64_t rows, inner, depth, tiles_per_row, tiles;
+};
+
+template <typename T, typename C = compute_t<T>, typename Key = typename KeyOf<C>::type>
+QDQ_KERNEL void reduce_runs_kernel(const T* x, RunGeom g, Key* lo_acc, Key* hi_acc) {
+  constexpr int V = Pack<T>::kSize;
+  const int64_t t = threadIdx.x;
+  const int64_t first = g.tiles * blockIdx.x / gridDim.x;
+  const int64_t last = g.tiles * (blockIdx.x + 1) / gridDim.x;
+  Range<C> r;
+  r.reset();
+  int64_t c_cur = -1;
+  for (int64_t tile = first; tile < last; ++tile) {
+    const int64_t row = tile / g.tiles_per_row;
+    const int64_t k = tile - row * g.tiles_per_row;
+    const int64_t c = row % g.depth;
+    if (c != c_cur) {  // block-uniform
+      flush(r, c_cur, lo_acc, hi_acc);
+      r.reset();
+      c_cur = c;
+    }
+    const T* base = x + row * g.inner;
+    const int64_t head = head_of(base, g.inner);
+    const int64_t nv = (g.inner - head) / V;
+    const int64_t tail = head + nv * V;
+    if (k == 0) {
+      if (t < head) r.add(Compute<T>::load(base[t]));
+      if (t < g.inner - tail) r.add(Compute<T>::load(base[tail + t]));
+    }
+    const Pack<T>* packs = reinterpret_cast<const Pack<T>*>(base + head);
+    const int64_t v_end = nv < (k + 1) * kBlock * kUnroll ? nv : (k + 1) * kBlock * kUnroll;
+QDQ_UNROLL
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t v = k * kBlock * kUnroll + u * kBlock + t;
+      if (v < v_end) {
+        const Pack<T> p = packs[v];
+QDQ_UNROLL
+        for (int j = 0; j < V; ++j) r.add(Compute<T>::load(p.v[j]));
+      }
+    }
+  }
+  flush(r, c_cur, lo_acc, hi_acc);
+}
+
+// ---- Reduction, path 2: short rows. The tensor is a matrix [outer, W] with
+// W = depth * inner and column j in channel j / inner. Each thread owns one
+// column and walks rows (packing several rows per block when W < kBlock), so
+// loads are coalesced along W and each thread flushes once. ----
+struct ColGeom {
+  int64_t rows, width, inner;
+  int64_t rows_per_step;   // rows a block covers per step (kBlock / width, or 1)
+  int64_t col_tiles;       // blocks across the width
+  int64_t rows_per_chunk;  // multiple of rows_per_step
+};
+
+template <typename T, typename C = compute_t<T>, typename Key = typename KeyOf<C>::type>
+QDQ_KERNEL void reduce_columns_kernel(const T* x, ColGeom g, Key* lo_acc, Key* hi_acc) {
+  const int64_t t = threadIdx.x;
+  const int64_t col_tile = blockIdx.x % g.col_tiles;
+  const int64_t chunk = blockIdx.x / g.col_tiles;
+  int64_t col, r0;
+  bool active;
+  if (g.rows_per_step > 1) {
+    col = t % g.width;
+    r0 = t / g.width;
+    active = r0 < g.rows_per_step;
+  } else {
+    col = col_tile * kBlock + t;
+    r0 = 0;
+    active = col < g.width;
+  }
+  Range<C> r;
+  r.reset();
+  if (active) {
+    const int64_t begin = chunk * g.rows_per_chunk;
+    const int64_t end = g.rows < begin + g.rows_per_chunk ? g.rows : begin + g.rows_per_chunk;
+    const T* p = x + col;
+QDQ_UNROLL_4
+    for (int64_t row = begin + r0; row < end; row += g.rows_per_step) r.add(Compute<T>::load(p[row * g.width]));
+  }
+  flush(r, active ? col / g.inner : int64_t{-1}, lo_acc, hi_acc);
+}
+
+// ---- Scales: one thread per channel turns the measured keys into SliceParams. ----
+template <typename C, typename Key = typename KeyOf<C>::type>
+QDQ_KERNEL void params_kernel(const Key* lo_acc, const Key* hi_acc, int64_t depth, IntRange range,
+                              SliceParams<C>* params) {
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (c >= depth) return;
+  C lo, hi;
+  if (lo_acc[c] == KeyOf<C>::kNone) {  // no non-NaN element: NaN bounds, as on the CPU
+    lo = hi = C(NAN);
+  } else {
+    lo = KeyOf<C>::decode(lo_acc[c]);
+    hi = KeyOf<C>::decode(static_cast<Key>(~hi_acc[c]));
+  }
+  params[c] = compute_params(lo, hi, range);
+}
+
+// ---- Element pass: a grid-stride loop over "units" = head scalars, 16-byte
+// packs, tail scalars (all scalars when the buffers' alignments differ). ----
+struct ElemGeom {
+  int64_t n, inner, depth;
+  int64_t head;  // scalar elements before the first pack
+  int64_t packs;
+  int64_t units;  // head + packs + tail
+};
+
+template <typename T, RoundMode kMode, bool kClamp>
+struct QuantizeOp {
+  using C = compute_t<T>;
+  using Param = SliceParams<C>;
+  static constexpr bool kTwoInputs = false;
+  static QDQ_DEV T apply(T x, T, const Param& p) {
+    return Compute<T>::store(quantize_value<kMode, kClamp>(Compute<T>::load(x), p));
+  }
+};
+
+template <typename C>
+struct Bounds {
+  C lo, hi;
+};
+
+template <typename T>
+struct GradientOp {
+  using C = compute_t<T>;
+  using Param = Bounds<C>;
+  static constexpr bool kTwoInputs = true;
+  static QDQ_DEV T apply(T g, T x, const Param& p) {
+    return Compute<T>::store(masked_gradient(Compute<T>::load(g), Compute<T>::load(x), p.lo, p.hi));
+  }
+};
+
+// Per-tensor: `one` (by value) or per[0] when per is set. Per-channel: per[c].
+template <typename Op, bool kPerChannel, typename T>
+QDQ_KERNEL void element_kernel(const T* a, const T* b, T* out, ElemGeom g, typename Op::Param one,
+                               const typename Op::Param* per) {
+  using Param = typename Op::Param;
+  constexpr int V = Pack<T>::kSize;
+  const Param fixed = (!kPerChannel && per != nullptr) ? per[0] : one;
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t u = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; u < g.units; u += stride) {
+    const bool is_pack = u >= g.head && u < g.head + g.packs;
+    const int64_t i = u < g.head ? u : (is_pack ? g.head + (u - g.head) * V : u + (g.packs * (V - 1)));
+    int64_t c = 0, rem = 0;
+    if (kPerChannel) {
+      const int64_t q = i / g.inner;
+      rem = i - q * g.inner;
+      c = q % g.depth;
+    }
+    if (!is_pack) {
+      out[i] = Op::apply(a[i], Op::kTwoInputs ? b[i] : a[i], kPerChannel ? per[c] : fixed);
+      continue;
+    }
+    const Pack<T> pa = *reinterpret_cast<const Pack<T>*>(a + i);
+    Pack<T> pb;
+    if (Op::kTwoInputs) pb = *reinterpret_cast<const Pack<T>*>(b + i);
+    Pack<T> po;
+QDQ_UNROLL
+    for (int j = 0; j < V; ++j) {
+      po.v[j] = Op::apply(pa.v[j], Op::kTwoInputs ? pb.v[j] : pa.v[j], kPerChannel ? per[c] : fixed);
+      if (kPerChannel && ++rem == g.inner) {
+        rem = 0;
+        if (++c == g.depth) c = 0;
+      }
+    }
+    *reinterpret_cast<Pack<T>*>(out + i) = po;
+  }
+}
+
+// ---- Host side ----
+
+inline Layout canonical(Layout l) { return l.depth == 1 ? Layout{1, 1, l.size()} : l; }
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline size_t align16(size_t b) { return (b + 15) & ~size_t{15}; }
+
+template <typename T>
+ElemGeom element_geom(const Layout& l, const T* a, const T* b, const T* out) {
+  constexpr int V = Pack<T>::kSize;
+  ElemGeom g{l.size(), l.inner, l.depth, 0, 0, 0};
+  const int64_t head = head_of(a, g.n);
+  const bool same = head == head_of(out, g.n) && (b == nullptr || head == head_of(b, g.n));
+  g.head = same ? head : g.n;
+  g.packs = same ? (g.n - head) / V : 0;
+  g.units = g.n - g.packs * (V - 1);
+  return g;
+}
+
+template <typename T>
+struct NoDeduce {
+  using type = T;
+};
+
+template <typename Op, typename T>
+int launch_elements(CudaStream s, const T* a, const typename NoDeduce<T>::type* b, T* out, const Layout& l, typename Op::Param one,
+                    const typename Op::Param* per) {
+  const ElemGeom g = element_geom(l, a, b, out);
+  const int64_t grid = std::max<int64_t>(1, std::min(ceil_div(g.units, kBlock), 4 * port::resident_blocks()));
+  if (l.depth > 1)
+    QDQ_LAUNCH((element_kernel<Op, true, T>), grid, kBlock, s, a, b, out, g, one, per);
+  else
+    QDQ_LAUNCH((element_kernel<Op, false, T>), grid, kBlock, s, a, b, out, g, one, per);
+  return port::last_error();
+}
+
+template <typename T, typename Param = SliceParams<compute_t<T>>>
+int launch_quantize_pass(CudaStream s, const T* in, T* out, const Layout& l, const QuantizeAttrs& attrs,
+                         Param one, const typename NoDeduce<Param>::type* per) {
+  const bool up = attrs.round_mode == RoundMode::kHalfUp;
+  if (attrs.range_given) {
+    return up ? launch_elements<QuantizeOp<T, RoundMode::kHalfUp, true>>(s, in, nullptr, out, l, one, per)
+              : launch_elements<QuantizeOp<T, RoundMode::kHalfToEven, true>>(s, in, nullptr, out, l, one, per);
+  }
+  return up ? launch_elements<QuantizeOp<T, RoundMode::kHalfUp, false>>(s, in, nullptr, out, l, one, per)
+            : launch_elements<QuantizeOp<T, RoundMode::kHalfToEven, false>>(s, in, nullptr, out, l, one, per);
+}
+
+// Workspace of the auto path: lo keys, hi keys, params (each 16-byte aligned).
+template <typename T>
+struct AutoWorkspace {
+  using C = compute_t<T>;
+  using Key = typename KeyOf<C>::type;
+  static size_t keys_bytes(int64_t depth) { return align16(sizeof(Key) * static_cast<size_t>(depth)); }
+  static size_t bytes(int64_t depth) {
+    return 2 * keys_bytes(depth) + align16(sizeof(SliceParams<C>) * static_cast<size_t>(depth));
+  }
+};
+
+template <typename T, typename C = compute_t<T>, typename Key = typename KeyOf<C>::type>
+int launch_reduce(CudaStream s, const T* x, const Layout& l, Key* lo_acc, Key* hi_acc) {
+  constexpr int64_t V = Pack<T>::kSize;
+  const int64_t target = port::resident_blocks();
+  if (l.inner >= kRunMin) {
+    RunGeom g{l.outer * l.depth, l.inner, l.depth, 0, 0};
+    g.tiles_per_row = std::max<int64_t>(1, ceil_div(l.inner / V, kBlock * kUnroll));
+    g.tiles = g.rows * g.tiles_per_row;
+    QDQ_LAUNCH((reduce_runs_kernel<T>), std::min(g.tiles, target), kBlock, s, x, g, lo_acc, hi_acc);
+  } else {
+    ColGeom g{l.outer, l.depth * l.inner, l.inner, 1, 1, 0};
+    if (g.width < kBlock) {
+      g.rows_per_step = kBlock / g.width;
+    } else {
+      g.col_tiles = ceil_div(g.width, kBlock);
+    }
+    const int64_t steps = ceil_div(g.rows, g.rows_per_step);
+    const int64_t chunks = std::max<int64_t>(1, std::min(steps, target / g.col_tiles));
+    g.rows_per_chunk = ceil_div(steps, chunks) * g.rows_per_step;
+    const int64_t grid = g.col_tiles * ceil_div(g.rows, g.rows_per_chunk);
+    QDQ_LAUNCH((reduce_columns_kernel<T>), grid, kBlock, s, x, g, lo_acc, hi_acc);
+  }
+  return port::last_error();
+}
+
+template <typename T>
+size_t quantize_workspace(Layout layout, bool range_given) {
+  using C = compute_t<T>;
+  const Layout l = canonical(layout);
+  if (l.size() == 0) return 0;
+  if (!range_given) return AutoWorkspace<T>::bytes(l.depth);
+  return l.depth > 1 ? align16(sizeof(SliceParams<C>) * static_cast<size_t>(l.depth)) : 0;
+}
+
+template <typename T>
+int quantize(CudaStream s, const T* in, T* out, Layout layout, const T* given_lo, const T* given_hi,
+             const QuantizeAttrs& attrs, void* workspace) {
+  using C = compute_t<T>;
+  using Key = typename KeyOf<C>::type;
+  const Layout l = canonical(layout);
+  if (l.size() == 0) return 0;
+  char* ws = static_cast<char*>(workspace);
+  if (attrs.range_given) {
+    // Host-side ranges: the scales are computed here, with the same function.
+    std::vector<SliceParams<C>> p(static_cast<size_t>(l.depth));
+    for (int64_t c = 0; c < l.depth; ++c)
+      p[c] = compute_params(Compute<T>::load(given_lo[c]), Compute<T>::load(given_hi[c]), attrs.range);
+    if (l.depth == 1) return launch_quantize_pass<T>(s, in, out, l, attrs, p[0], nullptr);
+    auto* dev = reinterpret_cast<SliceParams<C>*>(ws);
+    if (int err = port::copy_to_device_async(dev, p.data(), sizeof(SliceParams<C>) * p.size(), s)) return err;
+    return launch_quantize_pass<T>(s, in, out, l, attrs, p[0], dev);
+  }
+  const size_t kb = AutoWorkspace<T>::keys_bytes(l.depth);
+  Key* lo_acc = reinterpret_cast<Key*>(ws);
+  Key* hi_acc = reinterpret_cast<Key*>(ws + kb);
+  auto* params = reinterpret_cast<SliceParams<C>*>(ws + 2 * kb);
+  if (int err = port::memset_async(ws, 0xff, 2 * kb, s)) return err;
+  if (int err = launch_reduce<T>(s, in, l, lo_acc, hi_acc)) return err;
+  QDQ_LAUNCH((params_kernel<C>), ceil_div(l.depth, kBlock), kBlock, s, lo_acc, hi_acc, l.depth, attrs.range,
+             params);
+  if (int err = port::last_error()) return err;
+  return launch_quantize_pass<T>(s, in, out, l, attrs, SliceParams<C>{}, params);
+}
+
+template <typename T>
+size_t gradient_workspace(Layout layout) {
+  const Layout l = canonical(layout);
+  if (l.size() == 0 || l.depth == 1) return 0;
+  return align16(sizeof(Bounds<compute_t<T>>) * static_cast<size_t>(l.depth));
+}
+
+template <typename T>
+int masked_gradient(CudaStream s, const T* grad, const T* x, T* out, Layout layout, const T* lo, const T* hi,
+                    void* workspace) {
+  using C = compute_t<T>;
+  const Layout l = canonical(layout);
+  if (l.size() == 0) return 0;
+  std::vector<Bounds<C>> b(static_cast<size_t>(l.depth));
+  for (int64_t c = 0; c < l.depth; ++c) b[c] = Bounds<C>{Compute<T>::load(lo[c]), Compute<T>::load(hi[c])};
+  if (l.depth == 1) return launch_elements<GradientOp<T>>(s, grad, x, out, l, b[0], nullptr);
+  auto* dev = static_cast<Bounds<C>*>(workspace);
+  if (int err = port::copy_to_device_async(dev, b.data(), sizeof(Bounds<C>) * b.size(), s)) return err;
+  return launch_elements<GradientOp<T>>(s, grad, x, out, l, b[0], dev);
+}
+
+}  // namespace cuda_impl
+}  // namespace qdq

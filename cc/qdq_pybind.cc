@@ -1,0 +1,265 @@
+// tensorflow_qdq._core: the framework-free core as a Python module that imports
+// without TensorFlow. CPU launchers run on NumPy arrays (bfloat16 via ml_dtypes);
+// CUDA launchers (when built with QDQ_WITH_CUDA) run on raw device pointers and a
+// stream given as integers, e.g. from torch.Tensor.data_ptr() and
+// torch.cuda.current_stream().cuda_stream, or CuPy. Bad arguments raise
+// ValueError naming the argument; nothing here can read out of bounds.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "qdq_cpu.h"
+#include "qdq_cuda.h"
+#include "qdq_float16.h"
+#include "qdq_types.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using qdq::bf16_t;
+using qdq::half_t;
+
+[[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
+
+// Calls fn(T{}) for the storage type named by a dtype string.
+template <typename Fn>
+auto dispatch(const std::string& dtype, Fn&& fn) {
+  if (dtype == "float32") return fn(float{});
+  if (dtype == "float64") return fn(double{});
+  if (dtype == "float16") return fn(half_t{});
+  if (dtype == "bfloat16") return fn(bf16_t{});
+  fail("dtype must be float32, float64, float16 or bfloat16, got " + dtype);
+}
+
+std::string dtype_name(const py::array& a) { return py::str(a.dtype().attr("name")); }
+
+qdq::Layout layout_of(const std::vector<int64_t>& shape, int axis) {
+  const int rank = static_cast<int>(shape.size());
+  if (axis < -1 || axis >= rank)
+    fail("axis must be -1 (per-tensor) or in [0, " + std::to_string(rank) + "), got " + std::to_string(axis));
+  for (int64_t d : shape)
+    if (d < 0) fail("shape dimensions must be >= 0");
+  return qdq::make_layout(shape.data(), rank, axis);
+}
+
+qdq::RoundMode round_mode_of(const std::string& mode) {
+  if (mode == "HALF_TO_EVEN") return qdq::RoundMode::kHalfToEven;
+  if (mode == "HALF_UP") return qdq::RoundMode::kHalfUp;
+  fail("round_mode must be HALF_TO_EVEN or HALF_UP, got " + mode);
+}
+
+qdq::QuantizeAttrs attrs_of(bool signed_input, int num_bits, bool range_given, const std::string& round_mode,
+                            bool narrow_range) {
+  const int max_bits = signed_input ? 61 : 62;
+  if (num_bits < 1 || num_bits > max_bits)
+    fail("num_bits must be in [1, " + std::to_string(max_bits) + "], got " + std::to_string(num_bits));
+  return qdq::QuantizeAttrs{qdq::int_range(signed_input, num_bits, narrow_range), range_given,
+                            round_mode_of(round_mode)};
+}
+
+std::vector<int64_t> shape_of(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+void require_c_contiguous(const py::array& a, const char* name) {
+  if (!(a.flags() & py::array::c_style)) fail(std::string(name) + " must be C-contiguous");
+}
+
+// Host range values: `depth` of them, of the input's dtype; for given ranges
+// lo[c] <= hi[c] (a NaN fails). Returns pointers into the arrays.
+template <typename T>
+void check_ranges(const py::array& lo, const py::array& hi, const std::string& dtype, int64_t depth, bool ordered) {
+  for (const auto* a : {&lo, &hi}) {
+    const char* name = a == &lo ? "input_min" : "input_max";
+    if (dtype_name(*a) != dtype) fail(std::string(name) + " must have dtype " + dtype);
+    if (a->size() != depth)
+      fail(std::string(name) + " must hold " + std::to_string(depth) + " value(s) (one per channel), got " +
+           std::to_string(a->size()));
+    require_c_contiguous(*a, name);
+  }
+  if (!ordered) return;
+  const T* l = static_cast<const T*>(lo.data());
+  const T* h = static_cast<const T*>(hi.data());
+  for (int64_t c = 0; c < depth; ++c) {
+    if (!(qdq::Compute<T>::load(l[c]) <= qdq::Compute<T>::load(h[c])))
+      fail("input_min must be <= input_max for every channel; channel " + std::to_string(c) + " is not");
+  }
+}
+
+py::array quantize_cpu(const py::array& x, const py::array& lo, const py::array& hi, bool signed_input,
+                       int num_bits, bool range_given, const std::string& round_mode, bool narrow_range, int axis) {
+  require_c_contiguous(x, "input");
+  const std::string dtype = dtype_name(x);
+  const qdq::Layout l = layout_of(shape_of(x), axis);
+  const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, range_given, round_mode, narrow_range);
+  py::array out(x.dtype(), shape_of(x));
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    check_ranges<T>(lo, hi, dtype, axis == -1 ? 1 : l.depth, range_given);
+    const T* in = static_cast<const T*>(x.data());
+    T* o = static_cast<T*>(out.mutable_data());
+    const T* plo = static_cast<const T*>(lo.data());
+    const T* phi = static_cast<const T*>(hi.data());
+    py::gil_scoped_release release;
+    qdq::quantize_cpu(qdq::SerialPool(), in, o, l, plo, phi, attrs);
+  });
+  return out;
+}
+
+py::array masked_gradient_cpu(const py::array& grad, const py::array& x, const py::array& lo, const py::array& hi,
+                              int axis) {
+  require_c_contiguous(x, "input");
+  require_c_contiguous(grad, "gradients");
+  const std::string dtype = dtype_name(x);
+  if (dtype_name(grad) != dtype) fail("gradients must have the dtype of input");
+  if (shape_of(grad) != shape_of(x)) fail("gradients must have the shape of input");
+  const qdq::Layout l = layout_of(shape_of(x), axis);
+  py::array out(x.dtype(), shape_of(x));
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    check_ranges<T>(lo, hi, dtype, axis == -1 ? 1 : l.depth, false);
+    const T* g = static_cast<const T*>(grad.data());
+    const T* in = static_cast<const T*>(x.data());
+    T* o = static_cast<T*>(out.mutable_data());
+    const T* plo = static_cast<const T*>(lo.data());
+    const T* phi = static_cast<const T*>(hi.data());
+    py::gil_scoped_release release;
+    qdq::masked_gradient_cpu(qdq::SerialPool(), g, in, o, l, plo, phi);
+  });
+  return out;
+}
+
+#ifdef QDQ_WITH_CUDA
+constexpr bool kWithCuda = true;
+
+void check_cuda(int code, const char* what) {
+  if (code != 0) throw std::runtime_error(std::string(what) + " failed: " + qdq::cuda_error_string(code));
+}
+
+template <typename P>
+P* ptr(uintptr_t v) {
+  return reinterpret_cast<P*>(v);
+}
+
+void require_workspace(size_t need, uintptr_t ws, size_t ws_bytes) {
+  if (need > ws_bytes) fail("workspace must hold " + std::to_string(need) + " bytes, got " + std::to_string(ws_bytes));
+  if (need > 0 && (ws == 0 || ws % 16 != 0)) fail("workspace must be a 16-byte aligned device pointer");
+}
+#else
+constexpr bool kWithCuda = false;
+
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error("tensorflow_qdq._core was built without CUDA (nvcc was not found at build time)");
+}
+#endif
+
+size_t quantize_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis,
+                                bool range_given) {
+  const qdq::Layout l = layout_of(shape, axis);
+  return dispatch(dtype, [&](auto tag) -> size_t {
+    using T = decltype(tag);
+#ifdef QDQ_WITH_CUDA
+    return qdq::quantize_cuda_workspace<T>(l, range_given);
+#else
+    (void)l, (void)range_given;
+    no_cuda();
+#endif
+  });
+}
+
+size_t gradient_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis) {
+  const qdq::Layout l = layout_of(shape, axis);
+  return dispatch(dtype, [&](auto tag) -> size_t {
+    using T = decltype(tag);
+#ifdef QDQ_WITH_CUDA
+    return qdq::gradient_cuda_workspace<T>(l);
+#else
+    (void)l;
+    no_cuda();
+#endif
+  });
+}
+
+void quantize_cuda(const std::string& dtype, uintptr_t in, uintptr_t out, const std::vector<int64_t>& shape,
+                   const py::array& lo, const py::array& hi, bool signed_input, int num_bits, bool range_given,
+                   const std::string& round_mode, bool narrow_range, int axis, uintptr_t workspace,
+                   size_t workspace_bytes, uintptr_t stream) {
+  const qdq::Layout l = layout_of(shape, axis);
+  const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, range_given, round_mode, narrow_range);
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    check_ranges<T>(lo, hi, dtype, axis == -1 ? 1 : l.depth, range_given);
+#ifdef QDQ_WITH_CUDA
+    require_workspace(qdq::quantize_cuda_workspace<T>(l, range_given), workspace, workspace_bytes);
+    if (l.size() > 0 && (in == 0 || out == 0)) fail("input and output must be device pointers");
+    check_cuda(qdq::quantize_cuda(ptr<CUstream_st>(stream), ptr<const T>(in), ptr<T>(out), l,
+                                  static_cast<const T*>(lo.data()), static_cast<const T*>(hi.data()), attrs,
+                                  ptr<void>(workspace)),
+               "quantize_cuda");
+#else
+    (void)in, (void)out, (void)workspace, (void)workspace_bytes, (void)stream, (void)attrs;
+    no_cuda();
+#endif
+  });
+}
+
+void masked_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x, uintptr_t out,
+                          const std::vector<int64_t>& shape, const py::array& lo, const py::array& hi, int axis,
+                          uintptr_t workspace, size_t workspace_bytes, uintptr_t stream) {
+  const qdq::Layout l = layout_of(shape, axis);
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    check_ranges<T>(lo, hi, dtype, axis == -1 ? 1 : l.depth, false);
+#ifdef QDQ_WITH_CUDA
+    require_workspace(qdq::gradient_cuda_workspace<T>(l), workspace, workspace_bytes);
+    if (l.size() > 0 && (grad == 0 || x == 0 || out == 0)) fail("gradients, input and output must be device pointers");
+    check_cuda(qdq::masked_gradient_cuda(ptr<CUstream_st>(stream), ptr<const T>(grad), ptr<const T>(x), ptr<T>(out),
+                                         l, static_cast<const T*>(lo.data()), static_cast<const T*>(hi.data()),
+                                         ptr<void>(workspace)),
+               "masked_gradient_cuda");
+#else
+    (void)grad, (void)x, (void)out, (void)workspace, (void)workspace_bytes, (void)stream;
+    no_cuda();
+#endif
+  });
+}
+
+int cuda_device_count() {
+#ifdef QDQ_WITH_CUDA
+  return qdq::cuda_device_count();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "tensorflow-qdq's framework-free core: CPU loops on NumPy arrays, CUDA launchers on device pointers.";
+  m.attr("WITH_CUDA") = kWithCuda;
+  m.def("quantize", &quantize_cpu, py::arg("input"), py::arg("input_min"), py::arg("input_max"),
+        py::arg("signed_input") = true, py::arg("num_bits") = 8, py::arg("range_given") = false,
+        py::arg("round_mode") = "HALF_TO_EVEN", py::arg("narrow_range") = false, py::arg("axis") = -1,
+        "QuantizeAndDequantizeV2/V4 forward on the CPU (axis -1 = per-tensor). Returns a new array.");
+  m.def("masked_gradient", &masked_gradient_cpu, py::arg("gradients"), py::arg("input"), py::arg("input_min"),
+        py::arg("input_max"), py::arg("axis") = -1, "QuantizeAndDequantizeV4Grad's input_backprop on the CPU.");
+  m.def("cuda_device_count", &cuda_device_count, "Visible CUDA devices (0 without CUDA, driver or GPU).");
+  m.def("quantize_workspace_bytes", &quantize_workspace_bytes, py::arg("dtype"), py::arg("shape"), py::arg("axis"),
+        py::arg("range_given"));
+  m.def("gradient_workspace_bytes", &gradient_workspace_bytes, py::arg("dtype"), py::arg("shape"), py::arg("axis"));
+  m.def("quantize_cuda", &quantize_cuda, py::arg("dtype"), py::arg("input_ptr"), py::arg("output_ptr"),
+        py::arg("shape"), py::arg("input_min"), py::arg("input_max"), py::arg("signed_input"), py::arg("num_bits"),
+        py::arg("range_given"), py::arg("round_mode"), py::arg("narrow_range"), py::arg("axis"),
+        py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
+        "Asynchronous forward on `stream`; input_min/input_max are host NumPy arrays.");
+  m.def("masked_gradient_cuda", &masked_gradient_cuda, py::arg("dtype"), py::arg("gradients_ptr"),
+        py::arg("input_ptr"), py::arg("output_ptr"), py::arg("shape"), py::arg("input_min"), py::arg("input_max"),
+        py::arg("axis"), py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
+        "Asynchronous V4Grad on `stream`; input_min/input_max are host NumPy arrays.");
+}

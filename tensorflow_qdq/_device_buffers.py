@@ -1,0 +1,154 @@
+"""Runs the CUDA launchers of ``tensorflow_qdq._core`` on PyTorch tensors or CuPy
+arrays that live on a GPU: no TensorFlow needed. Used by tests/test_gpu.py and
+benchmarks/gpu.py; also a way to use the kernels from other frameworks.
+
+    import torch
+    from tensorflow_qdq import _device_buffers as db
+    x = torch.randn(1 << 20, device="cuda")
+    y = db.quantize(x, num_bits=8)                       # auto range, per tensor
+    y = db.quantize(x.view(256, -1), -1.0, 1.0, range_given=True, axis=0)
+
+Calls are asynchronous on the array's current stream (or ``stream=``, an int
+``cudaStream_t``); ranges are host values (scalars, lists or NumPy arrays).
+"""
+
+import numpy as np
+
+from tensorflow_qdq import _core
+
+_NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16}
+
+
+def _numpy_dtype(name):
+    if name == "bfloat16":
+        import ml_dtypes  # NumPy's bfloat16
+
+        return ml_dtypes.bfloat16
+    return _NUMPY_DTYPES[name]
+
+
+class _Buffer:
+    """Pointer, shape, dtype name and framework of a contiguous device array."""
+
+    def __init__(self, array, name):
+        self.array = array
+        module = type(array).__module__
+        if module.startswith("torch"):
+            if not array.is_cuda:
+                raise ValueError(f"{name} must be a CUDA tensor")
+            if not array.is_contiguous():
+                raise ValueError(f"{name} must be contiguous")
+            self.kind = "torch"
+            self.ptr = array.data_ptr()
+            self.shape = list(array.shape)
+            self.dtype = str(array.dtype).replace("torch.", "")
+        elif module.startswith("cupy"):
+            if not array.flags.c_contiguous:
+                raise ValueError(f"{name} must be C-contiguous")
+            self.kind = "cupy"
+            self.ptr = array.data.ptr
+            self.shape = list(array.shape)
+            self.dtype = array.dtype.name
+        else:
+            raise TypeError(f"{name} must be a torch.Tensor on a GPU or a cupy.ndarray, got {type(array).__name__}")
+
+    def stream(self):
+        if self.kind == "torch":
+            import torch
+
+            return torch.cuda.current_stream(self.array.device).cuda_stream
+        import cupy
+
+        return cupy.cuda.get_current_stream().ptr
+
+    def empty_like(self):
+        if self.kind == "torch":
+            import torch
+
+            return torch.empty_like(self.array)
+        import cupy
+
+        return cupy.empty_like(self.array)
+
+    def bytes(self, n):
+        """A device byte buffer of n bytes (16-byte aligned, as both allocators give)."""
+        if self.kind == "torch":
+            import torch
+
+            return torch.empty(max(n, 1), dtype=torch.uint8, device=self.array.device)
+        import cupy
+
+        return cupy.empty(max(n, 1), dtype=cupy.uint8)
+
+
+def _ptr(array):
+    return _Buffer(array, "buffer").ptr
+
+
+def _host_range(value, dtype, depth):
+    """Host range values as a contiguous vector of x's dtype (one value per channel);
+    a scalar is broadcast. None (auto ranges ignore the values) gives zeros."""
+    target = _numpy_dtype(dtype)
+    values = np.zeros(depth, target) if value is None else np.asarray(value)
+    if values.dtype != target:
+        values = values.astype(np.float64).astype(target)
+    return np.ascontiguousarray(np.broadcast_to(values, (depth,)) if values.ndim == 0 else values.reshape(-1))
+
+
+def workspace_bytes(x, *, axis=-1, range_given=False, gradient=False):
+    """Device scratch a call on x needs (pass a buffer this big as ``workspace=`` to skip allocation)."""
+    b = _Buffer(x, "input")
+    if gradient:
+        return _core.gradient_workspace_bytes(b.dtype, b.shape, axis)
+    return _core.quantize_workspace_bytes(b.dtype, b.shape, axis, range_given)
+
+
+def quantize(x, input_min=None, input_max=None, *, signed_input=True, num_bits=8, range_given=False,
+             round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1, out=None, workspace=None, stream=None):
+    """QuantizeAndDequantizeV2/V4 forward on the GPU (raw-op axis: -1 = per-tensor).
+    ``out`` may be x itself (in place). Returns out."""
+    b = _Buffer(x, "input")
+    depth = 1 if axis == -1 or not b.shape else b.shape[axis]
+    out = b.empty_like() if out is None else out
+    o = _Buffer(out, "out")
+    if o.shape != b.shape or o.dtype != b.dtype:
+        raise ValueError("out must have the shape and dtype of input")
+    need = _core.quantize_workspace_bytes(b.dtype, b.shape, axis, range_given)
+    ws = b.bytes(need) if workspace is None else workspace
+    ws_ptr, ws_len = (_ptr(ws), _nbytes(ws)) if need else (0, 0)
+    _core.quantize_cuda(b.dtype, b.ptr, o.ptr, b.shape, _host_range(input_min, b.dtype, depth),
+                        _host_range(input_max, b.dtype, depth), signed_input, num_bits, range_given,
+                        round_mode, narrow_range, axis, ws_ptr, ws_len, b.stream() if stream is None else stream)
+    return out
+
+
+def masked_gradient(gradients, x, input_min, input_max, *, axis=-1, out=None, workspace=None, stream=None):
+    """QuantizeAndDequantizeV4Grad's input_backprop on the GPU. Returns out."""
+    g = _Buffer(gradients, "gradients")
+    b = _Buffer(x, "input")
+    depth = 1 if axis == -1 or not b.shape else b.shape[axis]
+    out = b.empty_like() if out is None else out
+    o = _Buffer(out, "out")
+    if g.shape != b.shape or o.shape != b.shape or g.dtype != b.dtype or o.dtype != b.dtype:
+        raise ValueError("gradients, input and out must have one shape and dtype")
+    need = _core.gradient_workspace_bytes(b.dtype, b.shape, axis)
+    ws = b.bytes(need) if workspace is None else workspace
+    ws_ptr, ws_len = (_ptr(ws), _nbytes(ws)) if need else (0, 0)
+    _core.masked_gradient_cuda(b.dtype, g.ptr, b.ptr, o.ptr, b.shape,
+                               _host_range(input_min, b.dtype, depth),
+                               _host_range(input_max, b.dtype, depth), axis, ws_ptr, ws_len,
+                               b.stream() if stream is None else stream)
+    return out
+
+
+def _nbytes(array):
+    return int(array.nbytes) if hasattr(array, "nbytes") else array.numel() * array.element_size()
+
+
+def available():
+    """(True, "") when the core was built with CUDA and a GPU is visible; else (False, why)."""
+    if not _core.WITH_CUDA:
+        return False, "tensorflow_qdq._core was built without CUDA (no nvcc at build time)"
+    if _core.cuda_device_count() == 0:
+        return False, "no CUDA GPU visible"
+    return True, ""

@@ -1,0 +1,258 @@
+"""The Keras 3 quantize-and-dequantize layer over tensorflow-qdq's ops."""
+
+import math
+import numbers
+
+import keras
+import tensorflow as tf
+
+import tensorflow_qdq as _qdq
+
+RANGE_MODES = ("fixed", "batch", "tracked")
+GRADIENTS = ("masked", "straight_through")
+ROUND_MODES = ("HALF_TO_EVEN", "HALF_UP")
+
+# Tracked ranges start here when no min_value/max_value is given (the same start as
+# TF Model Optimization's moving-average quantizer); the first training batch replaces it.
+_TRACKED_START = (-6.0, 6.0)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _check_num_bits(num_bits, signed):
+    if isinstance(num_bits, bool) or not isinstance(num_bits, numbers.Integral):
+        raise TypeError(f"num_bits must be an int, got {num_bits!r}")
+    top = 61 if signed else 62
+    if not 1 <= num_bits <= top:
+        kind = "signed" if signed else "unsigned"
+        raise ValueError(f"num_bits={num_bits} is out of range for {kind} quantization: must be in [1, {top}]")
+    return int(num_bits)
+
+
+def _as_bound(name, value):
+    """A float or a list of floats (per channel), checked to be finite numbers."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Real):
+        values, scalar = [value], True
+    else:
+        values, scalar = list(tf.nest.flatten(value)), False
+        if not values:
+            raise ValueError(f"{name} must be a number or a non-empty list of numbers, got {value!r}")
+    floats = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{name} must hold finite numbers, got {value!r}")
+        floats.append(float(v))
+    return floats[0] if scalar else floats
+
+
+@keras.saving.register_keras_serializable(package="tensorflow_qdq")
+class QuantizeAndDequantize(keras.layers.Layer):
+    """Quantizes then dequantizes its input with tensorflow-qdq's kernels (fake quantization).
+
+    Args:
+      num_bits: bits of the integer grid (1..61 signed, 1..62 unsigned).
+      axis: ``None`` quantizes per tensor; an int quantizes per channel along that axis
+        (negative counts from the end, so ``-1`` is the last axis).
+      range_mode: where the quantization range comes from:
+        ``"fixed"`` - ``min_value``/``max_value`` (numbers, or lists of one value per channel);
+        ``"batch"`` - each call measures the min/max of its input (per slice);
+        ``"tracked"`` - moving averages of the batch min/max (widened to include 0), kept in
+        non-trainable variables, updated only when ``training=True`` and used as the given
+        range otherwise. ``min_value``/``max_value`` optionally set the range used before the
+        first training step (default [-6, 6]); the first training batch replaces it.
+      signed: signed (``True``) or unsigned integer grid.
+      narrow_range: drop the most negative signed code (symmetric grid, e.g. -127..127).
+      round_mode: ``"HALF_TO_EVEN"`` or ``"HALF_UP"``.
+      gradient: ``"masked"`` (``QuantizeAndDequantizeV4``: the gradient passes where the input
+        lies inside the range, 0 outside) or ``"straight_through"`` (identity gradient).
+      momentum: decay of the tracked moving averages, in [0, 1).
+
+    Under ``tf.distribute`` each training step gathers the per-replica batch min/max across all
+    replicas and reduces them, so every replica applies the same update: the tracked range equals
+    what one device would track on the global batch (variables use ``only_first_replica``
+    aggregation; all replicas write identical values). Under a mixed-precision policy the op runs
+    in the compute dtype (bfloat16/half kernels); the tracked variables stay float32.
+    """
+
+    def __init__(
+        self,
+        num_bits=8,
+        axis=None,
+        range_mode="batch",
+        min_value=None,
+        max_value=None,
+        signed=True,
+        narrow_range=False,
+        round_mode="HALF_TO_EVEN",
+        gradient="masked",
+        momentum=0.99,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_choice("range_mode", range_mode, RANGE_MODES)
+        _check_choice("round_mode", round_mode, ROUND_MODES)
+        _check_choice("gradient", gradient, GRADIENTS)
+        self.signed = bool(signed)
+        self.num_bits = _check_num_bits(num_bits, self.signed)
+        if axis is not None:
+            if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+                raise TypeError(f"axis must be None or an int, got {axis!r}")
+            axis = int(axis)
+        self.axis = axis
+        self.range_mode = range_mode
+        self.min_value = _as_bound("min_value", min_value)
+        self.max_value = _as_bound("max_value", max_value)
+        self._check_bounds()
+        self.narrow_range = bool(narrow_range)
+        self.round_mode = round_mode
+        self.gradient = gradient
+        momentum = float(momentum)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum={momentum} is out of range: must be in [0, 1)")
+        self.momentum = momentum
+        # Keras compiles a model with XLA only if every layer says it can; the xla support
+        # in tensorflow_qdq sets this module flag when its composite lowering is available.
+        self.supports_jit = bool(getattr(_qdq, "XLA_SUPPORTED", False))
+
+    def _check_bounds(self):
+        given = (self.min_value is not None, self.max_value is not None)
+        if self.range_mode == "batch" and any(given):
+            raise ValueError("min_value/max_value apply to range_mode 'fixed' or 'tracked', not 'batch'")
+        if self.range_mode == "fixed" and not all(given):
+            raise ValueError("range_mode='fixed' needs both min_value and max_value")
+        if self.range_mode == "tracked" and any(given) and not all(given):
+            raise ValueError("range_mode='tracked' takes both min_value and max_value (the start range) or neither")
+        if not all(given):
+            return
+        lo, hi = self.min_value, self.max_value
+        if isinstance(lo, list) != isinstance(hi, list) or (isinstance(lo, list) and len(lo) != len(hi)):
+            raise ValueError(f"min_value and max_value must have the same shape, got {lo!r} and {hi!r}")
+        if isinstance(lo, list) and self.axis is None:
+            raise ValueError("min_value/max_value lists (per channel) need an axis; use numbers with axis=None")
+        for a, b in zip(tf.nest.flatten(lo), tf.nest.flatten(hi)):
+            if a > b:
+                raise ValueError(f"min_value must be <= max_value, got {lo!r} > {hi!r}")
+
+    # -- building ---------------------------------------------------------------------------
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        self._channels = None
+        if self.axis is not None:
+            if not -rank <= self.axis < rank:
+                raise ValueError(f"axis={self.axis} is out of range for input of rank {rank}: must be in [{-rank}, {rank})")
+            self._axis = self.axis % rank
+            self._channels = input_shape[self._axis]
+            if self._channels is None and (self.range_mode == "tracked" or isinstance(self.min_value, list)):
+                raise ValueError(f"the size of axis {self.axis} must be known to build per-channel ranges")
+        if isinstance(self.min_value, list) and len(self.min_value) != self._channels:
+            raise ValueError(
+                f"min_value/max_value hold {len(self.min_value)} values but axis {self.axis} has {self._channels} channels"
+            )
+        if self.range_mode == "tracked":
+            self._build_tracked()
+
+    def _build_tracked(self):
+        shape = () if self._channels is None else (self._channels,)
+        lo, hi = (self.min_value, self.max_value) if self.min_value is not None else _TRACKED_START
+        if not self.signed and self.min_value is None:
+            lo = 0.0
+        # Every replica writes the same (cross-replica reduced) value; keep the first.
+        common = dict(shape=shape, trainable=False, autocast=False, aggregation="only_first_replica")
+        self.tracked_min = self.add_weight(name="tracked_min", initializer=keras.initializers.Constant(lo), **common)
+        self.tracked_max = self.add_weight(name="tracked_max", initializer=keras.initializers.Constant(hi), **common)
+        self.tracked_updates = self.add_weight(name="tracked_updates", initializer="zeros", dtype="int64", **common)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    # -- calling ----------------------------------------------------------------------------
+
+    def call(self, inputs, training=None):
+        x = tf.convert_to_tensor(inputs)
+        if self.range_mode == "batch":  # the op ignores the values, but checks their shapes
+            zero = self._per_slice(x, tf.zeros([], x.dtype))
+            return self._qdq(x, zero, zero, range_given=False)
+        if self.range_mode == "fixed":
+            lo = self._per_slice(x, tf.constant(self.min_value, x.dtype))
+            hi = self._per_slice(x, tf.constant(self.max_value, x.dtype))
+        elif training:
+            lo, hi = self._update_tracked(x)
+        else:
+            lo, hi = tf.convert_to_tensor(self.tracked_min), tf.convert_to_tensor(self.tracked_max)
+        return self._qdq(x, tf.cast(lo, x.dtype), tf.cast(hi, x.dtype), range_given=True)
+
+    def _per_slice(self, x, bound):
+        """A scalar bound repeated for every channel when quantizing per channel."""
+        if self.axis is None or bound.shape.rank != 0:
+            return bound
+        return tf.fill(tf.shape(x)[self._axis : self._axis + 1], bound)
+
+    def _qdq(self, x, lo, hi, range_given):
+        fn = _qdq.quantize_and_dequantize_v2 if self.gradient == "masked" else _qdq.quantize_and_dequantize
+        return fn(
+            x,
+            lo,
+            hi,
+            signed_input=self.signed,
+            num_bits=self.num_bits,
+            range_given=range_given,
+            round_mode=self.round_mode,
+            narrow_range=self.narrow_range,
+            axis=self.axis,
+        )
+
+    def _batch_range(self, x):
+        """This step's min/max per slice over the global batch (every replica's share)."""
+        if self._channels is None:
+            axes = None
+        else:
+            axes = [a for a in range(x.shape.rank) if a != self._axis]
+        lo = tf.cast(tf.reduce_min(x, axis=axes), tf.float32)
+        hi = tf.cast(tf.reduce_max(x, axis=axes), tf.float32)
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            # One collective per step: gather [min, max] from every replica, reduce here.
+            both = ctx.all_gather(tf.stack([lo, hi])[tf.newaxis], axis=0)
+            lo, hi = tf.reduce_min(both[:, 0], axis=0), tf.reduce_max(both[:, 1], axis=0)
+        return lo, hi
+
+    def _update_tracked(self, x):
+        """Moves the tracked range towards this batch's range (widened to include 0); returns it.
+
+        Slices whose batch range is not finite (empty on every replica, or holding inf/NaN)
+        keep their range. The first finite batch of a slice replaces the start range.
+        """
+        lo, hi = self._batch_range(x)
+        valid = tf.math.is_finite(lo) & tf.math.is_finite(hi)
+        lo, hi = tf.minimum(lo, 0.0), tf.maximum(hi, 0.0)
+        old_lo, old_hi = tf.convert_to_tensor(self.tracked_min), tf.convert_to_tensor(self.tracked_max)
+        count = tf.convert_to_tensor(self.tracked_updates)
+        decay = tf.where(count > 0, self.momentum, 0.0)
+        new_lo = tf.where(valid, old_lo * decay + lo * (1.0 - decay), old_lo)
+        new_hi = tf.where(valid, old_hi * decay + hi * (1.0 - decay), old_hi)
+        self.tracked_min.assign(new_lo)
+        self.tracked_max.assign(new_hi)
+        self.tracked_updates.assign(count + tf.cast(valid, tf.int64))
+        return new_lo, new_hi
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_bits=self.num_bits,
+            axis=self.axis,
+            range_mode=self.range_mode,
+            min_value=self.min_value,
+            max_value=self.max_value,
+            signed=self.signed,
+            narrow_range=self.narrow_range,
+            round_mode=self.round_mode,
+            gradient=self.gradient,
+            momentum=self.momentum,
+        )
+        return config

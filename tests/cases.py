@@ -1,0 +1,171 @@
+"""Random quantize-and-dequantize cases for the conformance tests.
+
+A Case holds the input, the range tensors and every attribute; `kwargs(op)`
+gives the keyword arguments of `tf.raw_ops.<op>` / `tensorflow_qdq.raw_ops.<op>`.
+Generators are seeded, so a failing case is reproducible from its index.
+"""
+import dataclasses
+
+import numpy as np
+
+from tests import reference
+
+# Bit widths: mostly the useful ones, plus the edges of float32/float64 precision and the maximum.
+_BITS = list(range(1, 17)) + [23, 24, 25, 31, 32, 40, 52, 53, 54, 60, 61, 62]
+_DIMS = [1, 1, 2, 3, 4, 5, 7, 8, 16, 33]
+
+# name -> number of comparisons made, printed in pytest's terminal summary (conftest.py).
+CHECKED = {}
+
+
+def record(name, count):
+    CHECKED[name] = CHECKED.get(name, 0) + count
+
+
+@dataclasses.dataclass
+class Case:
+    x: np.ndarray
+    input_min: np.ndarray
+    input_max: np.ndarray
+    signed_input: bool = True
+    num_bits: int = 8
+    range_given: bool = False
+    round_mode: str = "HALF_TO_EVEN"
+    narrow_range: bool = False
+    axis: int = -1
+
+    def kwargs(self, op="QuantizeAndDequantizeV2"):
+        kw = dict(input=self.x, input_min=self.input_min, input_max=self.input_max,
+                  signed_input=self.signed_input, range_given=self.range_given,
+                  narrow_range=self.narrow_range, axis=self.axis)
+        if op.endswith("V3"):
+            kw["num_bits"] = np.int32(self.num_bits)
+        else:
+            kw["num_bits"] = self.num_bits
+            kw["round_mode"] = self.round_mode
+        return kw
+
+    def reference(self):
+        return reference.quantize(self.x, self.input_min, self.input_max, signed_input=self.signed_input,
+                                  num_bits=self.num_bits, range_given=self.range_given,
+                                  round_mode=self.round_mode, narrow_range=self.narrow_range, axis=self.axis)
+
+    def slices(self):
+        """The per-slice (lo, hi) the forward pass uses (given, or measured)."""
+        x = self.x.astype(reference.compute_dtype(self.x.dtype))
+        x2 = x.reshape(1, -1) if self.axis == -1 else np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
+        if self.range_given:
+            lo = np.asarray(self.input_min).reshape(-1)
+            hi = np.asarray(self.input_max).reshape(-1)
+            return [(lo[c], hi[c]) for c in range(x2.shape[0])]
+        return [reference.measured_range(row) for row in x2]
+
+    def degenerate(self):
+        """True when some slice has no usable side of its range (SPEC §3.4: TF is wrong there)."""
+        C = reference.compute_dtype(self.x.dtype)
+        for lo, hi in self.slices():
+            if reference.slice_params(lo, hi, self.signed_input, self.num_bits, self.narrow_range, C)[4]:
+                return True
+        return False
+
+    @property
+    def per_channel(self):
+        return self.axis != -1
+
+    def __repr__(self):
+        return (f"Case(shape={self.x.shape}, dtype={self.x.dtype}, axis={self.axis}, bits={self.num_bits}, "
+                f"signed={self.signed_input}, narrow={self.narrow_range}, given={self.range_given}, "
+                f"round={self.round_mode}, min={np.asarray(self.input_min).tolist()!r:.60}, "
+                f"max={np.asarray(self.input_max).tolist()!r:.60})")
+
+
+def _shape(rng, allow_rank0=True, big=False):
+    if big:
+        return (int(rng.integers(2, 5)), int(rng.integers(9000, 12000)))
+    rank = int(rng.integers(0 if allow_rank0 else 1, 5))
+    return tuple(int(rng.choice(_DIMS)) for _ in range(rank))
+
+
+def _data(rng, shape, dtype, decades=(-30, 30)):
+    """Values spanning magnitudes 1e-30..1e30, with grid points (rounding ties), zeros and -0.0."""
+    n = int(np.prod(shape, dtype=np.int64))
+    mag = 10.0 ** rng.uniform(*decades)
+    kind = rng.integers(0, 6)
+    if kind == 0:
+        v = rng.standard_normal(n)
+    elif kind == 1:
+        v = rng.uniform(0, 1, n)  # non-negative
+    elif kind == 2:
+        v = -rng.uniform(0, 1, n)  # non-positive
+    elif kind == 3:
+        v = rng.standard_normal(n) + rng.uniform(-4, 4)  # offset
+    elif kind == 4:
+        v = rng.integers(-64, 65, n) * 0.5  # halves: exact ties at small bit widths
+        mag = 2.0 ** int(np.log2(mag))
+    else:
+        v = rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3, n) / 1e3  # wide spread inside one tensor
+    v = v * mag
+    if n and rng.random() < 0.3:
+        v[rng.integers(0, n, max(1, n // 8))] = 0.0
+        v[rng.integers(0, n, max(1, n // 16))] = -0.0
+    return v.astype(dtype).reshape(shape)
+
+
+def _given(rng, x3):
+    """A valid (lo <= hi) given range for one slice: from the data, narrower, one-sided or a point."""
+    data = x3[~np.isnan(x3)]
+    if data.size == 0:
+        data = np.zeros(1, x3.dtype)
+    lo, hi = float(data.min()), float(data.max())
+    kind = rng.integers(0, 6)
+    span = max(hi - lo, abs(hi), abs(lo), 1e-30)
+    if kind == 1:  # narrower: clamping happens
+        a, b = np.sort(rng.uniform(lo, hi, 2))
+        lo, hi = a, b
+    elif kind == 2:  # wider
+        lo, hi = lo - rng.uniform(0, 1) * span, hi + rng.uniform(0, 1) * span
+    elif kind == 3:  # positive range
+        lo, hi = np.sort(rng.uniform(0.01, 1, 2) * span)
+    elif kind == 4:  # negative range
+        lo, hi = np.sort(-rng.uniform(0.01, 1, 2) * span)
+    elif kind == 5:  # straddling zero, random
+        lo, hi = -rng.uniform(0, 1) * span, rng.uniform(0, 1) * span
+    return lo, hi
+
+
+def random_case(rng, dtype=np.float32, *, per_channel=None, range_given=None, allow_rank0=True, big=False,
+                decades=(-30, 30)):
+    """One random case; per_channel/range_given force a mode when not None."""
+    dtype = np.dtype(dtype)
+    if per_channel is None:
+        per_channel = rng.random() < 0.5
+    if range_given is None:
+        range_given = rng.random() < 0.5
+    shape = _shape(rng, allow_rank0=allow_rank0 and not per_channel, big=big)
+    if per_channel and not shape:
+        shape = (int(rng.choice(_DIMS)),)
+    x = _data(rng, shape, dtype, decades)
+    axis = int(rng.integers(0, len(shape))) if per_channel else -1
+    signed = bool(rng.random() < 0.6)
+    bits = int(rng.choice(_BITS))
+    if signed and bits > 61:
+        bits = 61
+    if per_channel:
+        x3 = np.moveaxis(x, axis, 0).reshape(shape[axis], -1)
+        ranges = [_given(rng, x3[c]) for c in range(shape[axis])] if range_given else \
+            [(0.0, 0.0)] * shape[axis]
+        lo = np.array([r[0] for r in ranges]).astype(dtype)
+        hi = np.array([r[1] for r in ranges]).astype(dtype)
+    else:
+        r = _given(rng, x.reshape(-1)) if range_given else (0.0, 0.0)
+        lo, hi = np.asarray(r[0]).astype(dtype), np.asarray(r[1]).astype(dtype)
+    # Rounding to dtype can break lo <= hi only by reordering equal-ish values.
+    lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+    return Case(x=x, input_min=lo, input_max=hi, signed_input=signed, num_bits=bits, range_given=range_given,
+                round_mode=str(rng.choice(["HALF_TO_EVEN", "HALF_UP"])), narrow_range=bool(rng.random() < 0.3),
+                axis=axis)
+
+
+def random_cases(seed, count, dtype=np.float32, **kwargs):
+    rng = np.random.default_rng(seed)
+    return [random_case(rng, dtype, **kwargs) for _ in range(count)]

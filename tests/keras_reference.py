@@ -1,0 +1,61 @@
+"""References for the Keras tests, independent of tensorflow-qdq's code: TensorFlow's own
+kernels (tf.raw_ops) for float32/float64, and a NumPy model of the tracked moving averages."""
+
+import numpy as np
+import tensorflow as tf
+
+
+def builtin_qdq(x, lo=None, hi=None, *, axis=None, num_bits=8, signed=True, narrow_range=False,
+                round_mode="HALF_TO_EVEN"):
+    """TensorFlow's kernel on float32/float64 data: auto range when lo/hi are None, else given.
+
+    Given per-channel ranges go through V3 (TF 2.21's V2/V4 reject them); the rest through V4.
+    axis uses the Keras layer's convention (None = per tensor, negative from the end).
+    """
+    x = np.asarray(x)
+    raw_axis = -1 if axis is None else axis % x.ndim
+    given = lo is not None
+    lo = np.asarray(0 if lo is None else lo, x.dtype)
+    hi = np.asarray(0 if hi is None else hi, x.dtype)
+    if given and raw_axis != -1:
+        lo = np.broadcast_to(lo, [x.shape[raw_axis]]).copy()
+        hi = np.broadcast_to(hi, [x.shape[raw_axis]]).copy()
+        assert round_mode == "HALF_TO_EVEN", "V3 rounds half to even only"
+        out = tf.raw_ops.QuantizeAndDequantizeV3(
+            input=x, input_min=lo, input_max=hi, num_bits=num_bits, signed_input=signed,
+            range_given=True, narrow_range=narrow_range, axis=raw_axis)
+    else:
+        if raw_axis != -1:  # auto per channel: the op checks min/max shapes only
+            lo = np.zeros([x.shape[raw_axis]], x.dtype)
+            hi = lo
+        out = tf.raw_ops.QuantizeAndDequantizeV4(
+            input=x, input_min=lo, input_max=hi, num_bits=num_bits, signed_input=signed,
+            range_given=given, round_mode=round_mode, narrow_range=narrow_range, axis=raw_axis)
+    return out.numpy()
+
+
+def tracked_ranges(batches, momentum, axis=None):
+    """The tracked [min, max] after each batch: batch min/max widened to 0, the first finite
+    batch taken as is, then exponential moving averages (float32 arithmetic like the layer's)."""
+    lo = hi = None
+    history = []
+    for batch in batches:
+        batch = np.asarray(batch, np.float32)
+        axes = None if axis is None else tuple(a for a in range(batch.ndim) if a != axis % batch.ndim)
+        b_lo = np.minimum(batch.min(axis=axes), np.float32(0))
+        b_hi = np.maximum(batch.max(axis=axes), np.float32(0))
+        if lo is None:
+            lo, hi = b_lo, b_hi
+        else:
+            m = np.float32(momentum)
+            lo = lo * m + b_lo * (np.float32(1) - m)
+            hi = hi * m + b_hi * (np.float32(1) - m)
+        history.append((np.float32(lo) if np.ndim(lo) == 0 else lo.astype(np.float32),
+                        np.float32(hi) if np.ndim(hi) == 0 else hi.astype(np.float32)))
+    return history
+
+
+def bits(a):
+    """Bit patterns of a float array, so -0.0 and NaN placement count in comparisons."""
+    a = np.ascontiguousarray(a)
+    return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])

@@ -217,9 +217,10 @@ def test_auto_range_ignores_nan(isa, dtype, shape, axis):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("shape,axis", [((64, 70), 0), ((101, 6), 1), ((4, 6, 5), 1)], ids=str)
-def test_degenerate_channels_give_signed_zeros(isa, dtype, shape, axis):
-    # An all-zero channel has no usable range (SPEC §3.4 FIX): every element stays a zero of its sign,
-    # NaN stays NaN, and the other channels are untouched (compared with TensorFlow).
+@pytest.mark.parametrize("round_mode", ["HALF_TO_EVEN", "HALF_UP"])
+def test_degenerate_channels(isa, dtype, shape, axis, round_mode):
+    # An all-zero channel has no usable range (SPEC §3.4 FIX): zeros out, NaN stays NaN, the
+    # same bits as the baseline loops (which own the rule), and the other channels equal TensorFlow's.
     x = sample(shape, tf.float64, seed=31).numpy()
     moved = np.moveaxis(x, axis, 0)
     rng = np.random.default_rng(1)
@@ -227,14 +228,19 @@ def test_degenerate_channels_give_signed_zeros(isa, dtype, shape, axis):
     moved[2][(0,) * (moved.ndim - 1)] = np.nan
     xt = tf.cast(tf.constant(x), dtype)
     zero = tf.zeros([], dtype)
-    ours = np.moveaxis(qdq.raw_ops.QuantizeAndDequantizeV4(input=xt, input_min=zero, input_max=zero, axis=axis).numpy(),
-                       axis, 0)
-    zeros = np.moveaxis(xt.numpy(), axis, 0)[2]
-    assert np.isnan(ours[2].astype(np.float32).reshape(-1)[0])
-    assert_same_bits(ours[2].reshape(-1)[1:], zeros.reshape(-1)[1:])
+    kw = dict(input=xt, input_min=zero, input_max=zero, axis=axis, round_mode=round_mode)
+    ours = qdq.raw_ops.QuantizeAndDequantizeV4(**kw).numpy()
+    _LIB.qdq_cpu_set_isa(b"baseline")
+    try:
+        baseline = qdq.raw_ops.QuantizeAndDequantizeV4(**kw).numpy()
+    finally:
+        _LIB.qdq_cpu_set_isa(isa.encode())
+    np.testing.assert_array_equal(_bits(ours), _bits(baseline))
+    dead = np.moveaxis(ours, axis, 0)[2].astype(np.float32).reshape(-1)
+    assert np.isnan(dead[0]) and (dead[1:] == 0).all()
+    ref = tf_reference("QuantizeAndDequantizeV4", xt, zero, zero, axis, range_given=False, round_mode=round_mode)
     keep = [c for c in range(moved.shape[0]) if c != 2]
-    ref = np.moveaxis(tf_reference("QuantizeAndDequantizeV4", xt, zero, zero, axis, range_given=False).numpy(), axis, 0)
-    assert_same_bits(ours[keep], ref[keep])
+    assert_same_bits(np.moveaxis(ours, axis, 0)[keep], np.moveaxis(ref.numpy(), axis, 0)[keep])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)

@@ -152,7 +152,12 @@ def check(torch, db, core, x, g, axis, lo_h, hi_h, label):
 
 
 def run(args):
-    import torch
+    try:
+        import torch
+    except ImportError as exc:
+        raise SystemExit(f"benchmarks/gpu.py times against PyTorch and uses its CUDA buffers: {exc}") from exc
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU visible to PyTorch")
 
     from tensorflow_qdq import _core as core
     from tensorflow_qdq import _device_buffers as db
@@ -160,6 +165,7 @@ def run(args):
     ok, why = db.available()
     if not ok:
         raise SystemExit(f"cannot benchmark: {why}")
+    core.set_cpu_isa("baseline")  # the check's reference: the shared scalar math, as the kernels
     timer = Timer(torch)
     ref = TorchReference(torch)
     rows = []

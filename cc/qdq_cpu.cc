@@ -256,6 +256,8 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
     measure_ranges(pool, k, in, plan, lo.data(), hi.data());
   }
   std::vector<SliceParams<C>> params(static_cast<size_t>(l.depth));
+  // Zero bounds already carry the sign of the slice's first zero in memory order
+  // (what a sequential min/max, TensorFlow's, keeps): the loops preserve it.
   for (int64_t c = 0; c < l.depth; ++c) params[c] = compute_params(lo[c], hi[c], attrs.range);
 
   const int mode = static_cast<int>(attrs.round_mode);

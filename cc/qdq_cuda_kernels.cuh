@@ -27,6 +27,12 @@ namespace cuda_impl {
 constexpr int kBlock = 256;          // threads per block, every kernel
 constexpr int kUnroll = 4;           // vectors per thread per tile (reduction)
 constexpr int64_t kRunMin = 2048;    // inner extent from which rows are reduced as runs
+constexpr int64_t kMinColumnRows = 16;  // rows each thread reduces (at least) on the column path
+// Tensors below this many elements find channels with 32-bit FastDiv; the emulation
+// tests lower it to 0 to run the 64-bit path on small tensors.
+#ifndef QDQ_CUDA_FAST_INDEX_LIMIT
+#define QDQ_CUDA_FAST_INDEX_LIMIT (int64_t{1} << 32)
+#endif
 
 // 16-byte packs: 4 floats, 2 doubles, 8 halves or bfloat16s.
 template <typename T>
@@ -108,10 +114,16 @@ QDQ_KERNEL void reduce_runs_kernel(const T* x, RunGeom g, Key* lo_acc, Key* hi_a
   Range<C> r;
   r.reset();
   int64_t c_cur = -1;
+  // (row, k) = divmod(tile, tiles_per_row), advanced without dividing again.
+  int64_t row = first / g.tiles_per_row;
+  int64_t k = first - row * g.tiles_per_row - 1;
+  int64_t c = row % g.depth;
   for (int64_t tile = first; tile < last; ++tile) {
-    const int64_t row = tile / g.tiles_per_row;
-    const int64_t k = tile - row * g.tiles_per_row;
-    const int64_t c = row % g.depth;
+    if (++k == g.tiles_per_row) {
+      k = 0;
+      ++row;
+      if (++c == g.depth) c = 0;
+    }
     if (c != c_cur) {  // block-uniform
       flush(r, c_cur, lo_acc, hi_acc);
       r.reset();
@@ -179,10 +191,31 @@ QDQ_UNROLL_4
   flush(r, active ? col / g.inner : int64_t{-1}, lo_acc, hi_acc);
 }
 
-// ---- Scales: one thread per channel turns the measured keys into SliceParams. ----
+// SliceParams as 16-byte vectors (one for float, two for double), so a per-channel
+// element reads its channel's parameters with one load even when every lane of a
+// warp is in a different channel (last axis). A degenerate slice stores a NaN scale:
+// its scale is never used, and no usable range yields a NaN scale.
+template <typename C>
+struct alignas(16) Scales {
+  C lo, hi, scale, inv_scale;
+  static QDQ_HD Scales pack(const SliceParams<C>& p) {
+    return Scales{p.lo, p.hi, p.degenerate ? C(NAN) : p.scale, p.inv_scale};
+  }
+  QDQ_HD SliceParams<C> unpack() const {
+    SliceParams<C> p;
+    p.lo = lo;
+    p.hi = hi;
+    p.scale = scale;
+    p.inv_scale = inv_scale;
+    p.degenerate = is_nan(scale);
+    return p;
+  }
+};
+
+// ---- Scales: one thread per channel turns the measured keys into parameters. ----
 template <typename C, typename Key = typename KeyOf<C>::type>
 QDQ_KERNEL void params_kernel(const Key* lo_acc, const Key* hi_acc, int64_t depth, IntRange range,
-                              SliceParams<C>* params) {
+                              Scales<C>* params) {
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (c >= depth) return;
   C lo, hi;
@@ -192,30 +225,67 @@ QDQ_KERNEL void params_kernel(const Key* lo_acc, const Key* hi_acc, int64_t dept
     lo = KeyOf<C>::decode(lo_acc[c]);
     hi = KeyOf<C>::decode(static_cast<Key>(~hi_acc[c]));
   }
-  params[c] = compute_params(lo, hi, range);
+  params[c] = Scales<C>::pack(compute_params(lo, hi, range));
 }
 
 // ---- Element pass: a grid-stride loop over "units" = head scalars, 16-byte
 // packs, tail scalars (all scalars when the buffers' alignments differ). ----
+// Division by a fixed 32-bit divisor as a multiply and a shift (Granlund-Montgomery):
+// exact for every 32-bit dividend. The per-channel element pass uses it to find an
+// element's channel when the tensor has fewer than 2^32 elements; 64-bit division
+// would make that pass compute-bound.
+struct FastDiv {
+  uint32_t d, mul, shift;
+  static FastDiv make(uint32_t d) {
+    uint32_t l = 0;
+    while (l < 32 && (uint64_t{1} << l) < d) ++l;
+    const uint64_t m = ((uint64_t{1} << 32) * ((uint64_t{1} << l) - d)) / d + 1;
+    return FastDiv{d, static_cast<uint32_t>(m), l};
+  }
+  QDQ_HD uint32_t div(uint32_t n) const {
+#if defined(__CUDA_ARCH__)
+    const uint32_t hi = __umulhi(n, mul);
+#else
+    const uint32_t hi = static_cast<uint32_t>((uint64_t{n} * mul) >> 32);
+#endif
+    return static_cast<uint32_t>((uint64_t{hi} + n) >> shift);
+  }
+};
+
 struct ElemGeom {
   int64_t n, inner, depth;
   int64_t head;  // scalar elements before the first pack
   int64_t packs;
   int64_t units;  // head + packs + tail
+  bool small;     // n < 2^32: channels via FastDiv
+  FastDiv by_inner, by_depth;
 };
+
+// Channel of flat element i, and i's position inside its run of `inner` elements.
+QDQ_HD void locate(const ElemGeom& g, int64_t i, int64_t* c, int64_t* rem) {
+  if (g.small) {
+    const uint32_t q = g.by_inner.div(static_cast<uint32_t>(i));
+    *rem = i - int64_t{q} * g.inner;
+    *c = q - int64_t{g.by_depth.div(q)} * g.depth;
+  } else {
+    const int64_t q = i / g.inner;
+    *rem = i - q * g.inner;
+    *c = q % g.depth;
+  }
+}
 
 template <typename T, RoundMode kMode, bool kClamp>
 struct QuantizeOp {
   using C = compute_t<T>;
-  using Param = SliceParams<C>;
+  using Param = Scales<C>;
   static constexpr bool kTwoInputs = false;
   static QDQ_DEV T apply(T x, T, const Param& p) {
-    return Compute<T>::store(quantize_value<kMode, kClamp>(Compute<T>::load(x), p));
+    return Compute<T>::store(quantize_value<kMode, kClamp>(Compute<T>::load(x), p.unpack()));
   }
 };
 
 template <typename C>
-struct Bounds {
+struct alignas(2 * sizeof(C)) Bounds {
   C lo, hi;
 };
 
@@ -241,13 +311,10 @@ QDQ_KERNEL void element_kernel(const T* a, const T* b, T* out, ElemGeom g, typen
     const bool is_pack = u >= g.head && u < g.head + g.packs;
     const int64_t i = u < g.head ? u : (is_pack ? g.head + (u - g.head) * V : u + (g.packs * (V - 1)));
     int64_t c = 0, rem = 0;
-    if (kPerChannel) {
-      const int64_t q = i / g.inner;
-      rem = i - q * g.inner;
-      c = q % g.depth;
-    }
+    if (kPerChannel) locate(g, i, &c, &rem);
+    Param p = kPerChannel ? per[c] : fixed;
     if (!is_pack) {
-      out[i] = Op::apply(a[i], Op::kTwoInputs ? b[i] : a[i], kPerChannel ? per[c] : fixed);
+      out[i] = Op::apply(a[i], Op::kTwoInputs ? b[i] : a[i], p);
       continue;
     }
     const Pack<T> pa = *reinterpret_cast<const Pack<T>*>(a + i);
@@ -256,10 +323,11 @@ QDQ_KERNEL void element_kernel(const T* a, const T* b, T* out, ElemGeom g, typen
     Pack<T> po;
 QDQ_UNROLL
     for (int j = 0; j < V; ++j) {
-      po.v[j] = Op::apply(pa.v[j], Op::kTwoInputs ? pb.v[j] : pa.v[j], kPerChannel ? per[c] : fixed);
-      if (kPerChannel && ++rem == g.inner) {
+      po.v[j] = Op::apply(pa.v[j], Op::kTwoInputs ? pb.v[j] : pa.v[j], p);
+      if (kPerChannel && ++rem == g.inner && j + 1 < V) {  // next element starts a new channel
         rem = 0;
         if (++c == g.depth) c = 0;
+        p = per[c];
       }
     }
     *reinterpret_cast<Pack<T>*>(out + i) = po;
@@ -276,7 +344,12 @@ inline size_t align16(size_t b) { return (b + 15) & ~size_t{15}; }
 template <typename T>
 ElemGeom element_geom(const Layout& l, const T* a, const T* b, const T* out) {
   constexpr int V = Pack<T>::kSize;
-  ElemGeom g{l.size(), l.inner, l.depth, 0, 0, 0};
+  ElemGeom g{l.size(), l.inner, l.depth, 0, 0, 0, false, {}, {}};
+  g.small = g.n < QDQ_CUDA_FAST_INDEX_LIMIT;
+  if (g.small) {
+    g.by_inner = FastDiv::make(static_cast<uint32_t>(l.inner));
+    g.by_depth = FastDiv::make(static_cast<uint32_t>(l.depth));
+  }
   const int64_t head = head_of(a, g.n);
   const bool same = head == head_of(out, g.n) && (b == nullptr || head == head_of(b, g.n));
   g.head = same ? head : g.n;
@@ -302,7 +375,7 @@ int launch_elements(CudaStream s, const T* a, const typename NoDeduce<T>::type* 
   return port::last_error();
 }
 
-template <typename T, typename Param = SliceParams<compute_t<T>>>
+template <typename T, typename Param = Scales<compute_t<T>>>
 int launch_quantize_pass(CudaStream s, const T* in, T* out, const Layout& l, const QuantizeAttrs& attrs,
                          Param one, const typename NoDeduce<Param>::type* per) {
   const bool up = attrs.round_mode == RoundMode::kHalfUp;
@@ -321,7 +394,7 @@ struct AutoWorkspace {
   using Key = typename KeyOf<C>::type;
   static size_t keys_bytes(int64_t depth) { return align16(sizeof(Key) * static_cast<size_t>(depth)); }
   static size_t bytes(int64_t depth) {
-    return 2 * keys_bytes(depth) + align16(sizeof(SliceParams<C>) * static_cast<size_t>(depth));
+    return 2 * keys_bytes(depth) + align16(sizeof(Scales<C>) * static_cast<size_t>(depth));
   }
 };
 
@@ -342,7 +415,7 @@ int launch_reduce(CudaStream s, const T* x, const Layout& l, Key* lo_acc, Key* h
       g.col_tiles = ceil_div(g.width, kBlock);
     }
     const int64_t steps = ceil_div(g.rows, g.rows_per_step);
-    const int64_t chunks = std::max<int64_t>(1, std::min(steps, target / g.col_tiles));
+    const int64_t chunks = std::max<int64_t>(1, std::min(steps / kMinColumnRows, target / g.col_tiles));
     g.rows_per_chunk = ceil_div(steps, chunks) * g.rows_per_step;
     const int64_t grid = g.col_tiles * ceil_div(g.rows, g.rows_per_chunk);
     QDQ_LAUNCH((reduce_columns_kernel<T>), grid, kBlock, s, x, g, lo_acc, hi_acc);
@@ -356,7 +429,7 @@ size_t quantize_workspace(Layout layout, bool range_given) {
   const Layout l = canonical(layout);
   if (l.size() == 0) return 0;
   if (!range_given) return AutoWorkspace<T>::bytes(l.depth);
-  return l.depth > 1 ? align16(sizeof(SliceParams<C>) * static_cast<size_t>(l.depth)) : 0;
+  return l.depth > 1 ? align16(sizeof(Scales<C>) * static_cast<size_t>(l.depth)) : 0;
 }
 
 template <typename T>
@@ -369,24 +442,26 @@ int quantize(CudaStream s, const T* in, T* out, Layout layout, const T* given_lo
   char* ws = static_cast<char*>(workspace);
   if (attrs.range_given) {
     // Host-side ranges: the scales are computed here, with the same function.
-    std::vector<SliceParams<C>> p(static_cast<size_t>(l.depth));
-    for (int64_t c = 0; c < l.depth; ++c)
-      p[c] = compute_params(Compute<T>::load(given_lo[c]), Compute<T>::load(given_hi[c]), attrs.range);
+    std::vector<Scales<C>> p(static_cast<size_t>(l.depth));
+    for (int64_t c = 0; c < l.depth; ++c) {
+      p[c] = Scales<C>::pack(
+          compute_params(Compute<T>::load(given_lo[c]), Compute<T>::load(given_hi[c]), attrs.range));
+    }
     if (l.depth == 1) return launch_quantize_pass<T>(s, in, out, l, attrs, p[0], nullptr);
-    auto* dev = reinterpret_cast<SliceParams<C>*>(ws);
-    if (int err = port::copy_to_device_async(dev, p.data(), sizeof(SliceParams<C>) * p.size(), s)) return err;
+    auto* dev = reinterpret_cast<Scales<C>*>(ws);
+    if (int err = port::copy_to_device_async(dev, p.data(), sizeof(Scales<C>) * p.size(), s)) return err;
     return launch_quantize_pass<T>(s, in, out, l, attrs, p[0], dev);
   }
   const size_t kb = AutoWorkspace<T>::keys_bytes(l.depth);
   Key* lo_acc = reinterpret_cast<Key*>(ws);
   Key* hi_acc = reinterpret_cast<Key*>(ws + kb);
-  auto* params = reinterpret_cast<SliceParams<C>*>(ws + 2 * kb);
+  auto* params = reinterpret_cast<Scales<C>*>(ws + 2 * kb);
   if (int err = port::memset_async(ws, 0xff, 2 * kb, s)) return err;
   if (int err = launch_reduce<T>(s, in, l, lo_acc, hi_acc)) return err;
   QDQ_LAUNCH((params_kernel<C>), ceil_div(l.depth, kBlock), kBlock, s, lo_acc, hi_acc, l.depth, attrs.range,
              params);
   if (int err = port::last_error()) return err;
-  return launch_quantize_pass<T>(s, in, out, l, attrs, SliceParams<C>{}, params);
+  return launch_quantize_pass<T>(s, in, out, l, attrs, Scales<C>{}, params);
 }
 
 template <typename T>

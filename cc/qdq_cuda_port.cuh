@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #define QDQ_KERNEL __global__
@@ -30,10 +31,26 @@ QDQ_DEV void atomic_min(uint64_t* p, uint64_t v) {
 // Folds each lane's (lo, hi) keys into slot `c` of the accumulators with one
 // atomic per distinct channel per warp. Every lane of the warp must call it
 // together (the callers' conditions are block-uniform); lanes holding nothing
-// pass kNone keys.
+// pass `none` keys (and any c).
 template <typename Key>
 QDQ_DEV void merge_keys(Key* lo_acc, Key* hi_acc, int64_t c, Key lo, Key hi, Key none) {
   const unsigned full = 0xffffffffu;
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  const int64_t c0 = __shfl_sync(full, c, 0);
+  if (__all_sync(full, lo == none || c == c0)) {  // one channel (the common case): a tree
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const Key olo = __shfl_xor_sync(full, lo, offset);
+      const Key ohi = __shfl_xor_sync(full, hi, offset);
+      lo = olo < lo ? olo : lo;
+      hi = ohi < hi ? ohi : hi;
+    }
+    if (lane == 0 && lo != none) {
+      atomic_min(lo_acc + c0, lo);
+      atomic_min(hi_acc + c0, hi);
+    }
+    return;
+  }
+  // Several channels: each lane folds in its peers (same channel), the first peer writes.
   const unsigned peers = __match_any_sync(full, static_cast<unsigned long long>(c));
   for (int i = 0; i < 32; ++i) {
     const Key olo = __shfl_sync(full, lo, i);
@@ -43,7 +60,6 @@ QDQ_DEV void merge_keys(Key* lo_acc, Key* hi_acc, int64_t c, Key lo, Key hi, Key
       hi = ohi < hi ? ohi : hi;
     }
   }
-  const int lane = static_cast<int>(threadIdx.x & 31u);
   if (lane == __ffs(static_cast<int>(peers)) - 1 && lo != none) {
     atomic_min(lo_acc + c, lo);
     atomic_min(hi_acc + c, hi);
@@ -62,15 +78,17 @@ inline int last_error() { return static_cast<int>(cudaGetLastError()); }
 // Blocks that fit on the current device at once (8 x 256 threads per SM),
 // cached per device: grid-stride kernels launch no more than this.
 inline int64_t resident_blocks() {
-  static int64_t cache[64] = {};
+  static std::atomic<int64_t> cache[64] = {};
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 1024;
-  if (cache[dev] == 0) {
+  int64_t blocks = cache[dev].load(std::memory_order_relaxed);
+  if (blocks == 0) {
     int sms = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) sms = 128;
-    cache[dev] = int64_t{8} * sms;
+    blocks = int64_t{8} * sms;
+    cache[dev].store(blocks, std::memory_order_relaxed);
   }
-  return cache[dev];
+  return blocks;
 }
 
 }  // namespace port

@@ -249,6 +249,9 @@ PYBIND11_MODULE(_core, m) {
         "QuantizeAndDequantizeV2/V4 forward on the CPU (axis -1 = per-tensor). Returns a new array.");
   m.def("masked_gradient", &masked_gradient_cpu, py::arg("gradients"), py::arg("input"), py::arg("input_min"),
         py::arg("input_max"), py::arg("axis") = -1, "QuantizeAndDequantizeV4Grad's input_backprop on the CPU.");
+  m.def("cpu_isa", [] { return std::string(qdq::cpu_isa()); }, "Instruction set of the CPU loops (avx2/baseline).");
+  m.def("set_cpu_isa", [](const std::string& name) { return std::string(qdq::set_cpu_isa(name.c_str())); },
+        py::arg("name"), "Selects the CPU loops: baseline, avx2 (when supported) or best; returns the one in use.");
   m.def("cuda_device_count", &cuda_device_count, "Visible CUDA devices (0 without CUDA, driver or GPU).");
   m.def("quantize_workspace_bytes", &quantize_workspace_bytes, py::arg("dtype"), py::arg("shape"), py::arg("axis"),
         py::arg("range_given"));

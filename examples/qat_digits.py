@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
-import tensorflow_qdq  # noqa: E402,F401 - registers the ops a reloaded SavedModel needs
+import tensorflow_qdq  # noqa: E402 - registers the ops a reloaded SavedModel needs
 from tensorflow_qdq.keras import quantize_model  # noqa: E402
 
 
@@ -131,7 +131,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = args.export_dir or os.path.join(tmp, "digits_qat8")
         keras_out, saved_out = export_and_reload(quantized[8], data[1], export_dir)
-        print(f"exported to {export_dir} and reloaded with tf.saved_model.load")
+        print(f"exported to {export_dir} and reloaded with tf.saved_model.load "
+              f"(tensorflow-qdq ops in it: {', '.join(tensorflow_qdq.qdq_ops_in_saved_model(export_dir))})")
     same = np.array_equal(keras_out, saved_out)
     agree = np.mean(keras_out.argmax(1) == saved_out.argmax(1))
     print(f"outputs on {len(keras_out)} test images: bit-identical {same}, max |difference| "

@@ -5,6 +5,7 @@ for float32/float64, and for half/bfloat16 against cast(builtin_float32(cast_f32
 without TensorFlow."""
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import ml_dtypes
@@ -59,7 +60,7 @@ CASES = [  # shape, axis
 @pytest.mark.parametrize("range_given", [False, True])
 @pytest.mark.parametrize("shape,axis", CASES)
 def test_quantize_matches_tensorflow(dtype, range_given, shape, axis):
-    rng = np.random.default_rng(abs(hash((dtype, range_given, shape, axis))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((dtype, range_given, shape, axis)).encode()))
     for trial in range(6):
         signed = trial % 3 != 2
         attrs = dict(signed_input=signed, num_bits=int(rng.choice([2, 4, 8, 12])), range_given=range_given,

@@ -4,28 +4,41 @@ compares every output bit with the CPU path on random cases (all dtypes, both
 reduction paths, per-tensor/per-channel, auto/given, both rounding modes, V4Grad,
 unaligned offsets, in place, NaN/inf/zero channels, poisoned outputs). Needs g++,
 not CUDA and not TensorFlow."""
-import shutil
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "cuda_emu"))
+import host_build  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def emu_binary(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler to build the CUDA emulation")
-    out = tmp_path_factory.mktemp("cuda_emu") / "emu_check"
-    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(ROOT),
-           str(ROOT / "tests/cuda_emu/emu_check.cc"), str(ROOT / "cc/qdq_cpu.cc"), "-o", str(out)]
-    subprocess.run(cmd, check=True)
-    return out
+    return host_build.build(tmp_path_factory.mktemp("cuda_emu") / "emu_check", ["tests/cuda_emu/emu_check.cc"],
+                            tmp_path_factory.getbasetemp() / "qdq_core_objects")
+
+
+# The reference is the CPU core's portable loops: the shared scalar math of cc/qdq_math.h,
+# which the kernels must follow (tests/test_cpu_exactness.py ties the AVX2 loops to them).
+REFERENCE_ENV = dict(os.environ, QDQ_CPU_ISA="baseline")
 
 
 def test_emulated_kernels_match_cpu_bit_for_bit(emu_binary):
-    result = subprocess.run([str(emu_binary), "600"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([str(emu_binary), "600"], capture_output=True, text=True, timeout=300,
+                            env=REFERENCE_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "OK 2400"
+
+
+def test_wide_index_path_matches_cpu(tmp_path_factory):
+    """The 64-bit channel arithmetic used beyond 2^32 elements, forced on small tensors."""
+    binary = host_build.build(tmp_path_factory.mktemp("cuda_emu_wide") / "emu_check",
+                              ["tests/cuda_emu/emu_check.cc"], tmp_path_factory.getbasetemp() / "qdq_core_objects",
+                              extra=["-DQDQ_CUDA_FAST_INDEX_LIMIT=0"])
+    result = subprocess.run([str(binary), "150"], capture_output=True, text=True, timeout=300, env=REFERENCE_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "OK 600"

@@ -8,6 +8,8 @@ written), NaN/inf/zero/all-NaN channels. Inputs are denormal-free (SPEC §3.8).
 Run on a GPU machine:  python -m pytest -m gpu -ra tests/test_gpu.py
 (-m gpu also selects the 2^28-element cases). Skipped, with the reason, elsewhere.
 """
+import zlib
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,17 @@ except ImportError:
     _BF16 = None
 
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def portable_cpu_reference():
+    """The reference is the CPU core's portable loops, which are cc/qdq_math.h's scalar
+    functions as written (the kernels use the same ones); the SIMD loops must equal
+    them and have their own tests."""
+    before = _core.cpu_isa()
+    _core.set_cpu_isa("baseline")
+    yield
+    _core.set_cpu_isa(before)
 UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 POISON = 0xFF  # every byte: a NaN pattern in every dtype
 
@@ -120,7 +133,7 @@ def random_range(rng, dtype, depth, unsigned):
     a, b = rng.standard_normal(depth) * 3, rng.standard_normal(depth) * 3
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     if unsigned:
-        lo = np.zeros(depth)
+        lo, hi = np.zeros(depth), np.abs(hi)
     return lo.astype(np_dtype(dtype)), hi.astype(np_dtype(dtype))
 
 
@@ -153,7 +166,7 @@ LAYOUTS = [  # shape, axis: per-tensor, first, middle and last axes; both reduct
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", LAYOUTS)
 def test_forward_bit_identical_to_cpu(dtype, shape, axis):
-    rng = np.random.default_rng(hash((dtype, shape, axis)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((dtype, shape, axis)).encode()))
     for trial in range(8):
         unsigned = trial % 4 == 3
         attrs = dict(signed_input=not unsigned, num_bits=int(rng.choice([1, 2, 4, 8, 8, 13, 16, 23, 32, 61])),

@@ -57,3 +57,18 @@ def test_exported_8_bit_model_gives_the_keras_outputs(trained, demo, tmp_path):
     data, _, quantized = trained
     keras_out, saved_out = demo.export_and_reload(quantized[8], data[1], str(tmp_path / "qat8"))
     np.testing.assert_array_equal(keras_out, saved_out)
+
+
+def test_demo_main_prints_the_table_and_the_round_trip(demo, monkeypatch, capsys, tmp_path):
+    """The README's main job end to end (few epochs: the accuracy test above covers quality)."""
+    monkeypatch.setattr("sys.argv", ["qat_digits.py", "--epochs", "2", "--qat-epochs", "1",
+                                     "--export-dir", str(tmp_path / "qat8")])
+    demo.main()
+    out = capsys.readouterr().out
+    table = out[out.index("model         accuracy"):]
+    rows = [line.split() for line in table.splitlines()[1:4]]
+    assert [r[0] for r in rows] == ["float32", "8-bit", "4-bit"]
+    assert all(r[-1] == "ms" and float(r[-2]) > 0 for r in rows)
+    assert "tensorflow-qdq ops in it: Qdq>QuantizeAndDequantizeV4" in out
+    assert "bit-identical True" in out and "predictions agree 100.0%" in out
+    assert (tmp_path / "qat8" / "saved_model.pb").exists()

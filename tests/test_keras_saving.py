@@ -37,10 +37,7 @@ FRESH_PROCESS = textwrap.dedent(
     except Exception as exc:
         report["keras_error"] = f"{type(exc).__name__}: {exc}"
     assert "tensorflow_qdq" not in sys.modules
-    import tensorflow_qdq.keras
-    model = keras.saving.load_model(tmp + "/model.keras")
-    np.save(tmp + "/keras_out.npy", model.predict(x, verbose=0))
-    report["keras_ranges"] = [w.numpy().tolist() for w in model.weights if "tracked" in w.path]
+    import tensorflow_qdq  # the ops: all a SavedModel needs
     exported = tf.saved_model.load(tmp + "/exported")  # keep a reference: it owns the variables
     np.save(tmp + "/exported_out.npy", exported.serve(tf.constant(x)).numpy())
     tf_saved = tensorflow_qdq.load_saved_model(tmp + "/tf_saved")
@@ -49,6 +46,11 @@ FRESH_PROCESS = textwrap.dedent(
     (output,) = serving(**{input_name: tf.constant(x)}).values()
     np.save(tmp + "/tf_saved_out.npy", output.numpy())
     report["ops"] = tensorflow_qdq.qdq_ops_in_saved_model(tmp + "/exported")
+    assert "tensorflow_qdq.keras" not in sys.modules
+    import tensorflow_qdq.keras  # the layer classes: what a .keras file needs
+    model = keras.saving.load_model(tmp + "/model.keras")
+    np.save(tmp + "/keras_out.npy", model.predict(x, verbose=0))
+    report["keras_ranges"] = [w.numpy().tolist() for w in model.weights if "tracked" in w.path]
     print("REPORT" + json.dumps(report))
     """
 )

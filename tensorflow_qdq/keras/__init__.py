@@ -8,9 +8,22 @@ Importing this module registers the layers with Keras' serialization, so
 ``import tensorflow_qdq.keras`` first.
 """
 
-from tensorflow_qdq.keras._layer import QuantizeAndDequantize
-from tensorflow_qdq.keras._quantize_model import quantize_model
-from tensorflow_qdq.keras._quantized_layers import QuantizedConv1D, QuantizedConv2D, QuantizedConv3D, QuantizedDense
+import keras as _keras
+
+if _keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        f"tensorflow_qdq.keras needs Keras' TensorFlow backend, but Keras runs on {_keras.backend.backend()!r}; "
+        "set KERAS_BACKEND=tensorflow before importing keras"
+    )
+
+from tensorflow_qdq.keras._layer import QuantizeAndDequantize  # noqa: E402
+from tensorflow_qdq.keras._quantize_model import quantize_model  # noqa: E402
+from tensorflow_qdq.keras._quantized_layers import (  # noqa: E402
+    QuantizedConv1D,
+    QuantizedConv2D,
+    QuantizedConv3D,
+    QuantizedDense,
+)
 
 __all__ = [
     "QuantizeAndDequantize",

@@ -63,8 +63,9 @@ class QuantizeAndDequantize(keras.layers.Layer):
         ``"batch"`` - each call measures the min/max of its input (per slice);
         ``"tracked"`` - moving averages of the batch min/max (widened to include 0), kept in
         non-trainable variables, updated only when ``training=True`` and used as the given
-        range otherwise. ``min_value``/``max_value`` optionally set the range used before the
-        first training step (default [-6, 6]); the first training batch replaces it.
+        range otherwise; a slice whose batch holds NaN or +-inf keeps its range.
+        ``min_value``/``max_value`` optionally set the range used before the first training
+        step (default [-6, 6]); the first training batch replaces it.
       signed: signed (``True``) or unsigned integer grid.
       narrow_range: drop the most negative signed code (symmetric grid, e.g. -127..127).
       round_mode: ``"HALF_TO_EVEN"`` or ``"HALF_UP"``.
@@ -208,28 +209,33 @@ class QuantizeAndDequantize(keras.layers.Layer):
         )
 
     def _batch_range(self, x):
-        """This step's min/max per slice over the global batch (every replica's share)."""
+        """This step's min/max per slice over the global batch (every replica's share), and
+        whether every element of the slice was finite."""
         if self._channels is None:
             axes = None
         else:
             axes = [a for a in range(x.shape.rank) if a != self._axis]
         lo = tf.cast(tf.reduce_min(x, axis=axes), tf.float32)
         hi = tf.cast(tf.reduce_max(x, axis=axes), tf.float32)
+        # Checked explicitly: whether reduce_min/max propagate a NaN depends on where it sits.
+        finite = tf.cast(tf.reduce_all(tf.math.is_finite(x), axis=axes), tf.float32)
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
-            # One collective per step: gather [min, max] from every replica, reduce here.
-            both = ctx.all_gather(tf.stack([lo, hi])[tf.newaxis], axis=0)
-            lo, hi = tf.reduce_min(both[:, 0], axis=0), tf.reduce_max(both[:, 1], axis=0)
-        return lo, hi
+            # One collective per step: gather every replica's [min, max, finite], reduce here.
+            # (An empty share gives [+inf, -inf, 1], which changes nothing.)
+            every = ctx.all_gather(tf.stack([lo, hi, finite])[tf.newaxis], axis=0)
+            lo, hi = tf.reduce_min(every[:, 0], axis=0), tf.reduce_max(every[:, 1], axis=0)
+            finite = tf.reduce_min(every[:, 2], axis=0)
+        return lo, hi, finite > 0
 
     def _update_tracked(self, x):
         """Moves the tracked range towards this batch's range (widened to include 0); returns it.
 
-        Slices whose batch range is not finite (empty on every replica, or holding inf/NaN)
-        keep their range. The first finite batch of a slice replaces the start range.
+        Slices whose batch holds a NaN or an infinity (on any replica), or no element at all,
+        keep their range. The first update of a slice replaces its start range.
         """
-        lo, hi = self._batch_range(x)
-        valid = tf.math.is_finite(lo) & tf.math.is_finite(hi)
+        lo, hi, finite = self._batch_range(x)
+        valid = finite & tf.math.is_finite(lo) & tf.math.is_finite(hi)
         lo, hi = tf.minimum(lo, 0.0), tf.maximum(hi, 0.0)
         old_lo, old_hi = tf.convert_to_tensor(self.tracked_min), tf.convert_to_tensor(self.tracked_max)
         count = tf.convert_to_tensor(self.tracked_updates)

@@ -15,9 +15,11 @@ _NON_NEGATIVE = ("relu", "relu6", "sigmoid", "softmax", "hard_sigmoid")
 
 
 class _QuantizedMixin:
-    """Adds the quantizers and the quantized call to a Dense/Conv subclass."""
+    """Adds the quantizers and the quantized call to a Dense/Conv subclass, which supplies
+    ``_linear(inputs, kernel)`` (the layer's product before bias and activation)."""
 
-    def _init_quantizers(self, weight_bits, activation_bits, momentum):
+    def __init__(self, *args, weight_bits=8, activation_bits=8, momentum=0.99, **kwargs):
+        super().__init__(*args, **kwargs)
         self.weight_bits = weight_bits
         self.activation_bits = activation_bits
         self.momentum = momentum
@@ -36,9 +38,8 @@ class _QuantizedMixin:
         self.kernel_quantizer.build(self.kernel.shape)
         self.output_quantizer.build(self.compute_output_shape(input_shape))
 
-    def _quantized_call(self, inputs, linear, training):
-        kernel = self.kernel_quantizer(self.kernel)
-        outputs = linear(inputs, kernel)
+    def call(self, inputs, training=None):
+        outputs = self._linear(inputs, self.kernel_quantizer(self.kernel))
         if self.bias is not None:
             outputs = ops.add(outputs, self._broadcast_bias())
         if self.activation is not None:
@@ -50,36 +51,27 @@ class _QuantizedMixin:
             return ops.reshape(self.bias, (1, -1) + (1,) * self.rank)
         return self.bias
 
-    def _quantizer_config(self):
-        return dict(weight_bits=self.weight_bits, activation_bits=self.activation_bits, momentum=self.momentum)
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "weight_bits": self.weight_bits,
+            "activation_bits": self.activation_bits,
+            "momentum": self.momentum,
+        }
 
 
 @keras.saving.register_keras_serializable(package="tensorflow_qdq")
 class QuantizedDense(_QuantizedMixin, keras.layers.Dense):
     """``keras.layers.Dense`` with a per-channel quantized kernel and a quantized output."""
 
-    def __init__(self, *args, weight_bits=8, activation_bits=8, momentum=0.99, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_quantizers(weight_bits, activation_bits, momentum)
-
-    def call(self, inputs, training=None):
-        return self._quantized_call(inputs, ops.matmul, training)
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantizer_config()}
+    def _linear(self, inputs, kernel):
+        return ops.matmul(inputs, kernel)
 
 
 def _quantized_conv(base):
     class QuantizedConv(_QuantizedMixin, base):
-        def __init__(self, *args, weight_bits=8, activation_bits=8, momentum=0.99, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._init_quantizers(weight_bits, activation_bits, momentum)
-
-        def call(self, inputs, training=None):
-            return self._quantized_call(inputs, self.convolution_op, training)
-
-        def get_config(self):
-            return {**super().get_config(), **self._quantizer_config()}
+        def _linear(self, inputs, kernel):
+            return self.convolution_op(inputs, kernel)
 
     QuantizedConv.__name__ = QuantizedConv.__qualname__ = f"Quantized{base.__name__}"
     QuantizedConv.__doc__ = f"``keras.layers.{base.__name__}`` with a per-channel quantized kernel and a quantized output."

@@ -41,26 +41,17 @@ void emu_launch(Kernel kernel, int64_t grid, int64_t block, Args... args) {
   }
 }
 
-inline uint32_t as_bits(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  return u;
+template <typename To, typename From>
+To bit_cast(From v) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
+  To out;
+  std::memcpy(&out, &v, sizeof(out));
+  return out;
 }
-inline uint64_t as_bits(double v) {
-  uint64_t u;
-  std::memcpy(&u, &v, 8);
-  return u;
-}
-inline float float_from(uint32_t u) {
-  float v;
-  std::memcpy(&v, &u, 4);
-  return v;
-}
-inline double double_from(uint64_t u) {
-  double v;
-  std::memcpy(&v, &u, 8);
-  return v;
-}
+inline uint32_t as_bits(float v) { return bit_cast<uint32_t>(v); }
+inline uint64_t as_bits(double v) { return bit_cast<uint64_t>(v); }
+inline float float_from(uint32_t u) { return bit_cast<float>(u); }
+inline double double_from(uint64_t u) { return bit_cast<double>(u); }
 
 template <typename Key>
 void merge_keys(Key* lo_acc, Key* hi_acc, int64_t c, Key lo, Key hi, Key none) {

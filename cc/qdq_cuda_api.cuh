@@ -1,0 +1,45 @@
+// The templated entry points of qdq_cuda.h over cuda_impl, with their explicit
+// instantiations. Included once per backend, after a port layer and the
+// kernels: by qdq_cuda.cu (CUDA) and tests/cuda_emu/emu_api.cc (host emulation).
+#pragma once
+
+#include "qdq_cuda.h"
+#include "qdq_cuda_kernels.cuh"
+
+namespace qdq {
+
+template <typename T>
+size_t quantize_cuda_workspace(Layout layout, bool range_given) {
+  return cuda_impl::quantize_workspace<T>(layout, range_given);
+}
+
+template <typename T>
+int quantize_cuda(CudaStream stream, const T* in, T* out, Layout layout, const T* given_lo, const T* given_hi,
+                  const QuantizeAttrs& attrs, void* workspace) {
+  return cuda_impl::quantize<T>(stream, in, out, layout, given_lo, given_hi, attrs, workspace);
+}
+
+template <typename T>
+size_t gradient_cuda_workspace(Layout layout) {
+  return cuda_impl::gradient_workspace<T>(layout);
+}
+
+template <typename T>
+int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, Layout layout, const T* lo,
+                         const T* hi, void* workspace) {
+  return cuda_impl::masked_gradient<T>(stream, grad, x, out, layout, lo, hi, workspace);
+}
+
+#define QDQ_INSTANTIATE(T)                                                                                    \
+  template size_t quantize_cuda_workspace<T>(Layout, bool);                                                  \
+  template int quantize_cuda<T>(CudaStream, const T*, T*, Layout, const T*, const T*, const QuantizeAttrs&, \
+                                void*);                                                                      \
+  template size_t gradient_cuda_workspace<T>(Layout);                                                        \
+  template int masked_gradient_cuda<T>(CudaStream, const T*, const T*, T*, Layout, const T*, const T*, void*);
+QDQ_INSTANTIATE(float)
+QDQ_INSTANTIATE(double)
+QDQ_INSTANTIATE(half_t)
+QDQ_INSTANTIATE(bf16_t)
+#undef QDQ_INSTANTIATE
+
+}  // namespace qdq

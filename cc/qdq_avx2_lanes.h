@@ -119,9 +119,13 @@ struct Lanes<bf16_t> : F32x8 {
     const __m256i high = _mm256_srli_epi32(x, 16);
     const __m256i odd = _mm256_and_si256(high, _mm256_set1_epi32(1));
     const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), odd), 16);
-    const __m256i nan_bits = _mm256_or_si256(_mm256_and_si256(high, _mm256_set1_epi32(0x8000)), _mm256_set1_epi32(0x7fc0));
-    const __m256i nan = _mm256_castps_si256(is_nan(v));
-    const __m256i bits = _mm256_blendv_epi8(rounded, nan_bits, nan);
+    const V nan = is_nan(v);
+    __m256i bits = rounded;
+    if (!_mm256_testz_ps(nan, nan)) {  // rare: only NaN lanes need the canonical quiet NaN
+      const __m256i nan_bits =
+          _mm256_or_si256(_mm256_and_si256(high, _mm256_set1_epi32(0x8000)), _mm256_set1_epi32(0x7fc0));
+      bits = _mm256_blendv_epi8(rounded, nan_bits, _mm256_castps_si256(nan));
+    }
     // 32 -> 16 bits: packus works per 128-bit half, so gather quadwords 0 and 2.
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(bits, bits), 0x08);
     return _mm256_castsi256_si128(packed);

@@ -35,7 +35,10 @@ class Case:
     axis: int = -1
 
     def kwargs(self, op="QuantizeAndDequantizeV2"):
-        kw = dict(input=self.x, input_min=self.input_min, input_max=self.input_max,
+        # 0-d arrays, never NumPy scalars: np.float64 is a Python float, and TF's eager scalar cache
+        # keys on the value, so -0.0 and +0.0 would share one cached tensor.
+        kw = dict(input=np.asarray(self.x), input_min=np.asarray(self.input_min),
+                  input_max=np.asarray(self.input_max),
                   signed_input=self.signed_input, range_given=self.range_given,
                   narrow_range=self.narrow_range, axis=self.axis)
         if op.endswith("V3"):
@@ -65,6 +68,27 @@ class Case:
         C = reference.compute_dtype(self.x.dtype)
         for lo, hi in self.slices():
             if reference.slice_params(lo, hi, self.signed_input, self.num_bits, self.narrow_range, C)[4]:
+                return True
+        return False
+
+    def zero_sign_ambiguous(self):
+        """True when an auto range's scale comes from a zero bound of a slice holding both +0.0 and
+        -0.0 (the other side's scale overflowed). Which zero TF's min/max reduction returns then
+        depends on its SIMD width and the zeros' positions, and the output zeros' signs follow it."""
+        if self.range_given:
+            return False
+        C = reference.compute_dtype(self.x.dtype)
+        x = self.x.astype(C)
+        x2 = x.reshape(1, -1) if self.axis == -1 else np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
+        for row, (lo, hi) in zip(x2, self.slices()):
+            zeros = row[row == 0]
+            if not (np.any(np.signbit(zeros)) and not np.all(np.signbit(zeros))):
+                continue
+            qmin, qmax = reference.int_range(self.signed_input, self.num_bits, self.narrow_range)
+            with np.errstate(all="ignore"):
+                s_lo = C.type(qmin) / C.type(lo) if C.type(qmin) * C.type(lo) > 0 else np.finfo(C).max
+                s_hi = C.type(qmax) / C.type(hi) if C.type(qmax) * C.type(hi) > 0 else np.finfo(C).max
+            if (lo == 0 and s_lo < s_hi) or (hi == 0 and not s_lo < s_hi):
                 return True
         return False
 

@@ -180,7 +180,8 @@ def _v3_abort_calls(lib):
 
 
 def test_row7_inputs_that_abort_tf_v3_are_errors():
-    results = qdq_worker.run_calls(_v3_abort_calls("tf") + _v3_abort_calls("qdq"))
+    # Ours first: they share the first child process with TF's first (aborting) call.
+    results = qdq_worker.run_calls(_v3_abort_calls("qdq") + _v3_abort_calls("tf"))
     for name, word in (("axis--2", "axis"), ("min-vector", "input_min")):
         theirs, ours = results[f"tf-{name}"], results[f"qdq-{name}"]
         assert ours["outcome"] == "error" and ours["type"] == "InvalidArgumentError", ours
@@ -203,6 +204,13 @@ def test_row8_wrapper_axis_and_lists():
         qdq.quantize_and_dequantize(x, lo4, hi4, axis=-4)
     out = qdq.quantize_and_dequantize([-1.0, 0.3, 0.8], [0.0], [0.0])
     np.testing.assert_array_equal(out.numpy(), np.array([-1.0, 0.296875, 0.796875], F))
+    # Lists (or NumPy arrays) with a negative axis: TF reads input.shape before converting.
+    rows = [[-1.0, 0.3], [0.8, 0.5]]
+    with pytest.raises(AttributeError):
+        tf.quantization.quantize_and_dequantize_v2(rows, [0.0, 0.0], [0.0, 0.0], axis=-1)
+    compare.assert_same_bits(qdq.quantize_and_dequantize_v2(rows, [0.0, 0.0], [0.0, 0.0], axis=-1),
+                             tf.quantization.quantize_and_dequantize_v2(tf.constant(rows), tf.zeros(2), tf.zeros(2),
+                                                                        axis=1), "lists")
     with pytest.raises(ValueError, match="rank"):
         tf.function(lambda t: qdq.quantize_and_dequantize(t, 0.0, 0.0, axis=-1),
                     input_signature=[tf.TensorSpec(None, tf.float32)]).get_concrete_function()
@@ -225,3 +233,30 @@ def test_one_element_vector_range_is_accepted_in_eager(op):
         _run(tf, op, **kw)
     want = _run(tf, op, **dict(kw, input_min=F(-1), input_max=F(1)))
     compare.assert_same_bits(_run(qdq, op, **kw), want, "[1]-shaped range")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=["float32", "float64", "half"])
+def test_row6_degenerate_channels_in_wide_rows(dtype):
+    """Per-channel along the last axis with many channels (the vectorised row loops), half of
+    them degenerate (unsigned with a negative given range: TF returns +0 there, and so must we)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((8, 67)).astype(dtype)
+    x[:, ::5] = 0.0
+    x[:, 1::7] = -0.0
+    lo = np.where(np.arange(67) % 2 == 0, -2.0, 0.0).astype(dtype)
+    hi = np.where(np.arange(67) % 2 == 0, -1.0, 1.5).astype(dtype)
+    bad = []
+    for mode in ("HALF_TO_EVEN", "HALF_UP"):
+        c = cases.Case(x=x, input_min=lo, input_max=hi, signed_input=False, range_given=True, round_mode=mode,
+                       axis=1)
+        for op in ("QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4"):
+            ours = _run(qdq, op, **c.kwargs(op))
+            want = c.reference() if not op.endswith("V3") else \
+                cases.Case(**{**c.__dict__, "round_mode": "HALF_TO_EVEN"}).reference()
+            if not compare.same_bits(ours, want):
+                bad.append(f"{op} {mode} vs model: {compare.describe(ours, want)}")
+            if op.endswith("V3") and dtype != np.float16:
+                theirs = _run(tf, op, **c.kwargs(op))
+                if not compare.same_bits(ours, theirs):
+                    bad.append(f"{op} vs TF: {compare.describe(ours, theirs)}")
+    assert not bad, "\n".join(bad)

@@ -1,7 +1,8 @@
 """The documentation's Python examples run, and print what the docs say they print.
 
-Every ```python block in README.md and docs/*.md runs (blocks of one file share a namespace,
-in order). A comment line `# -> <text>` (docs/) or `# [<numbers>]` (README) right after a
+Every ```python block in README.md and docs/*.md runs as its own test (blocks of one file
+share a namespace, in order); blocks that import torch/cupy or use device="cuda" run only
+where PyTorch sees a GPU (skipped with that reason elsewhere). A comment line `# -> <text>` (docs/) or `# [<numbers>]` (README) right after a
 line that prints states the expected output: the numbers it contains must equal the
 printed numbers, else the text itself must appear in what was printed. A block whose first
 line is `# doc-test: skip` is not run (for examples that need a GPU or a long run).
@@ -54,22 +55,51 @@ def _same(printed, expected):
     return expected.strip() in printed
 
 
-@pytest.mark.parametrize("path", DOCS, ids=lambda p: os.path.relpath(p, ROOT))
-def test_doc_examples_run_and_print_what_they_say(path):
-    blocks = [b for b in _blocks(path) if not b.lstrip().startswith("# doc-test: skip")]
-    if not blocks:
-        pytest.skip(f"{os.path.relpath(path, ROOT)} has no Python examples")
-    namespace, checked, bad = {"__name__": "__doc_example__"}, 0, []
-    for block in blocks:
-        for code, expected in _steps(block):
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                exec(compile(code, path, "exec"), namespace)  # noqa: S102 - the docs' own examples
-            if expected is not None:
-                checked += 1
-                if not _same(out.getvalue(), expected):
-                    bad.append(f"expected {expected!r}, printed {out.getvalue().strip()!r}")
-    assert not bad, f"{os.path.relpath(path, ROOT)}:\n" + "\n".join(bad)
+def _needs_gpu(block):
+    return bool(re.search(r"^\s*(import|from)\s+(torch|cupy)\b|device=[\"']cuda", block, flags=re.M))
+
+
+def _gpu_present():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+_BLOCKS = [(path, i) for path in DOCS for i in range(len(_blocks(path)))]
+_NAMESPACES = {}  # path -> (namespace, number of blocks run so far): later blocks build on earlier ones
+
+
+def _run_block(path, block):
+    namespace = _NAMESPACES[path][0]
+    bad = []
+    for code, expected in _steps(block):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, path, "exec"), namespace)  # noqa: S102 - the docs' own examples
+        if expected is not None and not _same(out.getvalue(), expected):
+            bad.append(f"expected {expected!r}, printed {out.getvalue().strip()!r}")
+    return bad
+
+
+@pytest.mark.parametrize("path,index", _BLOCKS, ids=[f"{os.path.relpath(p, ROOT)}#{i}" for p, i in _BLOCKS])
+def test_doc_examples_run_and_print_what_they_say(path, index):
+    """Each example block of each document (GPU examples run only where PyTorch sees a GPU)."""
+    blocks = _blocks(path)
+    _NAMESPACES.setdefault(path, ({"__name__": "__doc_example__"}, 0))
+    namespace, done = _NAMESPACES[path]
+    for earlier in blocks[done:index]:  # blocks this one may build on (when run alone, e.g. with -k)
+        if not earlier.lstrip().startswith("# doc-test: skip") and not _needs_gpu(earlier):
+            _run_block(path, earlier)
+    _NAMESPACES[path] = (namespace, index + 1)
+    block = blocks[index]
+    if block.lstrip().startswith("# doc-test: skip"):
+        pytest.skip("marked '# doc-test: skip'")
+    if _needs_gpu(block) and not _gpu_present():
+        pytest.skip("GPU example: needs PyTorch with a CUDA GPU")
+    bad = _run_block(path, block)
+    assert not bad, f"{os.path.relpath(path, ROOT)} block {index}:\n" + "\n".join(bad)
 
 
 def test_differences_doc_checks_its_outputs():

@@ -179,3 +179,21 @@ def test_channel_counts_and_sizes(shape, axis):
         if not compare.same_bits(ours, theirs):
             bad.append(f"given per-channel: {compare.describe(ours, theirs)}")
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_half_up_artifacts_are_kept(dtype):
+    """SPEC §3.5: HALF_UP is floor(y + 0.5) with the add in the compute type, as in TF:
+    the largest value below 0.5 rounds to 1, odd integers above 2^23 (2^52) bump up."""
+    mant = np.finfo(dtype).nmant
+    below_half = np.nextafter(dtype(0.5), dtype(0))
+    odd = dtype(2.0 ** mant + 1)
+    x = np.array([below_half, -below_half, 0.5, -0.5, 1.5, odd, -odd], dtype)
+    lo, hi = dtype(-(2.0 ** 60)), dtype(2.0 ** 60 - 1)  # 61 bits: scale 1
+    bad = []
+    for mode in ("HALF_UP", "HALF_TO_EVEN"):
+        bad += _check_against_tf(x, lo, hi, ops=FORWARD[::2], range_given=True, num_bits=61, round_mode=mode)
+    out = qdq.raw_ops.QuantizeAndDequantizeV2(input=x, input_min=lo, input_max=hi, range_given=True, num_bits=61,
+                                              round_mode="HALF_UP").numpy()
+    assert not bad, "\n".join(bad)
+    assert out[0] == 1 and out[5] == odd + 1 and out[6] == -odd + 1, out

@@ -313,3 +313,16 @@ def test_isa_hook_reports_choice():
     assert _LIB.qdq_cpu_set_isa(b"baseline").decode() == "baseline"
     assert _LIB.qdq_cpu_isa().decode() == "baseline"
     assert _LIB.qdq_cpu_set_isa(b"best").decode() == _BEST
+
+
+def test_environment_variable_forces_baseline_at_load():
+    # QDQ_CPU_ISA=baseline is read when the library loads (a fresh process).
+    import os
+    import subprocess
+    import sys
+
+    code = "import tensorflow_qdq; from tensorflow_qdq._benchmark import isa_hooks; print(isa_hooks().qdq_cpu_isa().decode())"
+    env = dict(os.environ, QDQ_CPU_ISA="baseline", TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "baseline"

@@ -33,6 +33,12 @@ absl::Status CheckRangeShapes(InferenceContext* c, ShapeHandle input, int min_in
     return absl::InvalidArgumentError(
         absl::StrCat("axis must be -1 (per-tensor) or a dimension index >= 0, got ", axis));
   }
+  // axis >= rank first: otherwise a per-tensor-shaped min/max is blamed for the bad axis.
+  if (axis != -1 && c->RankKnown(input) && axis >= c->Rank(input)) {
+    const int input_rank = c->Rank(input);
+    return absl::InvalidArgumentError(absl::StrCat("axis ", axis, " is out of range for input of rank ", input_rank,
+                                                   " (must be -1 or in [0, ", input_rank, "))"));
+  }
   const int rank = axis == -1 ? 0 : 1;
   const char* rule = axis == -1 ? " must be a scalar for per-tensor quantization (axis=-1)"
                                 : " must be a vector (one value per channel) for per-channel quantization";
@@ -43,11 +49,6 @@ absl::Status CheckRangeShapes(InferenceContext* c, ShapeHandle input, int min_in
       Named("input_max must have the shape of input_min", c->Merge(max_shape, *minmax, minmax)));
   if (axis == -1) return absl::OkStatus();
   if (c->RankKnown(input)) {
-    const int input_rank = c->Rank(input);
-    if (axis >= input_rank) {
-      return absl::InvalidArgumentError(absl::StrCat("axis ", axis, " is out of range for input of rank ",
-                                                     input_rank, " (must be -1 or in [0, ", input_rank, "))"));
-    }
     DimensionHandle depth;
     TF_RETURN_IF_ERROR(Named(absl::StrCat("input_min and input_max must hold dim(input, axis=", axis,
                                           ") values for per-channel quantization"),

@@ -37,7 +37,8 @@ start=$(date +%s)
 (cd "$TREE" && QDQ_SANITIZE="$SAN" QDQ_CUDA="${QDQ_CUDA:-0}" "$PY" setup.py -q build_ext --inplace)
 
 LIB="$TREE/tensorflow_qdq/_qdq_ops.so"
-if ! nm -D "$LIB" | grep -q "__asan_report\|__ubsan_handle"; then
+# grep -c reads all of nm's output (grep -q would stop early and fail the pipe under pipefail).
+if [ "$(nm -D "$LIB" | grep -c "__asan_report\|__ubsan_handle" || true)" -eq 0 ]; then
   echo "[sanitize] $LIB is not instrumented (no __asan_report/__ubsan_handle symbols)" >&2
   exit 1
 fi
@@ -52,9 +53,20 @@ export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 export PYTHONPATH="$TREE${PYTHONPATH:+:$PYTHONPATH}"
 echo "[sanitize] LD_PRELOAD=$LD_PRELOAD"
 
+# Tests that cannot run with a preloaded ASan runtime: they start Python with a scrubbed
+# environment (no LD_PRELOAD) on the instrumented core, or build helper programs with g++.
+DESELECT=(
+  "tests/test_core_cpu.py::test_imports_without_tensorflow"
+  "tests/test_cuda_emu.py"
+)
+args=()
+for t in "${DESELECT[@]}"; do
+  if [ -e "$TREE/${t%%::*}" ]; then args+=(--deselect "$t"); fi
+done
+
 status=0
 echo "[sanitize] pytest (default selection) under the sanitizers"
-(cd "$TREE" && "$PY" -m pytest -q -p no:cacheprovider "$@") || status=1
+(cd "$TREE" && "$PY" -m pytest -q -p no:cacheprovider "${args[@]}" "$@") || status=1
 echo "[sanitize] fuzz: $FUZZ_CASES cases, seed $FUZZ_SEED"
 (cd "$TREE" && "$PY" -m tests.fuzz --cases "$FUZZ_CASES" --seed "$FUZZ_SEED" --json "$WORK/fuzz.json") || status=1
 

@@ -10,6 +10,7 @@ Exit status 0 only when no case crashed, hung, or gave a wrong answer or error.
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -59,6 +60,12 @@ def main(argv=None):
         parser.error("give --cases N or --long --minutes M")
 
     from . import pool
+
+    def stop(signum, frame):
+        pool.STOP.set()  # finish quietly: kill the workers, print and save what ran
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
     def progress(report, seconds):
         print(f"[fuzz] seed {report.seed}: {report.cases} cases in {seconds:.0f} s, "

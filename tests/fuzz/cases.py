@@ -8,6 +8,7 @@ Hypothesis (``hypothesis_cases()``, which shrinks in-process failures).
 
 import dataclasses
 import zlib
+from pathlib import Path
 from typing import Any, Optional
 
 import ml_dtypes
@@ -19,6 +20,9 @@ RAW_OPS = ("V2", "V3", "V4", "V4Grad")
 API_OPS = ("api_qdq", "api_qdq_v2", "api_qdq_v4")
 TAPE_OPS = ("tape_v2", "tape_v4")
 KERAS_OPS = ("keras",)
+# The Keras layer is fuzzed when the package has it (checked without importing TensorFlow).
+HAVE_KERAS = (Path(__file__).resolve().parents[2] / "tensorflow_qdq" / "keras" / "_layer.py").exists()
+DEFAULT_OPS = RAW_OPS + API_OPS + TAPE_OPS + (KERAS_OPS if HAVE_KERAS else ())
 WRONG_DTYPES = ("int32", "int64", "uint8", "bool", "complex64", "string")
 MODES = ("eager", "function", "function_dynamic")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -92,6 +96,7 @@ class Case:
     grad_dtype: str = "float32"
     num_bits_dtype: str = "int32"  # V3
     num_bits_shape: tuple = ()
+    keras: Optional[dict] = None  # the Keras layer's other arguments
     seed: int = 0
     index: int = 0
 
@@ -104,6 +109,7 @@ class Case:
             f"round={self.round_mode} min={_short(self.min_value, self.min_dtype)} "
             f"max={_short(self.max_value, self.max_dtype)}"
             + (f" grad_dtype={self.grad_dtype}" if self.grad is not None else "")
+            + (f" keras={self.keras}" if self.keras is not None else "")
         )
 
 
@@ -111,7 +117,7 @@ def _short(v, dtype):
     if isinstance(v, float):
         return repr(v)
     a = np.asarray(v)
-    vals = a.ravel()[:4].astype(np.float64).tolist() if a.dtype.kind in "fc" or dtype in ref.FLOAT_DTYPES else a.ravel()[:4].tolist()
+    vals = np.real(a.ravel()[:4]).astype(np.float64).tolist() if a.dtype.kind in "fc" or dtype in ref.FLOAT_DTYPES else a.ravel()[:4].tolist()
     return f"{dtype}{list(a.shape)}{vals}{'...' if a.size > 4 else ''}"
 
 
@@ -226,9 +232,28 @@ def _range_shape(d, axis, shape):
     return d.choice(((), (1,), (2,), (0,), (1, 1), (3, 2), (right[0] + 1,) if right else (5,), (4,)))
 
 
-def draw_case(d, seed=0, index=0, ops=RAW_OPS + API_OPS + TAPE_OPS, big_ok=True):
+def _bounds(d, rng, style, n, float_dtype):
+    """Bounds around the data, random values, or specials."""
+    if style < 6:
+        width = np.abs(values(d, rng, n, float_dtype)) + 0.0
+        center = values(d, rng, n, float_dtype) * (0.1 if d.chance(0.5) else 1.0)
+        lo_all, hi_all = center - width, center + width
+        if d.chance(0.15):
+            lo_all, hi_all = np.minimum(lo_all, 0.0), np.maximum(hi_all, 0.0)
+    elif style < 8:
+        lo_all = values(d, rng, n, float_dtype)
+        hi_all = values(d, rng, n, float_dtype)
+    else:
+        lo_all = rng.choice(_specials(float_dtype), size=n)
+        hi_all = rng.choice(_specials(float_dtype), size=n)
+    return lo_all, hi_all
+
+
+def draw_case(d, seed=0, index=0, ops=DEFAULT_OPS, big_ok=True):
     rng = np.random.default_rng(d.seed())
     op = d.choice(ops)
+    if op == "keras":
+        return draw_keras_case(d, rng, seed, index)
     mode = d.choice(("eager", "eager", "eager", "eager", "eager", "function", "function_dynamic", "function_dynamic"))
     float_dtype = d.choice(ref.FLOAT_DTYPES)
     dtype = float_dtype if d.chance(0.95) else d.choice(WRONG_DTYPES)
@@ -260,18 +285,8 @@ def draw_case(d, seed=0, index=0, ops=RAW_OPS + API_OPS + TAPE_OPS, big_ok=True)
     m = int(np.prod(min_shape, dtype=np.int64))
     k = int(np.prod(max_shape, dtype=np.int64))
     style = d.integer(0, 9)
-    if style < 6:
-        width = np.abs(values(d, rng, max(m, k), float_dtype)) + 0.0
-        center = values(d, rng, max(m, k), float_dtype) * (0.1 if d.chance(0.5) else 1.0)
-        lo_all, hi_all = center - width, center + width
-        if d.chance(0.15):
-            lo_all, hi_all = np.minimum(lo_all, 0.0), np.maximum(hi_all, 0.0)
-    elif style < 8:
-        lo_all = values(d, rng, max(m, k), float_dtype)
-        hi_all = values(d, rng, max(m, k), float_dtype)
-    else:
-        lo_all = rng.choice(_specials(float_dtype), size=max(m, k))
-        hi_all = rng.choice(_specials(float_dtype), size=max(m, k))
+    with np.errstate(all="ignore"):  # huge centres and widths may overflow to inf: wanted
+        lo_all, hi_all = _bounds(d, rng, style, max(m, k), float_dtype)
     if d.chance(0.05):
         lo_all, hi_all = hi_all, lo_all
     min_value = as_dtype(lo_all[:m].reshape(min_shape), min_dtype)
@@ -302,6 +317,72 @@ def draw_case(d, seed=0, index=0, ops=RAW_OPS + API_OPS + TAPE_OPS, big_ok=True)
             gshape = d.choice(((), (1,), shape + (1,), tuple(s + 1 for s in shape) or (2,)))
         gn = int(np.prod(gshape, dtype=np.int64))
         case.grad = as_dtype(values(d, rng, gn, float_dtype).reshape(gshape), grad_dtype)
+    return case
+
+
+def _keras_bound(d, rng, dtype, count, scale):
+    """A layer bound: a float (count None) or a list, exactly representable in `dtype`, or odd."""
+    r = d.integer(0, 99)
+    n = 1 if count is None else count
+    v = as_dtype(rng.normal(size=n) * scale, dtype if dtype in ref.NP_DTYPES else "float32")
+    vals = [float(a) for a in np.asarray(v, np.float64)]
+    if r < 6:
+        vals[d.integer(0, n - 1)] = d.choice((float("nan"), float("inf"), -float("inf")))
+    if count is None:
+        return vals[0]
+    if r >= 94:
+        return vals + [1.0] if d.chance(0.5) else vals[:-1]
+    return vals
+
+
+def draw_keras_case(d, rng, seed, index):
+    """A call of the Keras layer with random constructor arguments (some invalid)."""
+    dtype = d.choice(ref.FLOAT_DTYPES) if d.chance(0.97) else d.choice(("int32", "int64"))
+    shape = _shape(d, big_ok=False)
+    rank = len(shape)
+    x = as_dtype(values(d, rng, int(np.prod(shape, dtype=np.int64)), dtype if dtype in ref.NP_DTYPES else "float32")
+                 .reshape(shape), dtype)
+    signed = d.chance(0.7)
+    range_mode = d.choice(("batch", "batch", "fixed", "fixed", "tracked")) if d.chance(0.97) else "auto"
+    if d.chance(0.85):
+        num_bits = d.integer(1, ref.max_bits(signed)) if d.chance(0.6) else d.choice((2, 4, 8, 16))
+    else:
+        num_bits = d.choice(EDGE_INTS + (8.0, True, "8"))
+    if d.chance(0.35):
+        axis = None
+    elif d.chance(0.85) and rank:
+        axis = d.integer(-rank, rank - 1)
+    else:
+        axis = d.choice((rank, -rank - 1, 2**31 - 1, -(2**31), 1.5, True))
+    channels = shape[axis] if isinstance(axis, int) and not isinstance(axis, bool) and -rank <= axis < rank else None
+    scale = 10.0 ** rng.uniform(-2, 3)
+    min_value = max_value = None
+    if range_mode in ("fixed", "tracked", "auto") and d.chance(0.95 if range_mode == "fixed" else 0.5):
+        per_channel = channels is not None and channels > 0 and d.chance(0.5)
+        count = channels if per_channel else None
+        min_value = _keras_bound(d, rng, dtype, count, scale)
+        max_value = _keras_bound(d, rng, dtype, count, scale)
+        if d.chance(0.9) and isinstance(min_value, list) == isinstance(max_value, list):
+            if isinstance(min_value, list) and len(min_value) == len(max_value):
+                pairs = [sorted((a, b)) for a, b in zip(min_value, max_value)]
+                min_value, max_value = [p[0] for p in pairs], [p[1] for p in pairs]
+            elif not isinstance(min_value, list):
+                min_value, max_value = sorted((min_value, max_value))
+        if d.chance(0.04):
+            max_value = None
+    elif range_mode == "batch" and d.chance(0.03):
+        min_value, max_value = -1.0, 1.0
+    layer_dtype = dtype if dtype in ref.FLOAT_DTYPES else "float32"
+    case = Case(
+        op="keras", mode=d.choice(("eager", "eager", "function")), dtype=dtype, shape=shape, x=x,
+        min_value=None, max_value=None, min_dtype=dtype, max_dtype=dtype, axis=axis,
+        num_bits=num_bits if isinstance(num_bits, int) and not isinstance(num_bits, bool) else 8,
+        signed_input=signed, narrow_range=d.chance(0.3), range_given=range_mode != "batch",
+        round_mode=d.choice(ROUND_MODES) if d.chance(0.97) else "HALF_DOWN", seed=seed, index=index,
+        keras=dict(range_mode=range_mode, num_bits=num_bits, min_value=min_value, max_value=max_value,
+                   gradient=d.choice(("masked", "straight_through")) if d.chance(0.98) else "identity",
+                   layer_dtype=layer_dtype),
+    )
     return case
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from . import cases
 
 ROOT = Path(__file__).resolve().parents[2]
+# Set (e.g. from a SIGTERM handler) to stop a run early: workers are killed, the report kept.
+STOP = threading.Event()
 
 
 @dataclasses.dataclass
@@ -86,9 +88,9 @@ class _Slot:
         threading.Thread(target=_drain, args=(proc.stderr, stderr_tail), daemon=True).start()
         current, buf, last = None, b"", time.monotonic()
         fd = proc.stdout.fileno()
-        ended = False
+        ended = verdicts = False
         while True:
-            timeout = self.case_timeout if current is not None else self.case_timeout * 4  # start-up
+            timeout = self.case_timeout * (1 if verdicts else 4)  # the first case also imports TensorFlow
             ready, _, _ = select.select([fd], [], [], 1.0)
             if ready:
                 chunk = os.read(fd, 65536)
@@ -105,11 +107,16 @@ class _Slot:
                         ended = True
                     elif "i" in msg:
                         self._record(seed, msg)
-                        current = None
-                if self.deadline is not None and time.monotonic() > self.deadline and not ended:
+                        current, verdicts = None, True
+                out_of_time = self.deadline is not None and time.monotonic() > self.deadline
+                if (out_of_time or STOP.is_set()) and not ended:
                     _kill(proc)
                     proc.wait()
                     return stop  # out of time: the unfinished case is not counted
+            elif STOP.is_set():
+                _kill(proc)
+                proc.wait()
+                return stop
             elif time.monotonic() - last > timeout:
                 _kill(proc)
                 proc.wait()
@@ -177,6 +184,8 @@ def run(seed, count=None, minutes=None, workers=1, batch=2000, ops=None, case_ti
     next_start = [first + (count or 0)]
 
     def take():
+        if STOP.is_set():
+            return None
         try:
             return chunks.get_nowait()
         except queue.Empty:
@@ -202,6 +211,7 @@ def run(seed, count=None, minutes=None, workers=1, batch=2000, ops=None, case_ti
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        while t.is_alive():
+            t.join(timeout=1.0)  # stays responsive to signals
     report.seconds = round(time.monotonic() - t0, 1)
     return report

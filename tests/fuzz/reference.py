@@ -165,7 +165,12 @@ def quantize(x, dtype, lo_given, hi_given, *, signed_input, num_bits, range_give
     else:
         rounded = np.rint(y)
     out = ar.mul(rounded, b(inv))
-    out = np.where(b(degenerate), np.where(np.isnan(v), v, np.copysign(0.0, v)), out)
+    # Degenerate slices (SPEC §3.4 FIX): zeros, signed as TF's own zero round(v * T_MAX) * inv
+    # would be: round(v) for v = +-0, else v's sign; times inv where inv is finite.
+    zero_round = np.floor(ar.add(v, 0.5)) if round_half_up else np.rint(v)
+    r = np.where(v == 0, zero_round, np.copysign(0.0, v))
+    degenerate_out = np.where(np.isfinite(b(inv)), ar.mul(r, b(inv)), r)
+    out = np.where(b(degenerate), np.where(np.isnan(v), v, degenerate_out), out)
     return store(out.reshape(x.shape), dtype)
 
 

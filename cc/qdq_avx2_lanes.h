@@ -22,12 +22,11 @@ struct F32x8 {
   static V rint(V v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static V floor(V v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
   static V bit_and(V a, V b) { return _mm256_and_ps(a, b); }
-  static V bit_or(V a, V b) { return _mm256_or_ps(a, b); }
   static V within(V x, V lo, V hi) {
     return _mm256_and_ps(_mm256_cmp_ps(x, lo, _CMP_GE_OQ), _mm256_cmp_ps(x, hi, _CMP_LE_OQ));
   }
-  static V nonzero(V v) { return _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_OQ); }
   static V is_nan(V v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
+  static int zero_mask(V v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_EQ_OQ)); }
   static V select(V mask, V a, V b) { return _mm256_blendv_ps(b, a, mask); }  // mask ? a : b
   // Horizontal min/max of accumulators that hold no NaN (zero signs may come from any lane).
   static float fold_min(V v) {
@@ -57,12 +56,11 @@ struct F64x4 {
   static V rint(V v) { return _mm256_round_pd(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static V floor(V v) { return _mm256_round_pd(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
   static V bit_and(V a, V b) { return _mm256_and_pd(a, b); }
-  static V bit_or(V a, V b) { return _mm256_or_pd(a, b); }
   static V within(V x, V lo, V hi) {
     return _mm256_and_pd(_mm256_cmp_pd(x, lo, _CMP_GE_OQ), _mm256_cmp_pd(x, hi, _CMP_LE_OQ));
   }
-  static V nonzero(V v) { return _mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_NEQ_OQ); }
   static V is_nan(V v) { return _mm256_cmp_pd(v, v, _CMP_UNORD_Q); }
+  static int zero_mask(V v) { return _mm256_movemask_pd(_mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_EQ_OQ)); }
   static V select(V mask, V a, V b) { return _mm256_blendv_pd(b, a, mask); }
   static double fold_min(V v) {
     const __m128d m = _mm_min_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
@@ -121,9 +119,13 @@ struct Lanes<bf16_t> : F32x8 {
     const __m256i high = _mm256_srli_epi32(x, 16);
     const __m256i odd = _mm256_and_si256(high, _mm256_set1_epi32(1));
     const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), odd), 16);
-    const __m256i nan_bits = _mm256_or_si256(_mm256_and_si256(high, _mm256_set1_epi32(0x8000)), _mm256_set1_epi32(0x7fc0));
-    const __m256i nan = _mm256_castps_si256(is_nan(v));
-    const __m256i bits = _mm256_blendv_epi8(rounded, nan_bits, nan);
+    const V nan = is_nan(v);
+    __m256i bits = rounded;
+    if (!_mm256_testz_ps(nan, nan)) {  // rare: only NaN lanes need the canonical quiet NaN
+      const __m256i nan_bits =
+          _mm256_or_si256(_mm256_and_si256(high, _mm256_set1_epi32(0x8000)), _mm256_set1_epi32(0x7fc0));
+      bits = _mm256_blendv_epi8(rounded, nan_bits, _mm256_castps_si256(nan));
+    }
     // 32 -> 16 bits: packus works per 128-bit half, so gather quadwords 0 and 2.
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(bits, bits), 0x08);
     return _mm256_castsi256_si128(packed);

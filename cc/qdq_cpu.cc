@@ -82,15 +82,25 @@ struct Plan {
   Layout l;
   bool row;
   int64_t period;
-  int64_t channel_of(int64_t position) const { return (position / l.inner) % l.depth; }
   Runs runs() const { return Runs{l.inner, l.depth}; }
+  // Calls fn(position, channel) for each position of the period, in order.
+  template <typename Fn>
+  void for_each_position(Fn&& fn) const {
+    for (int64_t j = 0; j < period;) {
+      for (int64_t c = 0; c < l.depth; ++c) {
+        for (int64_t i = 0; i < l.inner; ++i, ++j) fn(j, c);
+      }
+    }
+  }
 };
 
 Plan make_plan(Layout l) {
   if (l.depth == 1) return Plan{Layout{1, 1, l.size()}, false, 0};
   const int64_t p = l.depth * l.inner;
   if (l.inner >= kMinRun || (l.inner > 1 && p > kMaxExpandedPeriod)) return Plan{l, false, 0};
-  return Plan{l, true, p * ((kMinPeriod + p - 1) / p)};
+  // Repeat short periods so row pieces are long, but never past the tensor's end.
+  const int64_t repeats = std::min((kMinPeriod + p - 1) / p, l.outer);
+  return Plan{l, true, p * repeats};
 }
 
 // Row mode: calls row(position, f, len) for the pieces of [b, e) that stay
@@ -120,7 +130,7 @@ void parallel_elements(const ThreadPool& pool, int64_t n, Piece&& piece) {
 template <typename C, typename Get>
 std::vector<C> by_position(const Plan& plan, Get&& get) {
   std::vector<C> out(static_cast<size_t>(plan.period));
-  for (int64_t j = 0; j < plan.period; ++j) out[j] = get(plan.channel_of(j));
+  plan.for_each_position([&](int64_t j, int64_t c) { out[j] = get(c); });
   return out;
 }
 
@@ -131,6 +141,23 @@ void merge_range(C l, C h, C& lo, C& hi) {
   // Bound with bound: an empty shard's +inf/-inf must not leak into the other side.
   lo = (l < lo) ? l : lo;
   hi = (h > hi) ? h : hi;
+}
+
+// Row mode: folds x[b, e) into per-position partial ranges; whole periods in
+// the middle go to the loops in one call (their columns stay in registers).
+template <typename T, typename C = compute_t<T>>
+void reduce_rows_piece(const CpuLoops<T>& k, const Plan& plan, const T* x, int64_t b, int64_t e, C* lo, C* hi) {
+  const int64_t p = plan.period;
+  int64_t f = b;
+  if (f % p != 0) {
+    const int64_t len = std::min(e - f, p - f % p);
+    k.reduce_rows(x + f, 1, 0, len, lo + f % p, hi + f % p);
+    f += len;
+  }
+  const int64_t whole = (e - f) / p;
+  if (whole > 0) k.reduce_rows(x + f, whole, p, p, lo, hi);
+  f += whole * p;
+  if (f < e) k.reduce_rows(x + f, 1, 0, e - f, lo, hi);
 }
 
 // Per-channel NaN-free min/max of x. A channel with no non-NaN element gets NaN
@@ -158,7 +185,7 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
         C* phi = plo + positions;
         const int64_t b = n * s / shards, e = n * (s + 1) / shards;
         if (plan.row) {
-          for_each_row(plan, b, e, [&](int64_t j, int64_t f, int64_t len) { k.reduce_row(x + f, len, plo + j, phi + j); });
+          reduce_rows_piece(k, plan, x, b, e, plo, phi);
         } else {
           k.reduce_runs(x, b, e - b, plan.runs(), plo, phi);
         }
@@ -167,9 +194,10 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
     for (int64_t s = 0; s < shards; ++s) {
       const C* plo = part.data() + 2 * s * positions;
       const C* phi = plo + positions;
-      for (int64_t j = 0; j < positions; ++j) {
-        const int64_t c = plan.row ? plan.channel_of(j) : j;
-        merge_range(plo[j], phi[j], lo[c], hi[c]);
+      if (plan.row) {
+        plan.for_each_position([&](int64_t j, int64_t c) { merge_range(plo[j], phi[j], lo[c], hi[c]); });
+      } else {
+        for (int64_t c = 0; c < positions; ++c) merge_range(plo[c], phi[c], lo[c], hi[c]);
       }
     }
   } else if (plan.row) {
@@ -178,9 +206,9 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
     std::vector<C> plo(static_cast<size_t>(plan.period), inf), phi(static_cast<size_t>(plan.period), -inf);
     const int64_t reps = n / plan.period;
     pool.parallel_for(plan.period, reps * kCyclesPerElement, [&](int64_t j0, int64_t j1) {
-      for (int64_t r = 0; r < reps; ++r) k.reduce_row(x + r * plan.period + j0, j1 - j0, &plo[j0], &phi[j0]);
+      k.reduce_rows(x + j0, reps, plan.period, j1 - j0, &plo[j0], &phi[j0]);
     });
-    for (int64_t j = 0; j < plan.period; ++j) merge_range(plo[j], phi[j], lo[plan.channel_of(j)], hi[plan.channel_of(j)]);
+    plan.for_each_position([&](int64_t j, int64_t c) { merge_range(plo[j], phi[j], lo[c], hi[c]); });
   } else {
     // Many long channels: shards own channels across every outer row.
     pool.parallel_for(l.depth, l.outer * l.inner * kCyclesPerElement, [&](int64_t c0, int64_t c1) {
@@ -193,22 +221,6 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
   for (int64_t c = 0; c < l.depth; ++c) {
     if (lo[c] > hi[c]) lo[c] = hi[c] = nan;
   }
-}
-
-// A measured bound of zero keeps the sign of the slice's first zero, as a
-// sequential min/max (TensorFlow's) does; vector reductions lose that order.
-// The sign only matters when the scale comes from that bound (inv_scale is
-// then a zero), so only those slices are rescanned, stopping at the first zero.
-template <typename T, typename C = compute_t<T>>
-C first_zero(const T* x, const Layout& l, int64_t c) {
-  for (int64_t o = 0; o < l.outer; ++o) {
-    const T* run = x + (o * l.depth + c) * l.inner;
-    for (int64_t i = 0; i < l.inner; ++i) {
-      const C v = Compute<T>::load(run[i]);
-      if (v == C(0)) return v;
-    }
-  }
-  return C(0);
 }
 
 template <typename T>
@@ -244,15 +256,9 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
     measure_ranges(pool, k, in, plan, lo.data(), hi.data());
   }
   std::vector<SliceParams<C>> params(static_cast<size_t>(l.depth));
-  for (int64_t c = 0; c < l.depth; ++c) {
-    params[c] = compute_params(lo[c], hi[c], attrs.range);
-    if (!attrs.range_given && params[c].inv_scale == C(0) && (lo[c] == C(0) || hi[c] == C(0))) {
-      const C zero = first_zero(in, l, c);
-      if (lo[c] == C(0)) lo[c] = zero;
-      if (hi[c] == C(0)) hi[c] = zero;
-      params[c] = compute_params(lo[c], hi[c], attrs.range);
-    }
-  }
+  // Zero bounds already carry the sign of the slice's first zero in memory order
+  // (what a sequential min/max, TensorFlow's, keeps): the loops preserve it.
+  for (int64_t c = 0; c < l.depth; ++c) params[c] = compute_params(lo[c], hi[c], attrs.range);
 
   const int mode = static_cast<int>(attrs.round_mode);
   const bool clamp = attrs.range_given;
@@ -264,13 +270,12 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
     const std::vector<C> pscale = pick([](const SliceParams<C>& p) { return p.scale; });
     const std::vector<C> pinv = pick([](const SliceParams<C>& p) { return p.inv_scale; });
     const std::vector<C> pdeg = pick([](const SliceParams<C>& p) { return p.degenerate ? C(1) : C(0); });
-    // Degenerate channels take the portable loop: their zeros follow the shared scalar rule.
     const bool any_degenerate =
         std::any_of(params.begin(), params.end(), [](const SliceParams<C>& p) { return p.degenerate; });
-    const auto row = (any_degenerate ? baseline_loops<T>() : k).quantize_row[mode][clamp];
+    const auto row = k.quantize_row[mode][clamp];
     parallel_elements(pool, n, [&](int64_t b, int64_t e) {
       for_each_row(plan, b, e, [&](int64_t j, int64_t f, int64_t len) {
-        const RowParams<C> p{&plo[j], &phi[j], &pscale[j], &pinv[j], &pdeg[j]};
+        const RowParams<C> p{&plo[j], &phi[j], &pscale[j], &pinv[j], any_degenerate ? &pdeg[j] : nullptr};
         row(in + f, out + f, len, p, stream);
       });
     });

@@ -71,22 +71,55 @@ struct Avx2 {
     });
   }
 
+  // Rows with a degenerate slice (rare: all-zero data and the like) take the baseline loop,
+  // which owns the degenerate-range rule.
   template <RoundMode kMode, bool kClamp>
   static void quantize_row(const T* x, T* y, int64_t n, const RowParams<C>& p, bool stream) {
     const auto tail = base().quantize_row[static_cast<int>(kMode)][kClamp];
+    if (p.degenerate != nullptr) return tail(x, y, n, p, stream);
     for_each_vector(
         y, n, stream,
         [&](int64_t i) {
           const V v = clamp<kClamp>(L::load(x + i), L::loadc(p.lo + i), L::loadc(p.hi + i));
-          const V q = quantize<kMode>(v, L::loadc(p.scale + i), L::loadc(p.inv_scale + i));
-          // Degenerate slices: NaN stays, everything else becomes a zero of its sign.
-          const V zero = L::bit_and(v, L::bit_or(L::is_nan(v), L::set1(C(-0.0))));
-          return L::select(L::nonzero(L::loadc(p.degenerate + i)), zero, q);
+          return quantize<kMode>(v, L::loadc(p.scale + i), L::loadc(p.inv_scale + i));
         },
         [&](int64_t i, int64_t m) {
-          const RowParams<C> r{p.lo + i, p.hi + i, p.scale + i, p.inv_scale + i, p.degenerate + i};
+          const RowParams<C> r{p.lo + i, p.hi + i, p.scale + i, p.inv_scale + i, nullptr};
           tail(x + i, y + i, m, r, false);
         });
+  }
+
+  // Zero signs: the baseline scans in order and keeps the first of equal bounds,
+  // so a zero bound has the sign of the first zero it met (the sign can reach the
+  // output through inv_scale in degenerate ranges). Vector lanes meet zeros out
+  // of order, so when a bound becomes zero here it is re-read in order (rare:
+  // only slices whose min or max is exactly zero).
+  static C lane(V v, int k) {
+    C lanes[L::kLanes];
+    L::storec(lanes, v);
+    return lanes[k];
+  }
+
+  // First zero among rows[r][k], r = 0, 1, ...; the caller knows there is one.
+  static C first_zero(const T* x, int64_t rows, int64_t stride, int k) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const V a = L::load(x + r * stride);
+      if (L::zero_mask(a) >> k & 1) return lane(a, k);
+    }
+    return C(0);
+  }
+
+  // A bound the vector loop made zero (and that was not zero before) gets the sign
+  // of the first zero in order; `rows` vectors at x + r * stride fed it.
+  static V order_zero_signs(V bound, V before, const T* x, int64_t rows, int64_t stride) {
+    const int fix = L::zero_mask(bound) & ~L::zero_mask(before);
+    if (fix == 0) return bound;
+    C lanes[L::kLanes];
+    L::storec(lanes, bound);
+    for (int k = 0; k < L::kLanes; ++k) {
+      if (fix >> k & 1) lanes[k] = first_zero(x, rows, stride, k);
+    }
+    return L::loadc(lanes);
   }
 
   // Accumulators never hold NaN: min(x, acc) keeps acc when x is NaN.
@@ -108,21 +141,60 @@ struct Avx2 {
         l0 = L::min(u, l0);
         h0 = L::max(u, h0);
       }
-      lo[c] = L::fold_min(L::min(l1, l0));
-      hi[c] = L::fold_max(L::max(h1, h0));
+      const C l = L::fold_min(L::min(l1, l0)), h = L::fold_max(L::max(h1, h0));
+      // Zero signs in order (see order_zero_signs): the whole vectors form one row.
+      lo[c] = (l == C(0) && lo[c] != C(0)) ? first_zero_in(p, i) : l;
+      hi[c] = (h == C(0) && hi[c] != C(0)) ? first_zero_in(p, i) : h;
       if (i < len) base().reduce_runs(x, b + i, len - i, r, lo, hi);
     });
   }
 
-  static void reduce_row(const T* x, int64_t n, C* lo, C* hi) {
-    constexpr int64_t kLanes = L::kLanes;
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-      const V a = L::load(x + i);
-      L::storec(lo + i, L::min(a, L::loadc(lo + i)));
-      L::storec(hi + i, L::max(a, L::loadc(hi + i)));
+  // First zero of p[0, n), n a multiple of the vector width; the caller knows there is one.
+  static C first_zero_in(const T* p, int64_t n) {
+    for (int64_t i = 0; i < n; i += L::kLanes) {
+      const V a = L::load(p + i);
+      const int mask = L::zero_mask(a);
+      if (mask != 0) return lane(a, __builtin_ctz(static_cast<unsigned>(mask)));
     }
-    if (i < n) base().reduce_row(x + i, n - i, lo + i, hi + i);
+    return C(0);
+  }
+
+  // Column blocks of 4 vectors stay in registers while the rows stream past.
+  static void reduce_rows(const T* x, int64_t rows, int64_t stride, int64_t n, C* lo, C* hi) {
+    constexpr int64_t kLanes = L::kLanes;
+    constexpr int kBlock = 4;
+    int64_t i = 0;
+    for (; i + kBlock * kLanes <= n; i += kBlock * kLanes) {
+      V l[kBlock], h[kBlock];
+      for (int k = 0; k < kBlock; ++k) {
+        l[k] = L::loadc(lo + i + k * kLanes);
+        h[k] = L::loadc(hi + i + k * kLanes);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* p = x + r * stride + i;
+        for (int k = 0; k < kBlock; ++k) {
+          const V a = L::load(p + k * kLanes);
+          l[k] = L::min(a, l[k]);
+          h[k] = L::max(a, h[k]);
+        }
+      }
+      for (int k = 0; k < kBlock; ++k) {
+        const int64_t at = i + k * kLanes;
+        L::storec(lo + at, order_zero_signs(l[k], L::loadc(lo + at), x + at, rows, stride));
+        L::storec(hi + at, order_zero_signs(h[k], L::loadc(hi + at), x + at, rows, stride));
+      }
+    }
+    for (; i + kLanes <= n; i += kLanes) {
+      V l = L::loadc(lo + i), h = L::loadc(hi + i);
+      for (int64_t r = 0; r < rows; ++r) {
+        const V a = L::load(x + r * stride + i);
+        l = L::min(a, l);
+        h = L::max(a, h);
+      }
+      L::storec(lo + i, order_zero_signs(l, L::loadc(lo + i), x + i, rows, stride));
+      L::storec(hi + i, order_zero_signs(h, L::loadc(hi + i), x + i, rows, stride));
+    }
+    if (i < n) base().reduce_rows(x + i, rows, stride, n - i, lo + i, hi + i);
   }
 
   static V masked(V g, V x, V lo, V hi) { return L::mul(g, L::bit_and(L::within(x, lo, hi), L::set1(C(1)))); }
@@ -153,7 +225,7 @@ struct Avx2 {
                        {{quantize_row<kEven, false>, quantize_row<kEven, true>},
                         {quantize_row<kUp, false>, quantize_row<kUp, true>}},
                        reduce_runs,
-                       reduce_row,
+                       reduce_rows,
                        gradient_runs,
                        gradient_row};
   }

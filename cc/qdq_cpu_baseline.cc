@@ -41,7 +41,8 @@ void quantize_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const 
 template <RoundMode kMode, bool kClamp, typename T>
 void quantize_row(const T* x, T* y, int64_t n, const RowParams<C_t<T>>& p, bool) {
   for (int64_t i = 0; i < n; ++i) {
-    const SliceParams<C_t<T>> r{p.lo[i], p.hi[i], p.scale[i], p.inv_scale[i], p.degenerate[i] != 0};
+    const bool degenerate = p.degenerate != nullptr && p.degenerate[i] != 0;
+    const SliceParams<C_t<T>> r{p.lo[i], p.hi[i], p.scale[i], p.inv_scale[i], degenerate};
     y[i] = store<T>(quantize_value<kMode, kClamp>(load(x[i]), r));
   }
 }
@@ -64,8 +65,11 @@ void reduce_runs(const T* x, int64_t f, int64_t n, const Runs& r, C_t<T>* lo, C_
 }
 
 template <typename T>
-void reduce_row(const T* x, int64_t n, C_t<T>* lo, C_t<T>* hi) {
-  for (int64_t i = 0; i < n; ++i) accumulate(load(x[i]), lo[i], hi[i]);
+void reduce_rows(const T* x, int64_t rows, int64_t stride, int64_t n, C_t<T>* lo, C_t<T>* hi) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = x + r * stride;
+    for (int64_t i = 0; i < n; ++i) accumulate(load(row[i]), lo[i], hi[i]);
+  }
 }
 
 template <typename T>
@@ -92,7 +96,7 @@ CpuLoops<T> make_table() {
                      {{quantize_row<kEven, false, T>, quantize_row<kEven, true, T>},
                       {quantize_row<kUp, false, T>, quantize_row<kUp, true, T>}},
                      reduce_runs<T>,
-                     reduce_row<T>,
+                     reduce_rows<T>,
                      gradient_runs<T>,
                      gradient_row<T>};
 }

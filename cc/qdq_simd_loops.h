@@ -40,7 +40,8 @@ inline void for_each_run(int64_t f, int64_t n, const Runs& r, Fn&& fn) {
 }
 
 // Per-position parameters of a row, structure-of-arrays so vector loops load
-// them directly. `degenerate` holds 1 where the slice's range is degenerate.
+// them directly. `degenerate` holds 1 where the slice's range is degenerate,
+// or is null when no slice's is.
 template <typename C>
 struct RowParams {
   const C* lo;
@@ -64,9 +65,10 @@ struct CpuLoops {
   // Indexed [round_mode][clamp]: clamp is set for given ranges.
   RunFn quantize_runs[2][2];
   RowFn quantize_row[2][2];
-  // NaN-ignoring min/max folded into lo[c]/hi[c] (runs) or lo[i]/hi[i] (row).
+  // NaN-ignoring min/max folded into lo[c]/hi[c] (runs), or into lo[i]/hi[i]
+  // from x[r * stride + i] for each of `rows` rows of n elements (rows).
   void (*reduce_runs)(const T* x, int64_t f, int64_t n, const Runs& r, C* lo, C* hi);
-  void (*reduce_row)(const T* x, int64_t n, C* lo, C* hi);
+  void (*reduce_rows)(const T* x, int64_t rows, int64_t stride, int64_t n, C* lo, C* hi);
   // V4Grad: out = g * (lo <= x <= hi).
   void (*gradient_runs)(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C* lo,
                         const C* hi, bool stream);

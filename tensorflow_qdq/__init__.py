@@ -9,9 +9,9 @@ core (``tensorflow_qdq._core``) is usable.
 
 __version__ = "0.1.0"
 
-# Whether tf.function(jit_compile=True) can compile our functions (set by the XLA support
-# when it is available); the Keras layers report it to Keras as supports_jit.
-XLA_SUPPORTED = False
+# tf.function(jit_compile=True) compiles our functions: inside XLA they lower to a composite of
+# standard ops (docs/XLA_EXPORT.md); the Keras layers report it to Keras as supports_jit.
+XLA_SUPPORTED = True
 
 try:
     import tensorflow as _tf  # noqa: F401
@@ -24,9 +24,12 @@ else:
     from tensorflow_qdq._api import quantize_and_dequantize, quantize_and_dequantize_v2, quantize_and_dequantize_v4
     from tensorflow_qdq._builtins import load_saved_model, qdq_ops_in_saved_model, restore_builtins, use_for_builtins
     from tensorflow_qdq._loader import LibraryError
+    from tensorflow_qdq.export import export, to_tflite  # the function shadows the submodule's name
 
 __all__ = [
     "LibraryError",
+    "XLA_SUPPORTED",
+    "export",
     "load_saved_model",
     "qdq_ops_in_saved_model",
     "quantize_and_dequantize",
@@ -34,6 +37,7 @@ __all__ = [
     "quantize_and_dequantize_v4",
     "raw_ops",
     "restore_builtins",
+    "to_tflite",
     "use_for_builtins",
 ]
 

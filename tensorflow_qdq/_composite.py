@@ -45,22 +45,23 @@ def _check_round_mode(round_mode):
         raise ValueError(f"round_mode={round_mode!r} must be one of {_ROUND_MODES}")
 
 
-def _check_range_shapes(input_min, input_max, axis, input_shape, per_channel_rank_le1=False):
-    """Static shape checks of SPEC §4 (the kernels' messages, raised at trace time)."""
+def _check_range_shapes(input_min, input_max, axis, input_shape, grad=False):
+    """The static shape rules of the ops' shape functions (kernels/qdq_ops.cc), at trace time:
+    per tensor, scalars (V4Grad: rank <= 1 with one element); per channel, vectors of
+    dim(input, axis) values. Checked whether or not the range is given, as TF does."""
     for name, t in (("input_min", input_min), ("input_max", input_max)):
         shape = t.shape
         if shape.rank is None:
             continue
         if axis == -1:
-            if per_channel_rank_le1:
-                if shape.rank > 1 or (shape.rank == 1 and shape[0] is not None and shape[0] != 1):
-                    raise ValueError(f"{name} must be a scalar when axis is -1, got shape {shape}")
-            elif shape.num_elements() is not None and shape.num_elements() != 1:
-                raise ValueError(f"{name} must hold exactly one element for per-tensor quantization, got shape {shape}")
+            one = shape.rank == 0 or (grad and shape.rank == 1 and shape[0] in (None, 1))
+            if not one:
+                raise ValueError(f"{name} must be a scalar for per-tensor quantization (axis=-1), got shape {shape}")
         else:
             depth = input_shape[axis] if input_shape.rank is not None else None
             if shape.rank != 1 or (depth is not None and shape[0] is not None and shape[0] != depth):
-                raise ValueError(f"{name} must have shape [{depth}] (input.shape[axis={axis}]), got shape {shape}")
+                raise ValueError(f"{name} must be a vector of dim(input, axis={axis}) = {depth} values for "
+                                 f"per-channel quantization, got shape {shape}")
 
 
 # ---------------------------------------------------------------- arithmetic helpers
@@ -111,6 +112,16 @@ def _signed_zero(v):
     zero = tf.zeros_like(v)
     negative = (v < 0) | (tf.math.reciprocal(v) < 0)  # 1/-0 = -inf catches -0
     return tf.where(tf.math.is_nan(v), v, tf.where(negative, -zero, zero))
+
+
+def _degenerate_value(v, inv, round_mode):
+    """FIX (SPEC §3.4), as cc/qdq_math.h: a zero with the sign TF's own zero would have,
+    round(v * T_MAX) * inv where that is a zero (v = +-0), else copysign(0, v) * inv;
+    without the multiply where inv is not finite (1-bit signed: hi / 0). NaN stays NaN."""
+    r = tf.where(tf.equal(v, 0), _round(v, round_mode), _signed_zero(v))
+    finite_inv = tf.abs(inv) <= tf.constant(inv.dtype.max, inv.dtype)  # no IsFinite in TFLite
+    out = tf.where(finite_inv, r * inv, r)
+    return tf.where(tf.math.is_nan(v), v, out)
 
 
 def _nan_ignoring_min_max(x, reduce_axes):
@@ -200,8 +211,7 @@ def forward(
     input_max = tf.convert_to_tensor(input_max, dtype)
     _check_round_mode(round_mode)
     check_axis(axis, x.shape.rank)
-    if range_given:
-        _check_range_shapes(input_min, input_max, axis, x.shape)
+    _check_range_shapes(input_min, input_max, axis, x.shape)
     ctype = compute_dtype(dtype)
     qmin, qmax, bits_valid = _int_range(num_bits, signed_input, narrow_range, ctype)
 
@@ -228,7 +238,7 @@ def forward(
         v = tf.where(new_hi < v, new_hi, v)
         v = tf.where(v < new_lo, new_lo, v)
     out = _round(v * scale, round_mode) * inv
-    out = tf.where(degenerate, _signed_zero(v), out)
+    out = tf.where(degenerate, _degenerate_value(v, inv, round_mode), out)
     if valid is not None:
         out = tf.where(valid, out, tf.constant(np.nan, ctype))
     if per_channel:
@@ -246,7 +256,7 @@ def masked_gradient(gradients, input, input_min, input_max, axis=-1):  # noqa: A
     lo = tf.convert_to_tensor(input_min, g.dtype)
     hi = tf.convert_to_tensor(input_max, g.dtype)
     check_axis(axis, x.shape.rank)
-    _check_range_shapes(lo, hi, axis, x.shape, per_channel_rank_le1=True)
+    _check_range_shapes(lo, hi, axis, x.shape, grad=True)
     ctype = compute_dtype(g.dtype)
     xc, gc = tf.cast(x, ctype), tf.cast(g, ctype)
     if axis != -1:

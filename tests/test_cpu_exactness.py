@@ -8,19 +8,14 @@ all four dtypes. References: float32/float64 -> TensorFlow's own kernels
 (`tf.raw_ops`); half/bfloat16 -> the cast route a TensorFlow user has today
 (cast to float32, built-in op, cast back).
 """
-import ctypes
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from tensorflow_qdq import _loader
+from tensorflow_qdq._benchmark import isa_hooks
 
-_LIB = ctypes.CDLL(str(_loader._LIBRARY))
-_LIB.qdq_cpu_isa.restype = ctypes.c_char_p
-_LIB.qdq_cpu_set_isa.restype = ctypes.c_char_p
-_LIB.qdq_cpu_set_isa.argtypes = [ctypes.c_char_p]
+_LIB = isa_hooks()
 _BEST = _LIB.qdq_cpu_set_isa(b"best").decode()
 
 DTYPES = [tf.float32, tf.float64, tf.half, tf.bfloat16]
@@ -222,11 +217,12 @@ def test_auto_range_ignores_nan(isa, dtype, shape, axis):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("shape,axis", [((64, 70), 0), ((101, 6), 1), ((4, 6, 5), 1)], ids=str)
-def test_degenerate_channels_give_signed_zeros(isa, dtype, shape, axis):
-    # An all-zero channel has no usable range (SPEC §3.4 FIX): every element becomes a zero with the
-    # sign TF's own zero would have, round(v) * inv_scale, where inv_scale = max / qmax carries the
-    # sign of the channel's measured max (its first zero in memory order, as a sequential max keeps);
-    # NaN stays NaN, and the other channels are untouched (compared with TensorFlow).
+@pytest.mark.parametrize("round_mode", ["HALF_TO_EVEN", "HALF_UP"])
+def test_degenerate_channels(isa, dtype, shape, axis, round_mode):
+    # An all-zero channel has no usable range (SPEC §3.4 FIX): zeros out, NaN stays NaN, the same bits
+    # as the baseline loops, and the other channels equal TensorFlow's. With HALF_TO_EVEN each zero is
+    # the one TF's own rule gives, round(v) * inv_scale, where inv_scale = max / qmax carries the sign
+    # of the channel's measured max (its first zero in memory order, as a sequential max keeps).
     x = sample(shape, tf.float64, seed=31).numpy()
     moved = np.moveaxis(x, axis, 0)
     rng = np.random.default_rng(1)
@@ -234,16 +230,23 @@ def test_degenerate_channels_give_signed_zeros(isa, dtype, shape, axis):
     moved[2][(0,) * (moved.ndim - 1)] = np.nan
     xt = tf.cast(tf.constant(x), dtype)
     zero = tf.zeros([], dtype)
-    ours = np.moveaxis(qdq.raw_ops.QuantizeAndDequantizeV4(input=xt, input_min=zero, input_max=zero, axis=axis).numpy(),
-                       axis, 0)
-    zeros = np.moveaxis(xt.numpy(), axis, 0)[2].reshape(-1)[1:]
-    sign = -1.0 if np.signbit(zeros[0].astype(np.float32)) else 1.0
-    expected = (zeros.astype(np.float32) * np.float32(sign)).astype(zeros.dtype)
-    assert np.isnan(ours[2].astype(np.float32).reshape(-1)[0])
-    assert_same_bits(ours[2].reshape(-1)[1:], expected)
+    kw = dict(input=xt, input_min=zero, input_max=zero, axis=axis, round_mode=round_mode)
+    ours = qdq.raw_ops.QuantizeAndDequantizeV4(**kw).numpy()
+    _LIB.qdq_cpu_set_isa(b"baseline")
+    try:
+        baseline = qdq.raw_ops.QuantizeAndDequantizeV4(**kw).numpy()
+    finally:
+        _LIB.qdq_cpu_set_isa(isa.encode())
+    np.testing.assert_array_equal(_bits(ours), _bits(baseline))
+    dead = np.moveaxis(ours, axis, 0)[2].reshape(-1)
+    assert np.isnan(dead[0].astype(np.float32)) and (dead[1:].astype(np.float32) == 0).all()
+    if round_mode == "HALF_TO_EVEN":
+        zeros = np.moveaxis(xt.numpy(), axis, 0)[2].reshape(-1)[1:]
+        sign = -1.0 if np.signbit(zeros[0].astype(np.float32)) else 1.0
+        assert_same_bits(dead[1:], (zeros.astype(np.float32) * np.float32(sign)).astype(zeros.dtype))
+    ref = tf_reference("QuantizeAndDequantizeV4", xt, zero, zero, axis, range_given=False, round_mode=round_mode)
     keep = [c for c in range(moved.shape[0]) if c != 2]
-    ref = np.moveaxis(tf_reference("QuantizeAndDequantizeV4", xt, zero, zero, axis, range_given=False).numpy(), axis, 0)
-    assert_same_bits(ours[keep], ref[keep])
+    assert_same_bits(np.moveaxis(ours, axis, 0)[keep], np.moveaxis(ref.numpy(), axis, 0)[keep])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
@@ -310,3 +313,16 @@ def test_isa_hook_reports_choice():
     assert _LIB.qdq_cpu_set_isa(b"baseline").decode() == "baseline"
     assert _LIB.qdq_cpu_isa().decode() == "baseline"
     assert _LIB.qdq_cpu_set_isa(b"best").decode() == _BEST
+
+
+def test_environment_variable_forces_baseline_at_load():
+    # QDQ_CPU_ISA=baseline is read when the library loads (a fresh process).
+    import os
+    import subprocess
+    import sys
+
+    code = "import tensorflow_qdq; from tensorflow_qdq._benchmark import isa_hooks; print(isa_hooks().qdq_cpu_isa().decode())"
+    env = dict(os.environ, QDQ_CPU_ISA="baseline", TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "baseline"

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 import tensorflow_qdq as qdq
 from tensorflow_qdq import _composite
-from qdq_xla_cases import DTYPES, assert_same_bits, per_channel_case, per_tensor_case, random_attrs
+from qdq_xla_cases import (DTYPES, assert_same_bits, ISAS, cpu_loops, per_channel_case, per_tensor_case,
+                           random_attrs, unsigned_zero_slices)
 
 ZERO = tf.UnconnectedGradients.ZERO
 PER_TENSOR_CASES = 8
@@ -69,14 +70,18 @@ def _random_cases(seed, dtype):
 def test_xla_forward_and_gradient_bit_identical_to_kernels(dtype):
     cases, arrays = _random_cases(1000 + DTYPES.index(dtype), dtype)
     tensors = [[tf.constant(a) for a in case] for case in arrays]
-    expected = _forward_and_gradients(cases, tensors)  # eager: the custom kernels
     compiled = tf.function(lambda t: _forward_and_gradients(cases, t), jit_compile=True)
     actual = compiled(tensors)
-    slices = 0
-    for (kind, axis, attrs), exp, act, arr in zip(cases, expected, actual, arrays):
-        slices += 1 if axis == -1 else arr[0].shape[axis]
-        for name, e, a in zip(("output", "d_input", "d_min", "d_max"), exp, act):
-            assert_same_bits(a.numpy(), e.numpy(), f"{dtype.name} {kind} axis={axis} {attrs} {name}")
+    for isa in ISAS:  # eager: the custom kernels, on each set of CPU loops
+        with cpu_loops(isa):
+            expected = _forward_and_gradients(cases, tensors)
+        slices = 0
+        for (kind, axis, attrs), exp, act, arr in zip(cases, expected, actual, arrays):
+            slices += 1 if axis == -1 else arr[0].shape[axis]
+            sign_free = unsigned_zero_slices(arr[0], axis, attrs)
+            for name, e, a in zip(("output", "d_input", "d_min", "d_max"), exp, act):
+                assert_same_bits(a.numpy(), e.numpy(), f"{dtype.name} {isa} {kind} axis={axis} {attrs} {name}",
+                                 sign_free if name == "output" else None)
     assert slices == PER_TENSOR_CASES + PER_CHANNEL_CASES * DEPTH  # 1160 independent slices per dtype
 
 
@@ -185,3 +190,73 @@ def test_static_errors_under_xla_name_the_argument():
     with pytest.raises(ValueError, match="input_min"):
         tf.function(lambda x: qdq.quantize_and_dequantize_v2(x, [0.0, 1.0, 2.0], [1.0, 2.0, 3.0],
                                                              range_given=True, axis=1), jit_compile=True)(x)
+
+
+def test_keras_models_compile_with_xla(monkeypatch):
+    """Every layer of a quantized model reports supports_jit (so Keras's jit_compile='auto'
+    picks XLA on machines with an accelerator; on CPU-only machines Keras never does);
+    predictions equal the kernels' and QAT training runs through the composite."""
+    import keras
+
+    from tensorflow_qdq.keras import QuantizeAndDequantize, quantize_model
+
+    calls = []
+    real = _composite.forward
+    monkeypatch.setattr(_composite, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, 12)).astype(np.float32) * 2
+    y = (x[:, :3].sum(1) > 0).astype(np.int32)
+
+    def layer_model(jit):
+        model = keras.Sequential([keras.Input((12,)), QuantizeAndDequantize(num_bits=4, axis=-1, round_mode="HALF_UP")])
+        model.compile(jit_compile=jit)
+        return model
+
+    plain = layer_model(False).predict(x, verbose=0)
+    assert not calls
+    compiled = layer_model(True).predict(x, verbose=0)
+    assert calls
+    assert_same_bits(compiled, plain, "Keras layer predict, jit_compile=True vs False")
+
+    keras.utils.set_random_seed(0)
+    float_model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
+    model = quantize_model(float_model, weight_bits=4, activation_bits=8)
+    assert all(layer.supports_jit for layer in model._flatten_layers())  # what 'auto' asks
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
+    calls.clear()
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0).history["loss"]
+    assert calls and np.all(np.isfinite(history)) and history[-1] < history[0]
+
+
+def test_documented_limit_inner_function_traced_outside_xla():
+    """docs/XLA_EXPORT.md: an inner tf.function first traced outside XLA keeps its kernel trace
+    (TensorFlow's cache), which XLA rejects; one first traced inside the jit function works."""
+    x = tf.constant([1.0, -0.25, 0.5])
+    inner = tf.function(lambda x: qdq.quantize_and_dequantize_v2(x, 0.0, 0.0))
+    inner(x)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Qdq>"):
+        tf.function(lambda x: inner(x) * 2, jit_compile=True)(x)
+    fresh = tf.function(lambda x: qdq.quantize_and_dequantize_v2(x, 0.0, 0.0))
+    out = tf.function(lambda x: fresh(x) * 2, jit_compile=True)(x)
+    assert_same_bits(out.numpy(), (qdq.quantize_and_dequantize_v2(x, 0.0, 0.0) * 2).numpy())
+
+
+def test_denormal_inputs_and_ranges_match_the_kernels():
+    x = tf.constant(np.array([1e-40, -3e-39, 1.0, 0.5, 2e-45, -0.0], np.float32))
+    for given in (False, True):
+        def f(x, given=given):
+            return qdq.quantize_and_dequantize_v2(x, np.float32(-1e-39), np.float32(1e-39), range_given=given)
+        assert_same_bits(tf.function(f, jit_compile=True)(x).numpy(), f(x).numpy(), f"given={given}")
+
+
+def test_static_range_shapes_checked_as_outside_xla_for_measured_ranges_too():
+    x = tf.constant([[1.0, 2.0]])
+    bad_calls = [
+        lambda x: qdq.quantize_and_dequantize_v2(x, 0.0, 0.0, axis=1),  # per channel needs vectors
+        lambda x: qdq.quantize_and_dequantize_v2(x, [0.0], [0.0]),  # per tensor needs scalars
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError, match="input_min"):
+            tf.function(call)(x)  # the kernels' shape functions
+        with pytest.raises(ValueError, match="input_min"):
+            tf.function(call, jit_compile=True)(x)  # the composite

@@ -77,6 +77,10 @@ def test_bad_types_and_shapes_raise():
         QuantizeAndDequantize(axis=2)(data(3, 4))
     with pytest.raises(ValueError, match="hold 2 values but axis 1 has 4 channels"):
         QuantizeAndDequantize(range_mode="fixed", axis=1, min_value=[0.0, 0.0], max_value=[1.0, 1.0])(data(3, 4))
+    for kwargs in [{}, {"range_mode": "fixed", "min_value": 0.0, "max_value": 1.0}, {"range_mode": "tracked"}]:
+        # Integer data: named as `inputs`, not as the op's attr T.
+        with pytest.raises(TypeError, match="inputs must be bfloat16, float16, float32 or float64, got int32"):
+            QuantizeAndDequantize(**kwargs)(np.arange(12, dtype=np.int32).reshape(3, 4))
 
 
 @pytest.mark.parametrize("xla_supported", [False, True])

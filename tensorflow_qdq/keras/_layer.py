@@ -176,6 +176,9 @@ class QuantizeAndDequantize(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x = tf.convert_to_tensor(inputs)
+        if not x.dtype.is_floating:  # else TF's op-level error names the attr T, not the argument
+            raise TypeError(f"{type(self).__name__}: inputs must be bfloat16, float16, float32 or float64, "
+                            f"got {x.dtype.name}")
         if self.range_mode == "batch":  # the op ignores the values, but checks their shapes
             zero = self._per_slice(x, tf.zeros([], x.dtype))
             return self._qdq(x, zero, zero, range_given=False)

@@ -228,6 +228,15 @@ bool streams(int64_t n) {
   return n * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
 }
 
+// Given per-channel bounds in the compute type.
+template <typename T>
+void load_bounds(const T* lo, const T* hi, int64_t depth, compute_t<T>* clo, compute_t<T>* chi) {
+  for (int64_t c = 0; c < depth; ++c) {
+    clo[c] = Compute<T>::load(lo[c]);
+    chi[c] = Compute<T>::load(hi[c]);
+  }
+}
+
 }  // namespace
 
 const char* cpu_isa() { return active_isa().load() == static_cast<int>(Isa::kAvx2) ? "avx2" : "baseline"; }
@@ -248,10 +257,7 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
   const CpuLoops<T>& k = loops<T>();
   std::vector<C> lo(static_cast<size_t>(l.depth)), hi(static_cast<size_t>(l.depth));
   if (attrs.range_given) {
-    for (int64_t c = 0; c < l.depth; ++c) {
-      lo[c] = Compute<T>::load(given_lo[c]);
-      hi[c] = Compute<T>::load(given_hi[c]);
-    }
+    load_bounds(given_lo, given_hi, l.depth, lo.data(), hi.data());
   } else {
     measure_ranges(pool, k, in, plan, lo.data(), hi.data());
   }
@@ -296,10 +302,7 @@ void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* o
   if (n == 0) return;
   const CpuLoops<T>& k = loops<T>();
   std::vector<C> clo(static_cast<size_t>(l.depth)), chi(static_cast<size_t>(l.depth));
-  for (int64_t c = 0; c < l.depth; ++c) {
-    clo[c] = Compute<T>::load(lo[c]);
-    chi[c] = Compute<T>::load(hi[c]);
-  }
+  load_bounds(lo, hi, l.depth, clo.data(), chi.data());
   const bool stream = streams<T>(n);
   if (plan.row) {
     const std::vector<C> plo = by_position<C>(plan, [&](int64_t c) { return clo[c]; });
@@ -320,10 +323,7 @@ void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* o
   template void quantize_cpu<T>(const ThreadPool&, const T*, T*, Layout, const T*, const T*,               \
                                 const QuantizeAttrs&);                                                      \
   template void masked_gradient_cpu<T>(const ThreadPool&, const T*, const T*, T*, Layout, const T*, const T*);
-QDQ_INSTANTIATE(float)
-QDQ_INSTANTIATE(double)
-QDQ_INSTANTIATE(half_t)
-QDQ_INSTANTIATE(bf16_t)
+QDQ_FOR_EACH_TYPE(QDQ_INSTANTIATE)
 #undef QDQ_INSTANTIATE
 
 }  // namespace qdq

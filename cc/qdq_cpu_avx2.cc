@@ -253,8 +253,7 @@ const CpuLoops<T>* avx2_loops() {
 #endif
 
 namespace qdq {
-template const CpuLoops<float>* avx2_loops<float>();
-template const CpuLoops<double>* avx2_loops<double>();
-template const CpuLoops<half_t>* avx2_loops<half_t>();
-template const CpuLoops<bf16_t>* avx2_loops<bf16_t>();
+#define QDQ_INSTANTIATE(T) template const CpuLoops<T>* avx2_loops<T>();
+QDQ_FOR_EACH_TYPE(QDQ_INSTANTIATE)
+#undef QDQ_INSTANTIATE
 }  // namespace qdq

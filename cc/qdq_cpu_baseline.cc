@@ -109,9 +109,8 @@ const CpuLoops<T>& baseline_loops() {
   return table;
 }
 
-template const CpuLoops<float>& baseline_loops<float>();
-template const CpuLoops<double>& baseline_loops<double>();
-template const CpuLoops<half_t>& baseline_loops<half_t>();
-template const CpuLoops<bf16_t>& baseline_loops<bf16_t>();
+#define QDQ_INSTANTIATE(T) template const CpuLoops<T>& baseline_loops<T>();
+QDQ_FOR_EACH_TYPE(QDQ_INSTANTIATE)
+#undef QDQ_INSTANTIATE
 
 }  // namespace qdq

@@ -36,10 +36,7 @@ int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, L
                                 void*);                                                                      \
   template size_t gradient_cuda_workspace<T>(Layout);                                                        \
   template int masked_gradient_cuda<T>(CudaStream, const T*, const T*, T*, Layout, const T*, const T*, void*);
-QDQ_INSTANTIATE(float)
-QDQ_INSTANTIATE(double)
-QDQ_INSTANTIATE(half_t)
-QDQ_INSTANTIATE(bf16_t)
+QDQ_FOR_EACH_TYPE(QDQ_INSTANTIATE)
 #undef QDQ_INSTANTIATE
 
 }  // namespace qdq

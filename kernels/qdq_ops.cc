@@ -81,24 +81,33 @@ absl::Status GradientShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
 #define QDQ_FLOAT_TYPES "T: {bfloat16, half, float, double}"
 
-REGISTER_OP("Qdq>QuantizeAndDequantizeV2")
-    .Input("input: T")
-    .Input("input_min: T")
-    .Input("input_max: T")
-    .Attr("signed_input: bool = true")
-    .Attr("num_bits: int = 8")
-    .Attr("range_given: bool = false")
-    .Output("output: T")
-    .Attr(QDQ_FLOAT_TYPES)
-    .Attr("round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'")
-    .Attr("narrow_range: bool = false")
-    .Attr("axis: int = -1")
-    .SetShapeFn(QuantizeShape)
-    .Doc("Quantize-and-dequantize with a straight-through gradient (tensorflow-qdq).");
+// V2 and V4 share their interface and kernel; they differ only in their gradients (registered
+// in Python). The attribute order is the generated Python wrappers' argument order.
+register_op::OpDefBuilderWrapper QuantizeOp(const char name[], const char* doc) {
+  register_op::OpDefBuilderWrapper op(name);
+  op.Input("input: T")
+      .Input("input_min: T")
+      .Input("input_max: T")
+      .Attr("signed_input: bool = true")
+      .Attr("num_bits: int = 8")
+      .Attr("range_given: bool = false")
+      .Output("output: T")
+      .Attr(QDQ_FLOAT_TYPES)
+      .Attr("round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'")
+      .Attr("narrow_range: bool = false")
+      .Attr("axis: int = -1")
+      .SetShapeFn(QuantizeShape)
+      .Doc(doc);
+  return op;
+}
+
+}  // namespace
+
+// What REGISTER_OP expands to, for a builder made by a function (InitOnStartupMarker's documented use).
+static InitOnStartupMarker const register_v2 TF_ATTRIBUTE_UNUSED = InitOnStartupMarker{} << QuantizeOp(
+    "Qdq>QuantizeAndDequantizeV2", "Quantize-and-dequantize with a straight-through gradient (tensorflow-qdq).");
 
 REGISTER_OP("Qdq>QuantizeAndDequantizeV3")
     .Input("input: T")
@@ -114,20 +123,8 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeV3")
     .SetShapeFn(QuantizeV3Shape)
     .Doc("Quantize-and-dequantize with num_bits as a tensor (tensorflow-qdq).");
 
-REGISTER_OP("Qdq>QuantizeAndDequantizeV4")
-    .Input("input: T")
-    .Input("input_min: T")
-    .Input("input_max: T")
-    .Attr("signed_input: bool = true")
-    .Attr("num_bits: int = 8")
-    .Attr("range_given: bool = false")
-    .Output("output: T")
-    .Attr(QDQ_FLOAT_TYPES)
-    .Attr("round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'")
-    .Attr("narrow_range: bool = false")
-    .Attr("axis: int = -1")
-    .SetShapeFn(QuantizeShape)
-    .Doc("Quantize-and-dequantize with a range-masked gradient (tensorflow-qdq).");
+static InitOnStartupMarker const register_v4 TF_ATTRIBUTE_UNUSED = InitOnStartupMarker{} << QuantizeOp(
+    "Qdq>QuantizeAndDequantizeV4", "Quantize-and-dequantize with a range-masked gradient (tensorflow-qdq).");
 
 REGISTER_OP("Qdq>QuantizeAndDequantizeV4Grad")
     .Input("gradients: T")

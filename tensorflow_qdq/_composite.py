@@ -20,6 +20,8 @@ inside a compiled function: an invalid slice comes out all-NaN instead.
 import numpy as np
 import tensorflow as tf
 
+from tensorflow_qdq import _args
+
 _ROUND_MODES = ("HALF_TO_EVEN", "HALF_UP")
 
 
@@ -192,23 +194,13 @@ def _round(y, round_mode):
     return tf.math.rint(y)  # IEEE ties-to-even, -0.5 -> -0.0
 
 
-def forward(
-    input,  # noqa: A002
-    input_min,
-    input_max,
-    *,
-    signed_input=True,
-    num_bits=8,
-    range_given=False,
-    round_mode="HALF_TO_EVEN",
-    narrow_range=False,
-    axis=-1,
-):
-    """The quantize-dequantize output of SPEC §3 (raw axis convention: -1 is per-tensor)."""
-    x = tf.convert_to_tensor(input)
+def forward(input, input_min, input_max, **attrs):  # noqa: A002
+    """The quantize-dequantize output of SPEC §3; ``attrs`` as ``_args.op_attrs`` (axis -1 is per-tensor)."""
+    x, input_min, input_max = _args.tensors_like(input, input_min, input_max, strict=True)
     dtype = x.dtype
-    input_min = tf.convert_to_tensor(input_min, dtype)
-    input_max = tf.convert_to_tensor(input_max, dtype)
+    attrs = _args.op_attrs(**attrs)
+    signed_input, num_bits, range_given = attrs["signed_input"], attrs["num_bits"], attrs["range_given"]
+    round_mode, narrow_range, axis = attrs["round_mode"], attrs["narrow_range"], attrs["axis"]
     _check_round_mode(round_mode)
     check_axis(axis, x.shape.rank)
     _check_range_shapes(input_min, input_max, axis, x.shape)
@@ -251,10 +243,7 @@ def forward(
 
 def masked_gradient(gradients, input, input_min, input_max, axis=-1):  # noqa: A002
     """V4Grad's input_backprop: ``gradients * (lo <= x <= hi)``, a multiply so -g*0 is -0.0."""
-    g = tf.convert_to_tensor(gradients)
-    x = tf.convert_to_tensor(input, g.dtype)
-    lo = tf.convert_to_tensor(input_min, g.dtype)
-    hi = tf.convert_to_tensor(input_max, g.dtype)
+    g, x, lo, hi = _args.tensors_like(gradients, input, input_min, input_max, strict=True)
     check_axis(axis, x.shape.rank)
     _check_range_shapes(lo, hi, axis, x.shape, grad=True)
     ctype = compute_dtype(g.dtype)
@@ -274,9 +263,7 @@ def qdq(input, input_min, input_max, *, masked, **attrs):  # noqa: A002
 
     Used inside XLA; the gradient is made of the same standard ops, so it compiles too.
     """
-    x = tf.convert_to_tensor(input)
-    input_min = tf.convert_to_tensor(input_min, x.dtype)
-    input_max = tf.convert_to_tensor(input_max, x.dtype)
+    x, input_min, input_max = _args.tensors_like(input, input_min, input_max, strict=True)
     axis = attrs.get("axis", -1)
 
     @tf.custom_gradient
@@ -299,10 +286,7 @@ def qdq(input, input_min, input_max, *, masked, **attrs):  # noqa: A002
 
 def v4_grad(gradients, input, input_min, input_max, axis=-1):  # noqa: A002
     """The composite V4Grad with its own gradient (w.r.t. gradients: masked; the rest: zeros)."""
-    g = tf.convert_to_tensor(gradients)
-    x = tf.convert_to_tensor(input, g.dtype)
-    lo = tf.convert_to_tensor(input_min, g.dtype)
-    hi = tf.convert_to_tensor(input_max, g.dtype)
+    g, x, lo, hi = _args.tensors_like(gradients, input, input_min, input_max, strict=True)
 
     @tf.custom_gradient
     def _op(g, x, lo, hi):

@@ -14,38 +14,25 @@ __all__ = [
 ]
 
 
-def QuantizeAndDequantizeV2(  # noqa: N802 - raw-op naming
-    *,
-    input,  # noqa: A002
-    input_min,
-    input_max,
-    signed_input=True,
-    num_bits=8,
-    range_given=False,
-    round_mode="HALF_TO_EVEN",
-    narrow_range=False,
-    axis=-1,
-    name=None,
-):
-    """``Qdq>QuantizeAndDequantizeV2``; gradient: identity w.r.t. input."""
-    return _routing.qdq_v2(
-        input, input_min, input_max, signed_input=signed_input, num_bits=num_bits, range_given=range_given,
-        round_mode=round_mode, narrow_range=narrow_range, axis=axis, name=name,
-    )
+def _raw_op_function(op, function_name, doc):
+    """The keyword-only wrapper of V2 or V4, which share their signature and differ in the op (gradient) only."""
+
+    def wrapper(*, input, input_min, input_max, signed_input=True, num_bits=8, range_given=False,  # noqa: A002
+                round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1, name=None):
+        return op(input, input_min, input_max, signed_input=signed_input, num_bits=num_bits, range_given=range_given,
+                  round_mode=round_mode, narrow_range=narrow_range, axis=axis, name=name)
+
+    wrapper.__name__ = wrapper.__qualname__ = function_name
+    wrapper.__doc__ = doc
+    return wrapper
 
 
-def QuantizeAndDequantizeV3(  # noqa: N802
-    *,
-    input,  # noqa: A002
-    input_min,
-    input_max,
-    num_bits,
-    signed_input=True,
-    range_given=True,
-    narrow_range=False,
-    axis=-1,
-    name=None,
-):
+QuantizeAndDequantizeV2 = _raw_op_function(
+    _routing.qdq_v2, "QuantizeAndDequantizeV2", """``Qdq>QuantizeAndDequantizeV2``; gradient: identity w.r.t. input.""")
+
+
+def QuantizeAndDequantizeV3(*, input, input_min, input_max, num_bits, signed_input=True,  # noqa: A002,N802
+                            range_given=True, narrow_range=False, axis=-1, name=None):
     """``Qdq>QuantizeAndDequantizeV3`` (num_bits is a scalar int32 tensor; HALF_TO_EVEN)."""
     return _routing.qdq_v3(
         input, input_min, input_max, num_bits, signed_input=signed_input, range_given=range_given,
@@ -53,24 +40,8 @@ def QuantizeAndDequantizeV3(  # noqa: N802
     )
 
 
-def QuantizeAndDequantizeV4(  # noqa: N802
-    *,
-    input,  # noqa: A002
-    input_min,
-    input_max,
-    signed_input=True,
-    num_bits=8,
-    range_given=False,
-    round_mode="HALF_TO_EVEN",
-    narrow_range=False,
-    axis=-1,
-    name=None,
-):
-    """``Qdq>QuantizeAndDequantizeV4``; gradient: ``QuantizeAndDequantizeV4Grad``."""
-    return _routing.qdq_v4(
-        input, input_min, input_max, signed_input=signed_input, num_bits=num_bits, range_given=range_given,
-        round_mode=round_mode, narrow_range=narrow_range, axis=axis, name=name,
-    )
+QuantizeAndDequantizeV4 = _raw_op_function(
+    _routing.qdq_v4, "QuantizeAndDequantizeV4", """``Qdq>QuantizeAndDequantizeV4``; gradient: ``QuantizeAndDequantizeV4Grad``.""")
 
 
 def QuantizeAndDequantizeV4Grad(*, gradients, input, input_min, input_max, axis=-1, name=None):  # noqa: A002,N802

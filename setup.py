@@ -147,6 +147,23 @@ def cuda_link_flags(nvcc):
     raise SystemExit(f"libcudart_static.a not found under {home}; set CUDA_HOME to the toolkit root")
 
 
+def host_base(cxx):
+    """The g++ command every host unit starts from (sanitizer flags included when asked)."""
+    return [cxx] + CXX_FLAGS + sanitizer_flags() + ["-I", str(ROOT)]
+
+
+def core_jobs(base):
+    """Compile jobs of the framework-free CPU core, each with its per-file flags; shared by
+    the op library and tensorflow_qdq._core so the two cannot build the core differently."""
+    return [(s, base + core_cpu_flags(s)) for s in CORE_SOURCES]
+
+
+def link_shared(cxx, target, objects, extra):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects] + extra + sanitizer_flags()
+    subprocess.run(link, cwd=ROOT, check=True)
+
+
 def core_only():
     return os.environ.get("QDQ_CORE_ONLY", "0") == "1"
 
@@ -166,20 +183,16 @@ def build_core_module(cmd, ext):
     with_cuda = cuda_setting(nvcc)
     cxx = os.environ.get("CXX", "g++")
     build = Compiler(Path(cmd.build_temp) / "qdq")
-    base = [cxx] + CXX_FLAGS + sanitizer_flags() + ["-I", str(ROOT)]
+    base = host_base(cxx)
     py_includes = ["-isystem", pybind11.get_include(), "-isystem", sysconfig.get_paths()["include"]]
     binding = base + py_includes + (["-DQDQ_WITH_CUDA"] if with_cuda else [])
-    jobs = [(s, base + core_cpu_flags(s)) for s in CORE_SOURCES] + [("cc/qdq_pybind.cc", binding)]
+    jobs = core_jobs(base) + [("cc/qdq_pybind.cc", binding)]
     if with_cuda:
         jobs += [(s, nvcc_command(nvcc)) for s in CUDA_SOURCES]
     objects = build.compile(jobs)
     target = Path(cmd.get_ext_fullpath(ext.name))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects]
-    link += cuda_link_flags(nvcc) if with_cuda else []
-    link += sanitizer_flags()
     log(f"linking {target} (CUDA: {'yes' if with_cuda else 'no'})")
-    subprocess.run(link, cwd=ROOT, check=True)
+    link_shared(cxx, target, objects, cuda_link_flags(nvcc) if with_cuda else [])
 
 
 class Compiler:
@@ -250,19 +263,16 @@ class BuildQdq(build_ext):
         cxx = os.environ.get("CXX", "g++")
         log(f"TensorFlow {tf_version}; CUDA kernels: {'yes (' + nvcc + ')' if with_cuda else 'no'}")
         build = Compiler(Path(self.build_temp) / "qdq")
-        base = [cxx] + CXX_FLAGS + sanitizer_flags() + ["-I", str(ROOT)]
-        jobs = [(s, base + core_cpu_flags(s)) for s in CORE_SOURCES] + [(s, base + tf_cflags) for s in TF_SOURCES]
+        base = host_base(cxx)
+        jobs = core_jobs(base) + [(s, base + tf_cflags) for s in TF_SOURCES]
         link_extra = []
         if with_cuda:
             jobs += cuda_jobs(nvcc, base + tf_cflags)
             link_extra = cuda_link_flags(nvcc)
         objects = build.compile(jobs)
         target = Path(self.get_ext_fullpath(ext.name))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        link = [cxx, "-shared", "-o", str(target)] + [str(o) for o in objects] + tf_ldflags + link_extra
-        link += sanitizer_flags()
         log("linking " + str(target))
-        subprocess.run(link, cwd=ROOT, check=True)
+        link_shared(cxx, target, objects, tf_ldflags + link_extra)
         self._write_build_info(target.parent, tf_version, with_cuda)
 
     def _write_build_info(self, package_dir, tf_version, with_cuda):

@@ -37,6 +37,7 @@ __all__ = [
     "quantize_and_dequantize_v4",
     "raw_ops",
     "restore_builtins",
+    "to_onnx",
     "to_tflite",
     "use_for_builtins",
 ]
@@ -48,6 +49,10 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module("tensorflow_qdq.keras")
+    if name == "to_onnx" and _TF_IMPORT_ERROR is None:
+        from tensorflow_qdq.deploy.onnx import to_onnx  # imports Keras and tf2onnx: only when asked for
+
+        return to_onnx
     if _TF_IMPORT_ERROR is not None and name in __all__:
         raise ImportError(
             f"tensorflow_qdq.{name} needs TensorFlow, which could not be imported ({_TF_IMPORT_ERROR}); "

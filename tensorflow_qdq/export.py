@@ -81,11 +81,33 @@ def export(model, out_dir, *, exact=False):
     return _rewrite_saved_model(out_dir, exact)
 
 
-def to_tflite(model, *, exact=False, optimizations=None):
-    """Exports ``model`` (as :func:`export`) and converts it with ``tf.lite.TFLiteConverter``.
+def to_tflite(model, *, integer=None, allow_float_ops=False, exact=False, optimizations=None):
+    """Converts ``model`` to a TFLite flatbuffer (bytes).
 
-    Returns the TFLite flatbuffer (bytes).
+    Args:
+      model: a Keras model (or a SavedModel directory, for ``integer=False``).
+      integer: True gives a full-integer model: int8 weights per channel, int8 activations
+        with the ranges the quantizers hold (calibrated or learned in QAT), int32 biases
+        (``tensorflow_qdq.deploy.tflite``). False gives today's float model with
+        QUANTIZE/DEQUANTIZE pairs: the model is exported as :func:`export` does and converted
+        as it is. Default: True for a Keras model with tensorflow-qdq quantizers, else False.
+      allow_float_ops: with ``integer=True``, accept ops that stay float (else ValueError
+        naming them).
+      exact, optimizations: for ``integer=False`` only: :func:`export`'s ``exact``, and the
+        converter's ``optimizations``.
     """
+    if integer is None:
+        integer = _has_quantizers(model)
+    if integer:
+        if exact or optimizations is not None:
+            raise ValueError("to_tflite: exact= and optimizations= apply to integer=False only; the integer route "
+                             "sets the converter itself")
+        if isinstance(model, (str, os.PathLike)):
+            raise ValueError("to_tflite(integer=True) needs the Keras model from quantize_model, not a SavedModel "
+                             "directory: its quantizers say which ranges to use")
+        from tensorflow_qdq.deploy import tflite
+
+        return tflite.integer_tflite(model, allow_float_ops=allow_float_ops)
     with tempfile.TemporaryDirectory(prefix="qdq_tflite_") as tmp:
         portable = os.path.join(tmp, "portable")
         export(model, portable, exact=exact)
@@ -93,3 +115,12 @@ def to_tflite(model, *, exact=False, optimizations=None):
         if optimizations is not None:
             converter.optimizations = optimizations
         return converter.convert()
+
+
+def _has_quantizers(model):
+    if isinstance(model, (str, os.PathLike)) or not hasattr(model, "_flatten_layers"):
+        return False
+    from tensorflow_qdq.keras import QuantizeAndDequantize, QuantizedMultiHeadAttention, QuantizeWrapper
+
+    kinds = (QuantizeAndDequantize, QuantizeWrapper, QuantizedMultiHeadAttention)
+    return any(isinstance(layer, kinds) for layer in model._flatten_layers(include_self=False, recursive=True))

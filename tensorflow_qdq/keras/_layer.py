@@ -4,9 +4,11 @@ import math
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import tensorflow_qdq as _qdq
+from tensorflow_qdq.keras import _deploy
 
 RANGE_MODES = ("fixed", "batch", "tracked")
 GRADIENTS = ("masked", "straight_through")
@@ -179,6 +181,13 @@ class QuantizeAndDequantize(keras.layers.Layer):
         if not x.dtype.is_floating:  # else TF's op-level error names the attr T, not the argument
             raise TypeError(f"{type(self).__name__}: inputs must be bfloat16, float16, float32 or float64, "
                             f"got {x.dtype.name}")
+        observe = _deploy.calibration_observer()
+        if observe is not None and self.range_mode == "tracked":
+            observe(self, x)  # calibration sees the float activations, unquantized
+            return x
+        target = _deploy.current_target()
+        if target is not None:
+            return target.activation(x, self, *self.constant_range())
         if self.range_mode == "batch":  # the op ignores the values, but checks their shapes
             zero = self._per_slice(x, tf.zeros([], x.dtype))
             return self._qdq(x, zero, zero, range_given=False)
@@ -190,6 +199,27 @@ class QuantizeAndDequantize(keras.layers.Layer):
         else:
             lo, hi = tf.convert_to_tensor(self.tracked_min), tf.convert_to_tensor(self.tracked_max)
         return self._qdq(x, tf.cast(lo, x.dtype), tf.cast(hi, x.dtype), range_given=True)
+
+    def constant_range(self):
+        """The range the layer uses in inference, as float32 NumPy values (read eagerly)."""
+        if self.range_mode == "batch":
+            raise ValueError(
+                f"quantizer {self.name!r} has range_mode='batch': its range is measured from each input at run time, "
+                "so there is no constant range to export; use range_mode='tracked' (and calibrate or train) or 'fixed'"
+            )
+        if self.range_mode == "fixed":
+            return np.asarray(self.min_value, np.float32), np.asarray(self.max_value, np.float32)
+        with tf.init_scope():
+            return self.tracked_min.numpy().astype(np.float32), self.tracked_max.numpy().astype(np.float32)
+
+    def set_range(self, lo, hi):
+        """Sets a tracked range (calibration): the values used in inference and as the start of
+        training's moving averages (the update counter is set so training continues from it)."""
+        if self.range_mode != "tracked":
+            raise ValueError(f"quantizer {self.name!r} has range_mode={self.range_mode!r}; only 'tracked' ranges can be set")
+        self.tracked_min.assign(np.broadcast_to(np.float32(lo), self.tracked_min.shape))
+        self.tracked_max.assign(np.broadcast_to(np.float32(hi), self.tracked_max.shape))
+        self.tracked_updates.assign(np.ones(self.tracked_updates.shape, np.int64))
 
     def _per_slice(self, x, bound):
         """A scalar bound repeated for every channel when quantizing per channel."""

@@ -1,42 +1,94 @@
-"""quantize_model: a quantization-aware copy of a Sequential or functional Keras model."""
+"""quantize_model: a quantization-aware copy of a Sequential or functional Keras model.
 
+The copy is rebuilt node by node (``keras.models.clone_model`` with a ``call_function``):
+weighted layers become ``QuantizeWrapper`` (BatchNorm folded in where one follows), and
+activation quantizers are inserted on the tensors that the placement scheme names
+(``_placement``). The float weights carry over; the original model is untouched.
+"""
+
+import collections
 import numbers
 
 import keras
 
-from tensorflow_qdq.keras._layer import _check_num_bits
-from tensorflow_qdq.keras._quantized_layers import QUANTIZED
+from tensorflow_qdq.keras import _placement, _report
+from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
+from tensorflow_qdq.keras._layer import QuantizeAndDequantize, _check_num_bits
+from tensorflow_qdq.keras._weights import output_channel_axis, weight_specs
+from tensorflow_qdq.keras._wrapper import QuantizeWrapper
+
+_L = keras.layers
 
 
-def quantize_model(model, weight_bits=8, activation_bits=8, momentum=0.99):
-    """Returns a copy of ``model`` ready for quantization-aware training.
+def quantize_model(
+    model,
+    weight_bits=8,
+    activation_bits=8,
+    *,
+    momentum=0.99,
+    scheme="default",
+    fold_batch_norm=True,
+    freeze_bn_delay=None,
+    skip_layers=(),
+    strict=False,
+    verbose=True,
+):
+    """Returns a copy of ``model`` ready for quantization-aware training (QAT).
 
-    Every ``Dense``, ``Conv1D``, ``Conv2D`` and ``Conv3D`` layer becomes its ``Quantized*``
-    counterpart: the kernel is quantized per output channel (``weight_bits``, symmetric narrow
-    range, measured from the kernel at each call) and the layer's output (after its
-    activation) per tensor with a tracked moving-average range (``activation_bits``; an
-    unsigned grid after ReLU/sigmoid/softmax). Gradients use the masked (V4) rule. Other
-    layers are copied as they are. The float weights carry over; the copy is not compiled.
-    Nested Sequential/functional models are quantized too.
+    * Every layer with a kernel gets per-output-channel weight quantization (``weight_bits``,
+      signed symmetric narrow range, measured from the weight at every call): Dense,
+      EinsumDense, Conv1D/2D/3D (channels last or first), Conv*Transpose, DepthwiseConv1D/2D,
+      SeparableConv1D/2D (both kernels), Embedding (one scale per row), the four projections
+      of MultiHeadAttention, and subclasses of these layers.
+    * A BatchNormalization that directly follows a Dense/Conv/DepthwiseConv/SeparableConv/
+      ConvTranspose without activation is folded into it (``fold_batch_norm``): batch
+      statistics while training, frozen after ``freeze_bn_delay`` steps, moving statistics
+      in inference; exports hold a conv with a bias and no BatchNormalization.
+    * Activation quantizers (``activation_bits``, per tensor, tracked moving-average ranges
+      with ``momentum``) go where the ``scheme`` says (see ``_placement``): ``"default"``
+      deploys to ONNX Runtime and TFLite, ``"tensorrt"`` follows TensorRT's Q/DQ rules.
+      Run :func:`calibrate` before training to start them from data.
+
+    Layers it cannot quantize (recurrent layers, a BatchNormalization that cannot fold,
+    ``skip_layers``) stay float and are listed by the summary it prints (``verbose``) and by
+    :func:`quantization_report`; ``strict=True`` raises instead if a layer with a kernel is
+    left float.
 
     Args:
-      model: a ``keras.Sequential`` or functional ``keras.Model`` (subclassed models cannot
-        be rebuilt layer by layer).
-      weight_bits, activation_bits: bits of the weight and activation grids (1..61).
+      model: a ``keras.Sequential`` (with a known input) or functional ``keras.Model``.
+      weight_bits, activation_bits: bits of the grids (1..61).
       momentum: decay of the tracked activation ranges, in [0, 1).
+      scheme: ``"default"`` or ``"tensorrt"``.
+      fold_batch_norm: fold BatchNormalization into the layer before it.
+      freeze_bn_delay: training steps after which folded BatchNorms use moving statistics.
+      skip_layers: names of layers to leave float.
+      strict: raise ``ValueError`` if any layer with a kernel would stay float.
+      verbose: print the per-layer summary.
     """
-    if not _rebuildable(model):
-        raise ValueError(
-            f"quantize_model needs a keras.Sequential or functional keras.Model, got {type(model).__name__}; "
-            "for a subclassed model, use tensorflow_qdq.keras.QuantizedDense/QuantizedConv2D/... in its definition"
-        )
+    _check_rebuildable(model)
     options = dict(
         weight_bits=_check_num_bits(weight_bits, True),
         activation_bits=_check_num_bits(activation_bits, True),
         momentum=_check_momentum(momentum),
+        scheme=_placement.check_scheme(scheme),
+        fold_batch_norm=bool(fold_batch_norm),
+        freeze_bn_delay=freeze_bn_delay,
+        skip_layers=frozenset(skip_layers),
     )
-    copy = _clone(model, options)
-    _copy_weights(model, copy)
+    unknown = options["skip_layers"] - {layer.name for layer in _all_layers(model)}
+    if unknown:
+        raise ValueError(f"skip_layers names layers that are not in {model.name!r}: {sorted(unknown)}")
+    copy = _Rebuild(options).model(model)
+    report = _report.quantization_report(copy, skipped=options["skip_layers"])
+    if strict:
+        left = [row for row in report if row.status == "float" and row.has_kernel]
+        if left:
+            raise ValueError(
+                "quantize_model(strict=True): layers with a kernel would stay float: "
+                + "; ".join(f"{row.name} ({row.kind}): {row.detail}" for row in left)
+            )
+    if verbose:
+        print(_report.summary(report, model.name))
     return copy
 
 
@@ -46,40 +98,220 @@ def _check_momentum(momentum):
     return float(momentum)
 
 
-def _rebuildable(model):
+def _is_functional(model):
     # Functional models are instances of Keras' (private) Functional class.
-    return isinstance(model, keras.Sequential) or (
-        isinstance(model, keras.Model) and any(c.__name__ == "Functional" for c in type(model).__mro__)
-    )
+    return isinstance(model, keras.Model) and any(c.__name__ == "Functional" for c in type(model).__mro__)
 
 
-def _clone(model, options):
-    def clone_layer(layer):
+def _rebuildable(model):
+    return isinstance(model, keras.Sequential) or _is_functional(model)
+
+
+def _check_rebuildable(model):
+    if not _rebuildable(model):
+        raise ValueError(
+            f"quantize_model needs a keras.Sequential or functional keras.Model, got {type(model).__name__}; "
+            "for a subclassed model, wrap its layers with tensorflow_qdq.keras.QuantizeWrapper (and place "
+            "QuantizeAndDequantize layers) in its definition"
+        )
+    if isinstance(model, keras.Sequential) and not model.built:
+        raise ValueError(f"quantize_model: Sequential model {model.name!r} has no input shape yet; "
+                         "start it with keras.Input(shape) or build it first")
+    for layer in _all_layers(model):
+        if isinstance(layer, _L.Lambda):
+            raise ValueError(
+                f"quantize_model cannot see inside Lambda layer {layer.name!r}: replace it with a layer (or a "
+                "keras.ops call in a custom layer without weights), or pass skip_layers=[...] for layers after it"
+            )
+        if (not _rebuildable(layer) and layer.weights and weight_specs(layer) is None
+                and not isinstance(layer, (_L.MultiHeadAttention, *_placement.FLOAT_REASONS))):
+            raise ValueError(
+                f"quantize_model does not know which weights of layer {layer.name!r} ({type(layer).__name__}) to "
+                "quantize: pass skip_layers=[{!r}] to keep it float, or wrap its weighted sublayers with "
+                "QuantizeWrapper".format(layer.name)
+            )
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
         if _rebuildable(layer):
-            return _clone(layer, options)
-        quantized = QUANTIZED.get(type(layer))
-        if quantized is None:
-            return layer.__class__.from_config(layer.get_config())
-        return quantized.from_config({**layer.get_config(), **options})
-
-    return keras.models.clone_model(model, clone_function=clone_layer)
+            yield from _all_layers(layer)
 
 
-def _copy_weights(source, target):
-    """Float weights layer by layer (clone_model keeps the order and the names of layers that
-    hold weights); quantizer variables keep their start values."""
-    if len(source.layers) != len(target.layers):
-        raise RuntimeError(f"the copy of {source.name} has {len(target.layers)} layers, not {len(source.layers)}")
-    for layer, twin in zip(source.layers, target.layers):
-        if not layer.weights:
-            continue
-        if twin.name != layer.name:
-            raise RuntimeError(f"the copy of layer {layer.name} is named {twin.name}")
+def _graph(model):
+    """{id(layer): [consumer layers of its output]} over the model's own nodes."""
+    consumers = collections.defaultdict(list)
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            for tensor in node.arguments.keras_tensors:
+                producer = tensor._keras_history.operation
+                consumers[id(producer)].append(node.operation)
+    return consumers
+
+
+class _Rebuild:
+    """One rebuild of a model (and of the models nested in it)."""
+
+    def __init__(self, options):
+        self.options = options
+
+    def model(self, model):
+        if isinstance(model, keras.Sequential):
+            model = keras.Model(model.inputs, model.outputs, name=model.name)
+        consumers = _graph(model)
+        skip = self.options["skip_layers"]
+        scheme = self.options["scheme"]
+
+        def quantized(layer):
+            return _placement.is_weighted(layer) and layer.name not in skip
+
+        # BatchNorm folds: a foldable layer whose only consumer is a BatchNormalization.
+        folds = {}
+        for layer in model.layers:
+            users = consumers.get(id(layer), [])
+            if (self.options["fold_batch_norm"] and quantized(layer) and len(users) == 1
+                    and isinstance(users[0], _L.BatchNormalization) and users[0].name not in skip
+                    and _foldable(layer, users[0])):
+                folds[id(layer)] = users[0]
+        absorbed = {id(bn) for bn in folds.values()}
+
+        def head(layer):
+            """Whether the layer's output is quantized, before any fused tail moves it on."""
+            if layer.name in skip or not (quantized(layer) or _placement.is_merge(layer)):
+                return False
+            return _placement.quantizes_output(layer, scheme)
+
+        # The output quantizer moves past a fused tail (a folded BatchNorm, ReLU, ReLU6).
+        quantize_after = set()
+        for layer in model.layers:
+            if not head(layer):
+                continue
+            current = layer
+            while True:
+                users = consumers.get(id(current), [])
+                fused = len(users) == 1 and (id(users[0]) in absorbed or _placement.is_fusable_activation(users[0]))
+                if not fused or users[0].name in skip:
+                    break
+                current = users[0]
+            quantize_after.add(id(current))
+
+        original_of, clone_of = {}, {}
+        memo = {}  # id(tensor in the copy) -> its quantized version
+
+        def clone(layer):
+            new = self._clone_layer(layer, folds.get(id(layer)), quantized(layer))
+            original_of[id(new)] = layer
+            clone_of[id(layer)] = new
+            return new
+
+        def non_negative(tensor):
+            layer = tensor._keras_history.operation
+            if isinstance(layer, QuantizeAndDequantize):
+                return not layer.signed
+            source = original_of.get(id(layer))
+            if source is None:
+                return False
+            if _placement.is_passthrough(source):
+                args = [t for t in _node_of(tensor).arguments.keras_tensors]
+                return bool(args) and all(non_negative(t) for t in args)
+            if id(source) in absorbed or isinstance(source, _L.BatchNormalization):
+                return False
+            return _placement.is_non_negative(source)
+
+        def quantize(tensor, name):
+            if id(tensor) in memo or not _is_float(tensor):
+                return memo.get(id(tensor), tensor)
+            quantizer = QuantizeAndDequantize(
+                num_bits=self.options["activation_bits"], range_mode="tracked", momentum=self.options["momentum"],
+                signed=not non_negative(tensor), name=_unique(name, model_names),
+            )
+            out = quantizer(tensor)
+            memo[id(tensor)] = memo[id(out)] = out
+            return out
+
+        model_names = {layer.name for layer in _all_layers(model)}
+
+        def call(layer, *args, **kwargs):
+            source = original_of[id(layer)]
+            if id(source) in absorbed:
+                return args[0]  # folded into the layer before it
+            if _placement.quantizes_inputs(source, scheme) and source.name not in skip:
+                args, kwargs = keras.tree.map_structure(
+                    lambda t: quantize(t, f"{source.name}_input_quantizer") if _is_keras_tensor(t) else t, (args, kwargs))
+            out = layer(*args, **kwargs)
+            if id(source) in quantize_after:
+                out = keras.tree.map_structure(lambda t: quantize(t, f"{source.name}_output_quantizer"), out)
+            return out
+
+        copy = keras.models.clone_model(model, clone_function=clone, call_function=call)
+        self._copy_weights(model, clone_of, folds, absorbed)
+        return copy
+
+    def _clone_layer(self, layer, batch_norm, quantized):
         if _rebuildable(layer):
-            _copy_weights(layer, twin)
-        elif type(layer) in QUANTIZED:
-            twin.kernel.assign(layer.kernel)
-            if layer.bias is not None:
-                twin.bias.assign(layer.bias)
-        else:
-            twin.set_weights(layer.get_weights())
+            return self.model(layer)
+        fresh = layer.__class__.from_config(layer.get_config())
+        if not quantized:
+            return fresh
+        bits = self.options["weight_bits"]
+        if isinstance(layer, _L.MultiHeadAttention):
+            return QuantizedMultiHeadAttention.from_float(fresh, weight_bits=bits,
+                                                          activation_bits=self.options["activation_bits"])
+        return QuantizeWrapper(
+            fresh, weight_bits=bits, batch_norm=None if batch_norm is None else batch_norm.get_config(),
+            freeze_bn_delay=self.options["freeze_bn_delay"], name=layer.name,
+        )
+
+    @staticmethod
+    def _copy_weights(source, clone_of, folds, absorbed):
+        """Float weights layer by layer; quantizer variables keep their start values."""
+        for layer in source.layers:
+            twin = clone_of.get(id(layer))
+            if twin is None or not layer.weights or _rebuildable(layer) or id(layer) in absorbed:
+                continue  # nested models copied their weights when they were rebuilt
+            if isinstance(twin, QuantizeWrapper):
+                twin.layer.set_weights(layer.get_weights())
+                if twin.batch_norm is not None:
+                    twin.batch_norm.set_weights(folds[id(layer)].get_weights())
+            elif isinstance(twin, QuantizedMultiHeadAttention):
+                twin.copy_float_weights(layer)
+            else:
+                twin.set_weights(layer.get_weights())
+
+
+def _node_of(tensor):
+    operation, node_index, _ = tensor._keras_history
+    return operation._inbound_nodes[node_index]
+
+
+def _is_keras_tensor(value):
+    return isinstance(value, keras.KerasTensor)
+
+
+def _is_float(tensor):
+    return _is_keras_tensor(tensor) and "float" in str(tensor.dtype)
+
+
+def _unique(name, taken):
+    candidate, i = name, 1
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}_{i}"
+    taken.add(candidate)
+    return candidate
+
+
+def _foldable(layer, batch_norm):
+    """A BatchNorm over the layer's output channels, after a layer without activation."""
+    if not any(spec.folds_batch_norm for spec in weight_specs(layer) or ()):
+        return False
+    if _placement.activation_of(layer) not in (None, "linear"):
+        return False
+    axis = batch_norm.axis
+    axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+    try:
+        rank = len(layer.output.shape)
+    except (AttributeError, ValueError):  # a layer called more than once has no single output
+        return False
+    return len(axes) == 1 and axes[0] % rank == output_channel_axis(layer) % rank

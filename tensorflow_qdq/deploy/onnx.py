@@ -1,0 +1,203 @@
+"""to_onnx: a QDQ ONNX model that ONNX Runtime (and TensorRT) run with integer kernels.
+
+The model is traced with every quantizer as TensorFlow's ``QuantizeAndDequantizeV3`` with
+constant ranges (weights: the folded float weight with its per-channel range), converted by
+tf2onnx with *our* rule for those ops (``_qdq_rewriter``: exact widths, zero points and
+scales; tf2onnx's own rule assumes 8 bits), then three passes put the graph in the form that
+ONNX Runtime's QDQ fusion expects (``_passes``).
+"""
+
+import contextlib
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tensorflow_qdq.deploy import _grid, _onnx_passes, _trace
+
+RUNTIMES = ("onnxruntime", "tensorrt")
+# Widths that ONNX has integer types for (4 and 16 bits from opset 21).
+_WIDTHS = (4, 8, 16)
+_CONVERT_OPSET = 17  # tf2onnx converts at this opset; newer opsets are reached with onnx's converter
+
+
+class OnnxTarget:
+    """Emits TF ops that tf2onnx turns into QuantizeLinear/DequantizeLinear (see module doc)."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.widths = set()
+
+    def _check_width(self, num_bits, what):
+        if num_bits not in _WIDTHS:
+            raise ValueError(f"to_onnx: {what} is quantized to {num_bits} bits, and ONNX has integer types of "
+                             f"{', '.join(map(str, _WIDTHS))} bits only; quantize it to one of those widths")
+        self.widths.add(num_bits)
+
+    def weight(self, weight, channel_axes, num_bits, layer_name):
+        self._check_width(num_bits, f"the weights of layer {layer_name!r}")
+        amax = _grid.channel_amax(weight, channel_axes)
+        # An all-zero channel has no range; any positive one gives it the same (zero) codes.
+        amax = np.where(amax > 0, amax, np.float32(1.0)).astype(np.float32)
+        rank = weight.ndim
+        others = [a for a in range(rank) if a not in channel_axes]
+        perm = others + list(channel_axes)
+        moved = np.transpose(weight, perm)
+        flat = moved.reshape(moved.shape[: len(others)] + (-1,))
+        out = tf.raw_ops.QuantizeAndDequantizeV3(
+            input=tf.constant(flat), input_min=tf.constant(-amax), input_max=tf.constant(amax),
+            num_bits=tf.constant(num_bits, tf.int32), signed_input=True, range_given=True, narrow_range=True,
+            axis=len(others), name="weight_qdq")
+        if flat.shape != weight.shape:
+            out = tf.reshape(out, moved.shape)
+            out = tf.transpose(out, [perm.index(a) for a in range(rank)]) if perm != list(range(rank)) else out
+        return out
+
+    def activation(self, x, quantizer, lo, hi):
+        name = f"quantizer {quantizer.name!r}"
+        self._check_width(quantizer.num_bits, name)
+        if quantizer.axis is not None:
+            raise ValueError(f"to_onnx: {name} quantizes per channel; ONNX activations are exported per tensor only")
+        if self.runtime == "tensorrt" and not quantizer.signed:
+            raise ValueError(f"to_onnx(runtime='tensorrt'): {name} is unsigned, and TensorRT runs symmetric int8 "
+                             "only; make the model with quantize_model(..., scheme='tensorrt')")
+        inv = _grid.step(lo, hi, quantizer.num_bits, quantizer.signed, quantizer.narrow_range)
+        if not np.all(inv > 0):
+            raise ValueError(f"to_onnx: {name} has the degenerate range [{float(lo)}, {float(hi)}] (no grid step); "
+                             "calibrate or train the model before exporting")
+        return tf.raw_ops.QuantizeAndDequantizeV3(
+            input=x, input_min=tf.constant(lo, x.dtype), input_max=tf.constant(hi, x.dtype),
+            num_bits=tf.constant(quantizer.num_bits, tf.int32), signed_input=quantizer.signed, range_given=True,
+            narrow_range=quantizer.narrow_range, axis=-1)
+
+
+def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime"):
+    """Converts a quantization-aware Keras model to a QDQ ONNX model; returns the ModelProto.
+
+    Every quantized layer gets its weights as integer codes behind a DequantizeLinear with one
+    scale per output channel (``axis`` set) and its inputs behind DequantizeLinear, exactly
+    where the Keras model quantizes; biases of Conv/Gemm become int32 with scale
+    ``x_scale * w_scale`` (what ONNX Runtime's integer kernels take). 4- and 16-bit grids get
+    INT4/UINT4/INT16/UINT16 (opset 21); other widths raise.
+
+    Args:
+      model: a Keras model from ``tensorflow_qdq.keras.quantize_model`` (calibrated or
+        trained), or a SavedModel directory whose graph holds TensorFlow's
+        QuantizeAndDequantize ops (not ``Qdq>`` ops: convert the Keras model instead).
+      path: where to write the ``.onnx`` file (optional).
+      opset: the ONNX opset (default 17, or 21 when a 4- or 16-bit grid needs it).
+      runtime: ``"onnxruntime"`` (default): activations and weights as uint8 (a signed grid
+        with zero point 128, exact), which ONNX Runtime's CPU kernels fuse by default and
+        compute exactly also on CPUs without VNNI; ``"tensorrt"``: symmetric int8 with zero
+        point 0 everywhere (TensorRT's rule; ONNX Runtime fuses it with the session option
+        ``session.qdqisint8allowed=1``).
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r} is not one of {', '.join(map(repr, RUNTIMES))}")
+    try:
+        import onnx
+        import tf2onnx
+    except ImportError as exc:  # pragma: no cover - the set-up script installs both
+        raise ImportError(f"to_onnx needs tf2onnx and onnx ({exc}); pip install tf2onnx onnx") from exc
+    target = OnnxTarget(runtime)
+    if isinstance(model, (str, os.PathLike)):
+        graph_def, inputs, outputs = _saved_model_graph(os.fspath(model))
+        with _qdq_rewriter(runtime, target):
+            proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
+                                                      opset=_CONVERT_OPSET)
+    else:
+        _trace.check_quantized(model, "to_onnx")
+        function, _ = _trace.trace(model, target)
+        with _qdq_rewriter(runtime, target):
+            proto, _ = tf2onnx.convert.from_function(function, input_signature=_trace.input_signature(model),
+                                                     opset=_CONVERT_OPSET)
+    wide = target.widths - {8}
+    if opset is None:
+        opset = 21 if wide else _CONVERT_OPSET
+    if wide and opset < 21:
+        raise ValueError(f"to_onnx: {sorted(wide)}-bit grids need ONNX opset 21 (INT4/INT16 types), got opset={opset}")
+    proto = _onnx_passes.finish(proto, opset)
+    onnx.checker.check_model(proto)
+    if path is not None:
+        onnx.save(proto, os.fspath(path))
+    return proto
+
+
+def _saved_model_graph(directory):
+    from tf2onnx import tf_loader
+
+    from tensorflow_qdq import qdq_ops_in_saved_model
+
+    ours = qdq_ops_in_saved_model(directory)
+    if ours:
+        raise ValueError(f"to_onnx: the SavedModel {directory!r} still holds tensorflow-qdq ops ({', '.join(ours)}), "
+                         "which ONNX has no rule for: convert the Keras model with to_onnx(model) instead")
+    graph_def, inputs, outputs = tf_loader.from_saved_model(directory, None, None, tag="serve",
+                                                            signatures=["serving_default"])[:3]
+    return graph_def, inputs, outputs
+
+
+_QDQ_OPS = ("QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4")
+
+
+@contextlib.contextmanager
+def _qdq_rewriter(runtime, target):
+    """Installs our QuantizeAndDequantize rule in place of tf2onnx's for one conversion."""
+    from tf2onnx import tfonnx
+
+    def rewrite(graph, ops):
+        for node in list(ops):
+            if node.type in _QDQ_OPS:
+                _rewrite_one(graph, node, runtime, target)
+        return graph.get_nodes()
+
+    saved = tfonnx.rewrite_quantize_and_dequantize
+    tfonnx.rewrite_quantize_and_dequantize = rewrite
+    try:
+        yield
+    finally:
+        tfonnx.rewrite_quantize_and_dequantize = saved
+
+
+def _constant(graph_node, what, node):
+    if not graph_node.is_const():
+        raise ValueError(f"to_onnx: the {what} of {node.type} node {node.name!r} is not a constant; "
+                         "ONNX needs constant quantization ranges (freeze the variables, or calibrate/train and "
+                         "export the Keras model)")
+    return np.asarray(graph_node.get_tensor_value(as_list=False))
+
+
+def _rewrite_one(graph, node, runtime, target):
+    """One QuantizeAndDequantizeV2/V3/V4 node -> QuantizeLinear + DequantizeLinear."""
+    num_bits = (int(_constant(node.inputs[3], "num_bits", node)) if node.type.endswith("V3")
+                else node.get_attr_value("num_bits", 8))
+    signed = bool(node.get_attr_value("signed_input", 1))
+    narrow = bool(node.get_attr_value("narrow_range", 0))
+    axis = node.get_attr_value("axis", -1)
+    range_given = node.get_attr_value("range_given", 1 if node.type.endswith("V3") else 0)
+    if not range_given:
+        raise ValueError(f"to_onnx: {node.type} node {node.name!r} measures its range from its input at run time; "
+                         "ONNX needs a constant range")
+    target._check_width(num_bits, f"{node.type} node {node.name!r}")
+    lo = _constant(node.inputs[1], "input_min", node)
+    hi = _constant(node.inputs[2], "input_max", node)
+    inv = _grid.step(lo, hi, num_bits, signed, narrow)
+    if not np.all(inv > 0):
+        raise ValueError(f"to_onnx: {node.type} node {node.name!r} has a degenerate range (no grid step)")
+    zero_point = _onnx_passes.zero_point(num_bits, signed, runtime, inv.shape)
+    scale = _make_const(graph, "qdq_scale", inv)
+    zp = _make_const(graph, _onnx_passes.zero_point_name(num_bits, signed, runtime), zero_point)
+    attrs = {} if axis == -1 else {"axis": int(axis)}
+    shape, dtype = graph.get_shape(node.output[0]), graph.get_dtype(node.output[0])
+    source = node.input[0]
+    graph.remove_node(node.name)
+    quantize = graph.make_node("QuantizeLinear", [source, scale, zp], attr=attrs, shapes=[shape],
+                               dtypes=[_onnx_passes.onnx_type(zero_point)])
+    graph.make_node("DequantizeLinear", [quantize.output[0], scale, zp], attr=attrs, outputs=[node.output[0]],
+                    shapes=[shape], dtypes=[dtype])
+
+
+def _make_const(graph, prefix, value):
+    from tf2onnx import utils
+
+    return graph.make_const(utils.make_name(prefix), value).output[0]

@@ -1,0 +1,117 @@
+"""Where quantizers go: the placement schemes of ``quantize_model``.
+
+A runtime runs an op in integer arithmetic when every tensor it reads and writes carries a
+quantization range. Schemes are rules over the layer graph that say which tensors get an
+activation quantizer (one per tensor, shared by all its consumers):
+
+``"default"`` (deploys to ONNX Runtime and TFLite):
+  * the inputs of weighted layers (the model input included) and of merge layers (Add,
+    Subtract, Multiply, Average, Maximum, Minimum, Concatenate): ONNX Runtime forms QLinearConv,
+    QGemm, QLinearAdd, QLinearConcat, QLinearMul only with a DequantizeLinear on each input;
+  * the outputs of weighted and merge layers, taken after the activation that runtimes fuse
+    into them (a following ReLU/ReLU6, or a BatchNormalization that is folded): both runtimes
+    need a quantized output to keep the op in int8, and ONNX Runtime drops a ReLU/Clip whose
+    following quantizer already clips at 0 (and 6).
+``"tensorrt"``:
+  * TensorRT's explicit-quantization rules (and NVIDIA's TensorFlow toolkit): quantizers on
+    the inputs of weighted layers and on the inputs of Add only; TensorRT propagates scales
+    through the rest and fuses the outputs itself.
+
+A quantizer whose tensor can never be negative (after ReLU/ReLU6/sigmoid/softmax, through
+pooling or reshaping) uses an unsigned grid: twice the resolution, and exact for ReLU.
+"""
+
+import keras
+
+from tensorflow_qdq.keras import _weights
+
+SCHEMES = ("default", "tensorrt")
+
+_L = keras.layers
+MERGE_LAYERS = (_L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum, _L.Concatenate)
+# Layers that move values without computing new ones: a quantized input stays on its grid.
+PASSTHROUGH_LAYERS = (
+    _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D, _L.Reshape, _L.Flatten, _L.Permute,
+    _L.Dropout, _L.SpatialDropout1D, _L.SpatialDropout2D, _L.SpatialDropout3D, _L.GaussianDropout,
+    _L.AlphaDropout, _L.ZeroPadding1D, _L.ZeroPadding2D, _L.ZeroPadding3D, _L.Cropping1D, _L.Cropping2D,
+    _L.Cropping3D, _L.UpSampling1D, _L.RepeatVector, _L.Identity, _L.ActivityRegularization,
+    _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D, _L.GlobalMaxPooling3D,
+)
+# Activations whose output is never negative (an unsigned grid is exact).
+NON_NEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "softmax", "hard_sigmoid", "exponential")
+# Activations that ONNX Runtime and TFLite fuse into the op before them.
+FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
+# Layers that are never quantized, each with the reason the report gives.
+FLOAT_REASONS = {
+    _L.LSTM: "recurrent kernels are not quantized (LSTM)",
+    _L.GRU: "recurrent kernels are not quantized (GRU)",
+    _L.SimpleRNN: "recurrent kernels are not quantized (SimpleRNN)",
+    _L.RNN: "recurrent cells are not quantized",
+    _L.Bidirectional: "recurrent kernels are not quantized (Bidirectional)",
+    _L.BatchNormalization: "BatchNormalization that does not follow a foldable layer stays float",
+    _L.LayerNormalization: "normalization layers stay float",
+    _L.GroupNormalization: "normalization layers stay float",
+    _L.Normalization: "preprocessing stays float",
+}
+
+
+def check_scheme(scheme):
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme={scheme!r} is not one of {', '.join(map(repr, SCHEMES))}")
+    return scheme
+
+
+def is_weighted(layer):
+    return _weights.weight_specs(layer) is not None or isinstance(layer, _L.MultiHeadAttention)
+
+
+def is_merge(layer):
+    return isinstance(layer, MERGE_LAYERS)
+
+
+def activation_of(layer):
+    """The activation a layer applies last: its ``activation`` argument, or what an
+    Activation/ReLU layer computes ("relu6" for ReLU(max_value=6)); None if unknown."""
+    if isinstance(layer, _L.ReLU):
+        plain = float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
+        if not plain:
+            return None
+        if layer.max_value is None:
+            return "relu"
+        return "relu6" if float(layer.max_value) == 6.0 else None
+    if isinstance(layer, _L.Activation):
+        return _weights.activation_name(layer)
+    return _weights.activation_name(layer)
+
+
+def is_fusable_activation(layer):
+    return isinstance(layer, (_L.ReLU, _L.Activation)) and activation_of(layer) in FUSABLE_ACTIVATIONS
+
+
+def is_non_negative(layer):
+    """Whether every output value of ``layer`` is >= 0 whatever its input."""
+    if isinstance(layer, (_L.ReLU, _L.Activation)) or is_weighted(layer):
+        return activation_of(layer) in NON_NEGATIVE_ACTIVATIONS
+    return False
+
+
+def is_passthrough(layer):
+    return isinstance(layer, PASSTHROUGH_LAYERS)
+
+
+def quantizes_inputs(layer, scheme):
+    if isinstance(layer, _L.Embedding):
+        return False  # integer token ids
+    if scheme == "tensorrt":
+        return is_weighted(layer) or isinstance(layer, _L.Add)
+    return is_weighted(layer) or is_merge(layer)
+
+
+def quantizes_output(layer, scheme):
+    """Whether the output of ``layer`` (or of its fused tail) gets a quantizer."""
+    if scheme == "tensorrt" or isinstance(layer, _L.Embedding):
+        return False
+    if not (is_weighted(layer) or is_merge(layer)):
+        return False
+    # A fixed-range activation (softmax, sigmoid): the runtimes give it a fixed output grid.
+    return activation_of(layer) not in ("softmax", "sigmoid")

@@ -1,0 +1,235 @@
+"""QuantizeWrapper: any weighted Keras layer with per-channel quantized weights, and the
+BatchNorm fold for quantization-aware training.
+
+The wrapper keeps the float layer (and its variables) inside, and calls the layer's own
+``call`` with its weight attributes swapped for quantized tensors (see ``_weights``), so
+built-in layers and their subclasses compute exactly what they compute in float.
+
+BatchNorm fold (``batch_norm=``: the config of the BatchNormalization that followed the
+layer), the fold of PyTorch's ConvBn modules and of Jacob et al. (2018):
+
+* weights are scaled by ``f = gamma / sqrt(moving_variance + epsilon)`` per output channel
+  and then quantized, so training sees the weights that will be deployed;
+* while training (until ``freeze_bn_delay`` training steps have run, or always if it is
+  None), the output is unscaled (``y / f + bias``), normalized with the *batch* statistics,
+  which also update the moving statistics: BatchNorm trains as it did in float;
+* in inference, after the delay, and in exports: ``y + beta + (bias - moving_mean) * f``,
+  one layer with a bias and no BatchNormalization.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from tensorflow_qdq.keras import _deploy, _weights
+from tensorflow_qdq.keras._layer import QuantizeAndDequantize, _check_num_bits
+from tensorflow_qdq.keras._weights import activation_name
+
+
+@keras.saving.register_keras_serializable(package="tensorflow_qdq")
+class QuantizeWrapper(keras.layers.Wrapper):
+    """Wraps a weighted Keras layer so its weights are quantized per output channel.
+
+    Args:
+      layer: a Dense, Conv1D/2D/3D, Conv*Transpose, DepthwiseConv1D/2D, SeparableConv1D/2D,
+        EinsumDense or Embedding layer (or a subclass whose ``call`` reads the same weight
+        attributes).
+      weight_bits: bits of the weight grid (signed, symmetric narrow range, per output
+        channel, range measured from the weight at every call), or None for float weights.
+      batch_norm: the config of a BatchNormalization layer folded into this one (see the
+        module docstring), or None.
+      freeze_bn_delay: training steps after which the folded BatchNorm stops using batch
+        statistics (None: never while training).
+      input_bits: if set, the wrapper also quantizes its input (per tensor, tracked range);
+        ``quantize_model`` places input quantizers in the graph instead and leaves this None.
+    """
+
+    def __init__(self, layer, weight_bits=8, batch_norm=None, freeze_bn_delay=None, input_bits=None, **kwargs):
+        kwargs.setdefault("name", f"{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.specs = _weights.weight_specs(layer)
+        if self.specs is None:
+            raise ValueError(
+                f"QuantizeWrapper: layer {layer.name!r} ({type(layer).__name__}) has no weights that tensorflow-qdq "
+                "knows how to quantize; supported: Dense, EinsumDense, Embedding, Conv*, Conv*Transpose, "
+                "DepthwiseConv*, SeparableConv* and their subclasses"
+            )
+        self.weight_bits = None if weight_bits is None else _check_num_bits(weight_bits, _weights.WEIGHT_SIGNED)
+        if freeze_bn_delay is not None and (isinstance(freeze_bn_delay, bool) or int(freeze_bn_delay) < 0):
+            raise ValueError(f"freeze_bn_delay={freeze_bn_delay!r} must be None or a number of steps >= 0")
+        self.freeze_bn_delay = None if freeze_bn_delay is None else int(freeze_bn_delay)
+        self.batch_norm = None
+        if batch_norm is not None:
+            if not any(s.folds_batch_norm for s in self.specs):
+                raise ValueError(f"QuantizeWrapper: a BatchNormalization cannot be folded into {type(layer).__name__}")
+            if activation_name(layer) not in (None, "linear"):
+                raise ValueError(f"QuantizeWrapper: {layer.name!r} has an activation; a BatchNorm after it cannot fold")
+            self.batch_norm = keras.layers.BatchNormalization.from_config(dict(batch_norm))
+        self.input_bits = input_bits
+        self.input_quantizer = None
+        if input_bits is not None:
+            self.input_quantizer = QuantizeAndDequantize(num_bits=input_bits, range_mode="tracked", name="input_quantizer")
+
+    # -- building ---------------------------------------------------------------------------
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        if self.input_quantizer is not None:
+            self.input_quantizer.build(input_shape)
+        if self.batch_norm is not None:
+            self.batch_norm.build(self.layer.compute_output_shape(input_shape))
+            self.fold_steps = self.add_weight(name="fold_steps", shape=(), dtype="int64", initializer="zeros",
+                                              trainable=False, autocast=False)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    # -- the weights --------------------------------------------------------------------------
+
+    def _fold_factor(self):
+        """gamma / sqrt(moving_variance + epsilon), per output channel."""
+        bn = self.batch_norm
+        factor = ops.rsqrt(ops.add(bn.moving_variance, bn.epsilon))
+        return factor if bn.gamma is None else ops.multiply(bn.gamma, factor)
+
+    def float_weights(self):
+        """{attr: float weight as the layer computes with it (BatchNorm folded in)}, and the bias
+        to add after the layer's linear part (folded with the moving statistics), or None."""
+        out = {}
+        factor = self._fold_factor() if self.batch_norm is not None else None
+        for spec in self.specs:
+            w = ops.convert_to_tensor(getattr(self.layer, spec.attr))
+            if factor is not None and spec.folds_batch_norm:
+                w = ops.multiply(w, _along(factor, spec.axes(len(w.shape)), len(w.shape), w.shape))
+            out[spec.attr] = w
+        bias = getattr(self.layer, "bias", None)
+        bias = None if bias is None else ops.convert_to_tensor(bias)
+        if factor is not None:
+            bn = self.batch_norm
+            shift = ops.negative(ops.multiply(bn.moving_mean, factor))
+            if bias is not None:
+                shift = ops.add(shift, ops.multiply(bias, factor))
+            bias = shift if bn.beta is None else ops.add(shift, bn.beta)
+        return out, bias
+
+    # -- calling ------------------------------------------------------------------------------
+
+    def call(self, inputs, training=None):
+        if self.input_quantizer is not None:
+            inputs = self.input_quantizer(inputs, training=training)
+        target = _deploy.current_target()
+        if target is not None:
+            return self._deploy_call(inputs, target)
+        weights, bias = self.float_weights()
+        if self.weight_bits is not None:
+            weights = {spec.attr: _weights.quantize_weight(weights[spec.attr], spec.channel_axes, self.weight_bits)
+                       for spec in self.specs}
+        y = self._linear(inputs, weights)
+        if self.batch_norm is not None and training:
+            frozen = lambda: self._add_bias(y, bias)  # noqa: E731
+            if self.freeze_bn_delay is None:
+                y = self._batch_statistics(y)
+            else:
+                y = tf.cond(self.fold_steps < self.freeze_bn_delay, lambda: self._batch_statistics(y), frozen)
+            self.fold_steps.assign_add(1)
+        else:
+            y = self._add_bias(y, bias)
+        return self._activate(y)
+
+    def _linear(self, inputs, weights):
+        """The layer's own call with the given weights, without bias and activation."""
+        values = dict(weights, bias=None, activation=None)
+        if hasattr(self.layer, "use_bias"):
+            values["use_bias"] = False
+        with _weights.swapped(self.layer, values):
+            return self.layer.call(inputs)
+
+    def _activate(self, y):
+        activation = getattr(self.layer, "activation", None)
+        return y if activation is None else activation(y)
+
+    def _add_bias(self, y, bias):
+        if bias is None:
+            return y
+        bias = ops.cast(bias, y.dtype)
+        if _weights.output_channel_axis(self.layer) == 1:
+            return ops.add(y, ops.reshape(bias, (1, -1) + (1,) * (len(y.shape) - 2)))
+        if len(bias.shape) == 1 and len(y.shape) >= 2:
+            return tf.nn.bias_add(y, bias)  # one op that converters fuse into the conv/gemm
+        return ops.add(y, bias)
+
+    def _batch_statistics(self, y):
+        """Training before the freeze: undo the fold scale, then BatchNorm with batch statistics."""
+        bn = self.batch_norm
+        axis = _weights.output_channel_axis(self.layer) % len(y.shape)
+        factor = self._fold_factor()
+        # A zero factor (gamma = 0) zeroed that channel's weights; dividing by 1 instead gives
+        # the exact output (the channel's output is beta whatever the statistics).
+        safe = ops.where(ops.equal(factor, 0.0), ops.ones_like(factor), factor)
+        shape = [1] * len(y.shape)
+        shape[axis] = -1
+        y = ops.divide(y, ops.cast(ops.reshape(safe, shape), y.dtype))
+        bias = getattr(self.layer, "bias", None)
+        if bias is not None:
+            y = ops.add(y, ops.cast(ops.reshape(bias, shape), y.dtype))
+        reduce = [a for a in range(len(y.shape)) if a != axis]
+        mean, variance = ops.moments(ops.cast(y, "float32"), axes=reduce)
+        m = bn.momentum
+        bn.moving_mean.assign(ops.add(ops.multiply(bn.moving_mean, m), ops.multiply(mean, 1.0 - m)))
+        bn.moving_variance.assign(ops.add(ops.multiply(bn.moving_variance, m), ops.multiply(variance, 1.0 - m)))
+        scale = ops.rsqrt(ops.add(variance, bn.epsilon))
+        if bn.gamma is not None:
+            scale = ops.multiply(scale, bn.gamma)
+        offset = ops.negative(ops.multiply(mean, scale))
+        if bn.beta is not None:
+            offset = ops.add(offset, bn.beta)
+        y = ops.add(ops.multiply(y, ops.cast(ops.reshape(scale, shape), y.dtype)),
+                    ops.cast(ops.reshape(offset, shape), y.dtype))
+        return y
+
+    def _deploy_call(self, inputs, target):
+        """Export trace: the folded weights and bias as constants, weights through the target."""
+        with tf.init_scope():
+            weights, bias = self.float_weights()
+            weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+            bias = None if bias is None else np.asarray(bias, np.float32)
+        emitted = {}
+        for spec in self.specs:
+            w = weights[spec.attr]
+            if self.weight_bits is None:
+                emitted[spec.attr] = tf.constant(w)
+            else:
+                emitted[spec.attr] = target.weight(w, spec.axes(w.ndim), self.weight_bits, self.name)
+        y = self._linear(inputs, emitted)
+        y = self._add_bias(y, None if bias is None else tf.constant(bias))
+        return self._activate(y)
+
+    # -- config -------------------------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            weight_bits=self.weight_bits,
+            batch_norm=None if self.batch_norm is None else self.batch_norm.get_config(),
+            freeze_bn_delay=self.freeze_bn_delay,
+            input_bits=self.input_bits,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"], custom_objects=custom_objects)
+        return cls(**config)
+
+
+def _along(vector, axes, rank, shape):
+    """``vector`` (one value per output channel, the channels being ``axes`` of a weight of
+    that rank, merged in order) reshaped to broadcast against the weight."""
+    target = [1] * rank
+    for a in axes:
+        target[a] = int(shape[a])
+    return ops.reshape(vector, target)

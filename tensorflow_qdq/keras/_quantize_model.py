@@ -258,9 +258,13 @@ class _Rebuild:
         if isinstance(layer, _L.MultiHeadAttention):
             return QuantizedMultiHeadAttention.from_float(fresh, weight_bits=bits,
                                                           activation_bits=self.options["activation_bits"])
+        unfused = (self.options["scheme"] == "default"
+                   and _placement.activation_of(layer) not in (None, *_placement.FUSABLE_ACTIVATIONS))
         return QuantizeWrapper(
             fresh, weight_bits=bits, batch_norm=None if batch_norm is None else batch_norm.get_config(),
             freeze_bn_delay=self.options["freeze_bn_delay"], name=layer.name,
+            output_bits=self.options["activation_bits"] if unfused and not isinstance(layer, _L.Embedding) else None,
+            momentum=self.options["momentum"],
         )
 
     @staticmethod

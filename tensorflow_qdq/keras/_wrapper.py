@@ -43,9 +43,13 @@ class QuantizeWrapper(keras.layers.Wrapper):
         statistics (None: never while training).
       input_bits: if set, the wrapper also quantizes its input (per tensor, tracked range);
         ``quantize_model`` places input quantizers in the graph instead and leaves this None.
+      output_bits: if set, the output is quantized (per tensor, tracked range) after the bias and
+        before the layer's activation: ``quantize_model`` sets it when that activation is one no
+        runtime fuses into the op (softmax, sigmoid, gelu, ...), so the op itself stays integer.
     """
 
-    def __init__(self, layer, weight_bits=8, batch_norm=None, freeze_bn_delay=None, input_bits=None, **kwargs):
+    def __init__(self, layer, weight_bits=8, batch_norm=None, freeze_bn_delay=None, input_bits=None,
+                 output_bits=None, momentum=0.99, **kwargs):
         kwargs.setdefault("name", f"{layer.name}")
         super().__init__(layer, **kwargs)
         self.specs = _weights.weight_specs(layer)
@@ -66,10 +70,14 @@ class QuantizeWrapper(keras.layers.Wrapper):
             if activation_name(layer) not in (None, "linear"):
                 raise ValueError(f"QuantizeWrapper: {layer.name!r} has an activation; a BatchNorm after it cannot fold")
             self.batch_norm = keras.layers.BatchNormalization.from_config(dict(batch_norm))
-        self.input_bits = input_bits
-        self.input_quantizer = None
+        self.input_bits, self.output_bits, self.momentum = input_bits, output_bits, momentum
+        self.input_quantizer = self.output_quantizer = None
         if input_bits is not None:
-            self.input_quantizer = QuantizeAndDequantize(num_bits=input_bits, range_mode="tracked", name="input_quantizer")
+            self.input_quantizer = QuantizeAndDequantize(num_bits=input_bits, range_mode="tracked", momentum=momentum,
+                                                         name="input_quantizer")
+        if output_bits is not None:
+            self.output_quantizer = QuantizeAndDequantize(num_bits=output_bits, range_mode="tracked",
+                                                          momentum=momentum, name="output_quantizer")
 
     # -- building ---------------------------------------------------------------------------
 
@@ -78,6 +86,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             self.layer.build(input_shape)
         if self.input_quantizer is not None:
             self.input_quantizer.build(input_shape)
+        if self.output_quantizer is not None:
+            self.output_quantizer.build(self.layer.compute_output_shape(input_shape))
         if self.batch_norm is not None:
             self.batch_norm.build(self.layer.compute_output_shape(input_shape))
             self.fold_steps = self.add_weight(name="fold_steps", shape=(), dtype="int64", initializer="zeros",
@@ -137,7 +147,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             self.fold_steps.assign_add(1)
         else:
             y = self._add_bias(y, bias)
-        return self._activate(y)
+        return self._activate(y, training)
 
     def _linear(self, inputs, weights):
         """The layer's own call with the given weights, without bias and activation."""
@@ -147,7 +157,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
         with _weights.swapped(self.layer, values):
             return self.layer.call(inputs)
 
-    def _activate(self, y):
+    def _activate(self, y, training=None):
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y, training=training)
         activation = getattr(self.layer, "activation", None)
         return y if activation is None else activation(y)
 
@@ -216,6 +228,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             batch_norm=None if self.batch_norm is None else self.batch_norm.get_config(),
             freeze_bn_delay=self.freeze_bn_delay,
             input_bits=self.input_bits,
+            output_bits=self.output_bits,
+            momentum=self.momentum,
         )
         return config
 

@@ -34,8 +34,8 @@ class OnnxTarget:
                              f"{', '.join(map(str, _WIDTHS))} bits only; quantize it to one of those widths")
         self.widths.add(num_bits)
 
-    def weight(self, weight, channel_axes, num_bits, layer_name):
-        self._check_width(num_bits, f"the weights of layer {layer_name!r}")
+    def weight(self, weight, channel_axes, num_bits, layer):
+        self._check_width(num_bits, f"the weights of layer {layer.name!r}")
         amax = _grid.channel_amax(weight, channel_axes)
         # An all-zero channel has no range; any positive one gives it the same (zero) codes.
         amax = np.where(amax > 0, amax, np.float32(1.0)).astype(np.float32)

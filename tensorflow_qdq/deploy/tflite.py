@@ -1,14 +1,14 @@
 """to_tflite: a full-integer TFLite model with the ranges learned in quantization-aware training.
 
-The model is traced with each quantizer as ``FakeQuantWithMinMaxVars`` (activations) and its
-weights as constants on their per-channel grid (``FakeQuantWithMinMaxVarsPerChannel`` where
-the converter accepts it: conv and depthwise kernels), the form the TFLite converter turns
-into int8 kernels with int32 biases. The symmetric grid of a quantizer maps exactly onto
+The model is traced with each activation quantizer as ``FakeQuantWithMinMaxVars`` and its
+weights as constants on their per-channel grid, the form the TFLite converter turns into int8
+kernels with per-channel int8 weights and int32 biases. The symmetric grid of a quantizer maps exactly onto
 FakeQuant's: a signed range with step s is [-128 s, 127 s] (zero point 128 on 0..255).
 """
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from tensorflow_qdq.deploy import _grid, _trace
 
@@ -17,11 +17,11 @@ _BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
 
 
 class TFLiteTarget:
-    """Emits FakeQuant ops and on-grid constants for the TFLite converter (see module doc)."""
+    """Emits FakeQuant ops (activations) and on-grid constants (weights) for the TFLite converter."""
 
-    def weight(self, weight, channel_axes, num_bits, layer_name):
+    def weight(self, weight, channel_axes, num_bits, layer):
         if num_bits != 8:
-            raise ValueError(f"to_tflite: the weights of layer {layer_name!r} are quantized to {num_bits} bits; "
+            raise ValueError(f"to_tflite: the weights of layer {layer.name!r} are quantized to {num_bits} bits; "
                              "TFLite's integer kernels take 8-bit weights (export with to_onnx, or quantize to 8 bits)")
         amax = _grid.channel_amax(weight, channel_axes)
         inv = _grid.step(-amax, amax, 8, True, True)
@@ -32,19 +32,9 @@ class TFLiteTarget:
         # The op's arithmetic in float32: round(w * scale) * step, so the constant equals the
         # kernel's fake-quantized weight bit for bit.
         on_grid = (np.rint(weight * scale.reshape(shape)) * inv.reshape(shape)).astype(np.float32)
-        rank = weight.ndim
-        safe = np.where(inv > 0, inv, np.float32(1)).astype(np.float32)
-        if rank in (3, 4) and channel_axes == (rank - 1,):  # Conv1D/Conv2D kernels
-            return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                tf.constant(on_grid), -127 * safe, 127 * safe, num_bits=8, narrow_range=True)
-        if rank == 4 and channel_axes == (2, 3):  # depthwise (h, w, in, multiplier): channels merged
-            merged = on_grid.reshape(on_grid.shape[:2] + (-1,))
-            quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                tf.constant(merged), -127 * safe, 127 * safe, num_bits=8, narrow_range=True)
-            return tf.reshape(quantized, on_grid.shape)
-        # Dense, EinsumDense, transposed convs: the converter rejects a per-channel FakeQuant
-        # that reaches the kernel through a transpose, and picks max|w_c| / 127 per channel
-        # itself, which is exactly this grid.
+        # No FakeQuant on weights: the converter rejects a per-channel FakeQuant that reaches a
+        # kernel through a reshape or transpose (Conv1D, Dense, depthwise, transposed convs), and
+        # for a constant it picks max|w_c| / 127 per output channel itself, which is this grid.
         return tf.constant(on_grid)
 
     def activation(self, x, quantizer, lo, hi):
@@ -68,7 +58,10 @@ def integer_tflite(model, *, allow_float_ops=False):
     """The full-integer flatbuffer of a quantization-aware Keras model (see to_tflite)."""
     _trace.check_quantized(model, "to_tflite")
     _, concrete = _trace.trace(model, TFLiteTarget())
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    # Variables the quantizers do not own (LayerNormalization, an unfolded BatchNorm) become
+    # constants: left as resource variables they would stay float READ_VARIABLE ops.
+    frozen = convert_variables_to_constants_v2(concrete)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     flatbuffer = converter.convert()
     float_ops = float_compute_ops(flatbuffer)

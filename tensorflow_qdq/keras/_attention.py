@@ -32,8 +32,8 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
     def from_float(cls, layer, weight_bits=8, activation_bits=8):
         return cls.from_config({**layer.get_config(), "weight_bits": weight_bits, "activation_bits": activation_bits})
 
-    def build(self, *args, **kwargs):
-        super().build(*args, **kwargs)
+    def build(self, query_shape, value_shape, key_shape=None):
+        super().build(query_shape, value_shape, key_shape)
         self.context_quantizer.build((None,))
 
     def copy_float_weights(self, layer):
@@ -47,7 +47,7 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
             return _weights.quantize_weight(dense.kernel, axes, self.weight_bits)
         with tf.init_scope():
             kernel = np.asarray(dense.kernel, np.float32)
-        return target.weight(kernel, tuple(a % kernel.ndim for a in axes), self.weight_bits, f"{self.name}/{dense.name}")
+        return target.weight(kernel, tuple(a % kernel.ndim for a in axes), self.weight_bits, dense)
 
     def call(self, query, value, key=None, training=None, **kwargs):
         dense_layers = [getattr(self, name) for name in _PROJECTIONS]

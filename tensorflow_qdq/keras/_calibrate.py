@@ -22,8 +22,9 @@ def calibrate(model, data, method="max", num_batches=None, *, batch_size=32, ver
     Args:
       model: a model from ``quantize_model`` (or any model with ``QuantizeAndDequantize`` layers
         whose ``range_mode`` is ``"tracked"``).
-      data: a NumPy array or tensor of inputs (split into ``batch_size`` batches), a
-        ``tf.data.Dataset``, or any iterable of batches; a batch may be an ``(x, y)`` or
+      data: a NumPy array or tensor of inputs (a list of them for a model with several
+        inputs), split into ``batch_size`` batches; or a ``tf.data.Dataset`` or any iterable of
+        batches; a batch may be an ``(x, y)`` or
         ``(x, y, sample_weight)`` tuple, of which ``x`` is used.
       method: ``"max"`` (min/max of everything seen), ``"percentile"`` (``percentile=99.99`` of
         |x|), ``"mse"`` (range minimizing the quantization error) or ``"entropy"`` (TensorRT's
@@ -83,18 +84,30 @@ def _first(batch):
     return batch[0] if isinstance(batch, tuple) else batch
 
 
-def _batches(data, batch_size):
+def _arrays(data):
+    """A NumPy array or tensor, or a list/tuple of them (one per model input), else None."""
     if isinstance(data, (np.ndarray, tf.Tensor)):
-        for start in range(0, len(data), batch_size):
-            yield data[start:start + batch_size]
+        return data
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, (np.ndarray, tf.Tensor)) for d in data):
+        return list(data)
+    return None
+
+
+def _batches(data, batch_size):
+    arrays = _arrays(data)
+    if arrays is not None:
+        n = len(tf.nest.flatten(arrays)[0])
+        for start in range(0, n, batch_size):
+            yield tf.nest.map_structure(lambda a: a[start:start + batch_size], arrays)
         return
     for batch in data:
         yield _first(batch)
 
 
 def _length(data, batch_size):
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        return -(-len(data) // batch_size)
+    arrays = _arrays(data)
+    if arrays is not None:
+        return -(-len(tf.nest.flatten(arrays)[0]) // batch_size)
     if isinstance(data, tf.data.Dataset):
         n = int(data.cardinality())
         return n if n >= 0 else None

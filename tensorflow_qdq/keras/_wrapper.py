@@ -27,6 +27,9 @@ from tensorflow_qdq.keras._layer import QuantizeAndDequantize, _check_num_bits
 from tensorflow_qdq.keras._weights import activation_name
 
 
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+
+
 @keras.saving.register_keras_serializable(package="tensorflow_qdq")
 class QuantizeWrapper(keras.layers.Wrapper):
     """Wraps a weighted Keras layer so its weights are quantized per output channel.
@@ -78,6 +81,13 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if output_bits is not None:
             self.output_quantizer = QuantizeAndDequantize(num_bits=output_bits, range_mode="tracked",
                                                           momentum=momentum, name="output_quantizer")
+        # A separable conv is a depthwise and a pointwise conv: the tensor between them needs a
+        # range too, or no runtime keeps the pair in integer arithmetic.
+        self.intermediate_quantizer = None
+        if isinstance(layer, _SEPARABLE) and self.weight_bits is not None:
+            self.intermediate_quantizer = QuantizeAndDequantize(
+                num_bits=8 if input_bits is None else input_bits, range_mode="tracked", momentum=momentum,
+                name="intermediate_quantizer")
 
     # -- building ---------------------------------------------------------------------------
 
@@ -88,6 +98,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             self.input_quantizer.build(input_shape)
         if self.output_quantizer is not None:
             self.output_quantizer.build(self.layer.compute_output_shape(input_shape))
+        if self.intermediate_quantizer is not None:
+            self.intermediate_quantizer.build(input_shape)
         if self.batch_norm is not None:
             self.batch_norm.build(self.layer.compute_output_shape(input_shape))
             self.fold_steps = self.add_weight(name="fold_steps", shape=(), dtype="int64", initializer="zeros",
@@ -137,7 +149,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if self.weight_bits is not None:
             weights = {spec.attr: _weights.quantize_weight(weights[spec.attr], spec.channel_axes, self.weight_bits)
                        for spec in self.specs}
-        y = self._linear(inputs, weights)
+        y = self._linear(inputs, weights, training)
         if self.batch_norm is not None and training:
             frozen = lambda: self._add_bias(y, bias)  # noqa: E731
             if self.freeze_bn_delay is None:
@@ -149,13 +161,23 @@ class QuantizeWrapper(keras.layers.Wrapper):
             y = self._add_bias(y, bias)
         return self._activate(y, training)
 
-    def _linear(self, inputs, weights):
+    def _linear(self, inputs, weights, training=None):
         """The layer's own call with the given weights, without bias and activation."""
+        if self.intermediate_quantizer is not None:
+            return self._separable(inputs, weights, training)
         values = dict(weights, bias=None, activation=None)
         if hasattr(self.layer, "use_bias"):
             values["use_bias"] = False
         with _weights.swapped(self.layer, values):
             return self.layer.call(inputs)
+
+    def _separable(self, inputs, weights, training):
+        """SeparableConv as its two convolutions with the intermediate tensor quantized."""
+        layer = self.layer
+        y = ops.depthwise_conv(inputs, weights["depthwise_kernel"], strides=layer.strides, padding=layer.padding,
+                               data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+        y = self.intermediate_quantizer(y, training=training)
+        return ops.conv(y, weights["pointwise_kernel"], strides=1, padding="valid", data_format=layer.data_format)
 
     def _activate(self, y, training=None):
         if self.output_quantizer is not None:
@@ -214,7 +236,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             if self.weight_bits is None:
                 emitted[spec.attr] = tf.constant(w)
             else:
-                emitted[spec.attr] = target.weight(w, spec.axes(w.ndim), self.weight_bits, self.name)
+                emitted[spec.attr] = target.weight(w, spec.axes(w.ndim), self.weight_bits, self.layer)
         y = self._linear(inputs, emitted)
         y = self._add_bias(y, None if bias is None else tf.constant(bias))
         return self._activate(y)

@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
-if ! python -c "import tensorflow, pytest, hypothesis, sklearn, matplotlib, ml_dtypes, pybind11" 2>/dev/null; then
+if ! python -c "import tensorflow, pytest, hypothesis, sklearn, matplotlib, ml_dtypes, pybind11, tf2onnx, onnxruntime, ai_edge_litert" 2>/dev/null; then
   say "installing $TF_SPEC and the test/demo dependencies (first run only)"
   quiet_pip install -q --disable-pip-version-check "$TF_SPEC" -r "$ROOT/requirements-dev.txt"
 fi

@@ -18,13 +18,18 @@ def current_target():
 
 
 @contextlib.contextmanager
-def tracing_for(target):
-    previous = current_target()
-    _state.target = target
+def _installed(key, value):
+    """Sets one thread-local switch for the duration of a block, restoring the previous one."""
+    previous = getattr(_state, key, None)
+    setattr(_state, key, value)
     try:
-        yield target
+        yield value
     finally:
-        _state.target = previous
+        setattr(_state, key, previous)
+
+
+def tracing_for(target):
+    return _installed("target", target)
 
 
 def calibration_observer():
@@ -33,11 +38,5 @@ def calibration_observer():
     return getattr(_state, "observer", None)
 
 
-@contextlib.contextmanager
 def calibration_pass(observe):
-    previous = calibration_observer()
-    _state.observer = observe
-    try:
-        yield
-    finally:
-        _state.observer = previous
+    return _installed("observer", observe)

@@ -259,13 +259,14 @@ def markdown(rows, info, load_before, load_after, mode, elapsed):
     ])
 
 
-def write_results(path, section):
-    """Replaces only the CPU section of RESULTS.md (other sections, e.g. the GPU one, stay)."""
+def write_results(path, section, begin=BEGIN, end=END):
+    """Replaces only one section of RESULTS.md, the one between the ``begin`` and ``end``
+    markers (default: the CPU one; other sections, e.g. the GPU one, stay)."""
     path = Path(path)
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"

@@ -50,9 +50,9 @@ def replica_values(strategy, variable):
 
 def report(strategy, model, losses):
     tracked = {}
-    for layer in (model.get_layer("qdq_in"), model.get_layer("hidden").output_quantizer,
-                  model.get_layer("head").output_quantizer):
-        tracked[layer.name if layer.name == "qdq_in" else layer.path] = {
+    for name in ("qdq_in", "hidden_output_quantizer", "head_output_quantizer"):
+        layer = model.get_layer(name)
+        tracked[name] = {
             "min": replica_values(strategy, layer.tracked_min),
             "max": replica_values(strategy, layer.tracked_max),
             "updates": replica_values(strategy, layer.tracked_updates),

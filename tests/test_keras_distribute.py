@@ -117,7 +117,7 @@ def test_single_device_training_tracks_the_same_ranges(reports):
     assert model.get_layer("qdq_in").tracked_min.numpy() == lo
     assert model.get_layer("qdq_in").tracked_max.numpy() == hi
     mirrored = reports["mirrored"]
-    head = model.get_layer("head").output_quantizer
-    np.testing.assert_allclose(head.tracked_max.numpy(), mirrored["tracked"][head.path]["max"][0], rtol=1e-4)
+    head = model.get_layer("head_output_quantizer")
+    np.testing.assert_allclose(head.tracked_max.numpy(), mirrored["tracked"][head.name]["max"][0], rtol=1e-4)
     for w in model.trainable_weights:
         np.testing.assert_allclose(w.numpy(), mirrored["kernels"][w.path][0], rtol=1e-4, atol=1e-6)

@@ -58,6 +58,15 @@ def _ort_outputs(proto, inputs):
     return session.run(None, feeds)[0]
 
 
+def _ort_optimized_ops(proto, tmp_path):
+    """The op types of ONNX Runtime's optimized graph: where it formed integer kernels."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+
 def _last_step(model):
     """The grid step of the quantizer on the model's output (the bound on an export's error)."""
     for layer in reversed(model.layers):
@@ -77,10 +86,10 @@ def end_to_end(model, tmp_path, batch=4, high=1.0):
     # every layer with a kernel is quantized; no BatchNormalization is left after a foldable layer
     report = {row.name: row for row in quantization_report(q)}
     for layer in _kernel_layers(model):
-        row = report.get(layer.name) or next(r for n, r in report.items() if n.endswith("/" + layer.name))
         if isinstance(layer, keras.layers.EinsumDense) and layer.name.startswith(("query", "key", "value",
                                                                                       "attention_output")):
             continue  # projections inside MultiHeadAttention: reported under the attention layer
+        row = report.get(layer.name) or next(r for n, r in report.items() if n.endswith("/" + layer.name))
         assert row.status == "quantized", row
     wrappers = [la for la in q._flatten_layers(include_self=False) if isinstance(la, QuantizeWrapper)]
     assert wrappers
@@ -115,17 +124,24 @@ def end_to_end(model, tmp_path, batch=4, high=1.0):
     out = _ort_outputs(proto, x)
     step = _last_step(q)
     assert np.max(np.abs(out - expected)) <= step + 1e-6 * np.max(np.abs(expected)), (np.max(np.abs(out - expected)), step)
-    return q, ops, result["bn"]
+    return q, ops, result["bn"], proto
 
 
 def test_mobilenet_v2_end_to_end(tmp_path):
     model = zoo.application("MobileNetV2")
-    q, ops, bn_ops = end_to_end(model, tmp_path)
+    q, ops, bn_ops, proto = end_to_end(model, tmp_path)
     folded = [w for w in q.layers if isinstance(w, QuantizeWrapper) and w.batch_norm is not None]
     assert len(folded) == sum(isinstance(la, keras.layers.BatchNormalization) for la in model.layers)
     assert not any(isinstance(la, keras.layers.BatchNormalization) for la in q.layers)
     assert "BatchNormalization" not in ops and len(bn_ops) == 0
-    assert ops["DequantizeLinear"] > 0
+    # ONNX Runtime runs every convolution, residual Add and the classifier as integer kernels
+    fused = _ort_optimized_ops(proto, tmp_path)
+    convs = sum(isinstance(la, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) for la in model.layers)
+    adds = sum(isinstance(la, keras.layers.Add) for la in model.layers)
+    print("ONNX Runtime's optimized MobileNetV2:", dict(fused))
+    assert fused["QLinearConv"] == convs and "Conv" not in fused, fused
+    assert fused["QLinearAdd"] == adds, fused
+    assert fused["QGemm"] + fused["QLinearMatMul"] == 1, fused
 
 
 @pytest.mark.slow
@@ -133,13 +149,13 @@ def test_mobilenet_v2_end_to_end(tmp_path):
 def test_applications_end_to_end(name, tmp_path):
     model = zoo.application(name)
     high = 255.0 if name in ("ResNet50", "EfficientNetB0", "DenseNet121") else 1.0
-    q, ops, _ = end_to_end(model, tmp_path, high=high)
+    q, ops, _, _ = end_to_end(model, tmp_path, high=high)
     assert ops["DequantizeLinear"] > 0
 
 
 def test_transformer_block_end_to_end(tmp_path):
     model = zoo.transformer_block()
-    q, ops, _ = end_to_end(model, tmp_path)
+    q, ops, _, _ = end_to_end(model, tmp_path)
     assert isinstance(q.get_layer("mha"), QuantizedMultiHeadAttention)
     assert type(q.get_layer("embed")) is QuantizeWrapper
 
@@ -147,6 +163,6 @@ def test_transformer_block_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_conv_zoo_end_to_end(tmp_path):
     model = zoo.conv_zoo()
-    q, ops, bn_ops = end_to_end(model, tmp_path)
+    q, ops, bn_ops, _ = end_to_end(model, tmp_path)
     assert type(q.get_layer("sub_dense").layer).__name__ == "_SubDense"
     assert len(bn_ops) == 0 and "BatchNormalization" not in ops

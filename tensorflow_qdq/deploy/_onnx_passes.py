@@ -3,9 +3,17 @@
 * ``fold_weight_layout``: tf2onnx puts Reshape/Transpose between a weight's
   DequantizeLinear and the Conv (depthwise kernels, NHWC -> NCHW); ONNX Runtime fuses only a
   DequantizeLinear that feeds the op directly. The codes are moved into the final layout.
+* ``quantize_on_grid_weights``: a float weight that already lies on a symmetric per-channel
+  grid (a SavedModel whose weight quantizers were exported as built-in ops and then folded)
+  gets its codes and a per-channel DequantizeLinear; left float, ONNX Runtime would quantize it
+  per tensor by itself and lose precision.
+* ``store_weight_codes``: a QuantizeLinear of a constant (a weight) becomes its integer codes,
+  so the file holds int8 weights and nothing quantizes them at run time.
 * ``quantize_biases``: a Conv/Gemm whose input and weight are dequantized gets its bias as
   int32 codes with scale ``x_scale * w_scale`` (zero point 0): ONNX's QDQ bias convention,
   needed by QGemm without an output quantizer, and what every integer runtime computes.
+* ``layout_before_narrow_quantize``: a 4-bit activation's Reshape/Transpose moves before its
+  QuantizeLinear (equal for a per-tensor grid): ONNX Runtime has no 4-bit Reshape/Transpose.
 * ``retype_narrow_widths``: zero points of 4-bit grids become INT4/UINT4 (opset 21).
 """
 
@@ -45,9 +53,12 @@ def onnx_type(array):
     return _NUMPY_TYPES[array.dtype]
 
 
-def finish(model, opset):
+def finish(model, opset, runtime):
     """All passes, then the opset (onnx's version converter) and the 4-bit types."""
+    quantize_on_grid_weights(model.graph, runtime)
     fold_weight_layout(model.graph)
+    store_weight_codes(model.graph)
+    layout_before_narrow_quantize(model.graph)
     quantize_biases(model.graph)
     current = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset != current:
@@ -186,6 +197,104 @@ def fold_weight_layout(graph):
             graph.node.insert(list(graph.node).index(node), new_dq)
             node.input[index] = new_dq.output[0]
     _prune(graph)
+
+
+# The weight input of each op and the axis of that weight holding output channels, for
+# float weights (MatMul: a [in, out] matrix).
+_FLOAT_WEIGHT_AXIS = dict(_WEIGHT_AXIS, MatMul=(1, 1))
+_GRID_WIDTHS = (8, 4, 16)
+
+
+def quantize_on_grid_weights(graph, runtime):
+    """Float weights on a per-channel symmetric narrow grid -> codes + DequantizeLinear."""
+    g = _Graph(graph)
+    for node in list(graph.node):
+        if node.op_type not in _FLOAT_WEIGHT_AXIS:
+            continue
+        index, axis = _FLOAT_WEIGHT_AXIS[node.op_type]
+        x_dq, weight = g.producer.get(node.input[0]), g.const(node.input[index])
+        if x_dq is None or x_dq.op_type != "DequantizeLinear" or weight is None or weight.dtype != np.float32:
+            continue
+        found = _on_grid(weight, axis)
+        if found is None:
+            continue
+        codes, scale, num_bits = found
+        zp = zero_point(num_bits, True, runtime, scale.shape)
+        stored = (codes.astype(np.int64) + zp.astype(np.int64).reshape(_expand(zp, axis, codes.ndim).shape))
+        prefix = f"qdq_zp_{'u' if zp.dtype.kind == 'u' else 'i'}4" if num_bits == 4 else ""
+        inputs = [g.add_init(stored.astype(zp.dtype), prefix + "_weight_codes" if prefix else node.input[index] + "_codes"),
+                  g.add_init(scale, "w_scale"), g.add_init(zp, prefix or "w_zero_point")]
+        dq = helper.make_node("DequantizeLinear", inputs, [node.input[index] + "_dq"], axis=axis)
+        graph.node.insert(list(graph.node).index(node), dq)
+        node.input[index] = dq.output[0]
+    _prune(graph)
+
+
+def _on_grid(weight, axis):
+    """(codes, scale, bits) if every channel of ``weight`` is codes * (amax / qmax), else None."""
+    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    amax = np.max(np.abs(moved), axis=1)
+    for num_bits in _GRID_WIDTHS:
+        qmax = np.float32(2 ** (num_bits - 1) - 1)
+        scale = np.where(amax > 0, amax / qmax, np.float32(1)).astype(np.float32)
+        codes = np.rint(moved / scale[:, None])
+        # the float32 products codes * scale must give the weights back exactly
+        if np.array_equal((codes * scale[:, None]).astype(np.float32), moved) and np.all(np.abs(codes) <= qmax):
+            shape = (weight.shape[axis],) + tuple(np.delete(weight.shape, axis))
+            return np.moveaxis(codes.reshape(shape), 0, axis).astype(np.int64), scale, num_bits
+    return None
+
+
+def store_weight_codes(graph):
+    """QuantizeLinear(constant) -> DequantizeLinear becomes codes -> DequantizeLinear."""
+    g = _Graph(graph)
+    for dq in list(graph.node):
+        if dq.op_type != "DequantizeLinear" or g.const(dq.input[0]) is not None:
+            continue
+        found = _dequantized_codes(g, dq)
+        if found is None:
+            continue
+        codes = found[0]
+        zp_name = dq.input[2]
+        # 4-bit codes take their zero point's placeholder prefix, so retype_narrow_widths retypes them too
+        prefix = next((p for p in _FOUR_BIT if zp_name.startswith(p)), "")
+        dq.input[0] = g.add_init(codes, prefix + "_weight_codes" if prefix else dq.input[0] + "_codes")
+    _prune(graph)
+
+
+def layout_before_narrow_quantize(graph):
+    """X -> Q -> Reshape/Transpose... -> DQ becomes X -> Reshape/Transpose... -> Q -> DQ for
+    per-tensor 4-bit grids (quantizing each element commutes with moving it)."""
+    while _move_one_layout(graph):
+        pass
+
+
+def _move_one_layout(graph):
+    g = _Graph(graph)
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or not any(q.input[2].startswith(p) for p in _FOUR_BIT):
+            continue
+        scale = g.const(q.input[1])
+        chain, name = [], q.output[0]
+        while len(g.consumers.get(name, [])) == 1 and g.consumers[name][0].op_type in _LAYOUT_OPS:
+            chain.append(g.consumers[name][0])
+            name = chain[-1].output[0]
+        if not chain or scale is None or scale.ndim:
+            continue
+        last = chain[-1].output[0]
+        chain[0].input[0] = q.input[0]  # the layout ops read the float tensor,
+        q.input[0] = last + "_float"  # the quantizer reads their result
+        chain[-1].output[0] = q.input[0]
+        for consumer in g.consumers.get(last, []):
+            consumer.input[:] = [q.output[0] if i == last else i for i in consumer.input]
+        moved = helper.make_node("QuantizeLinear", list(q.input), list(q.output), name=q.name)
+        moved.attribute.extend(q.attribute)
+        nodes = [n for n in graph.node if n is not q]
+        nodes.insert(next(i for i, n in enumerate(nodes) if n.output[0] == q.input[0]) + 1, moved)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        return True
+    return False
 
 
 def quantize_biases(graph):

@@ -116,7 +116,7 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime"):
         opset = 21 if wide else _CONVERT_OPSET
     if wide and opset < 21:
         raise ValueError(f"to_onnx: {sorted(wide)}-bit grids need ONNX opset 21 (INT4/INT16 types), got opset={opset}")
-    proto = _onnx_passes.finish(proto, opset)
+    proto = _onnx_passes.finish(proto, opset, runtime)
     onnx.checker.check_model(proto)
     if path is not None:
         onnx.save(proto, os.fspath(path))

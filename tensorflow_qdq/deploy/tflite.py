@@ -88,8 +88,10 @@ def float_compute_ops(flatbuffer):
 
 
 def _interpreter(flatbuffer):
+    """The ops as converted: without default delegates (XNNPACK would merge them into one)."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:  # pragma: no cover - LiteRT is the maintained interpreter; TF's still works
-        Interpreter = tf.lite.Interpreter
-    return Interpreter(model_content=flatbuffer)
+        Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+    return Interpreter(model_content=flatbuffer,
+                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)

@@ -17,8 +17,11 @@ activation quantizer (one per tensor, shared by all its consumers):
     the inputs of weighted layers and on the inputs of Add only; TensorRT propagates scales
     through the rest and fuses the outputs itself.
 
-A quantizer whose tensor can never be negative (after ReLU/ReLU6/sigmoid/softmax, through
-pooling or reshaping) uses an unsigned grid: twice the resolution, and exact for ReLU.
+  * every activation quantizer is signed (TensorRT runs int8 activations, never uint8).
+
+Under ``"default"``, a quantizer whose tensor can never be negative (after ReLU/ReLU6/sigmoid/
+softmax, through pooling or reshaping) uses an unsigned grid: twice the resolution, and exact
+for ReLU.
 """
 
 import keras

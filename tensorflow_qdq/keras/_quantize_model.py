@@ -65,7 +65,7 @@ def quantize_model(
       strict: raise ``ValueError`` if any layer with a kernel would stay float.
       verbose: print the per-layer summary.
     """
-    _check_rebuildable(model)
+    _check_rebuildable(model, frozenset(skip_layers))
     options = dict(
         weight_bits=_check_num_bits(weight_bits, True),
         activation_bits=_check_num_bits(activation_bits, True),
@@ -79,7 +79,8 @@ def quantize_model(
     if unknown:
         raise ValueError(f"skip_layers names layers that are not in {model.name!r}: {sorted(unknown)}")
     copy = _Rebuild(options).model(model)
-    report = _report.quantization_report(copy, skipped=options["skip_layers"])
+    copy._qdq_skip_layers = options["skip_layers"]  # for quantization_report(copy)
+    report = _report.quantization_report(copy)
     if strict:
         left = [row for row in report if row.status == "float" and row.has_kernel]
         if left:
@@ -107,7 +108,7 @@ def _rebuildable(model):
     return isinstance(model, keras.Sequential) or _is_functional(model)
 
 
-def _check_rebuildable(model):
+def _check_rebuildable(model, skip_layers=frozenset()):
     if not _rebuildable(model):
         raise ValueError(
             f"quantize_model needs a keras.Sequential or functional keras.Model, got {type(model).__name__}; "
@@ -124,7 +125,9 @@ def _check_rebuildable(model):
                 "keras.ops call in a custom layer without weights), or pass skip_layers=[...] for layers after it"
             )
         if (not _rebuildable(layer) and layer.weights and weight_specs(layer) is None
-                and not isinstance(layer, (_L.MultiHeadAttention, *_placement.FLOAT_REASONS))):
+                and layer.name not in skip_layers
+                and not isinstance(layer, (_L.MultiHeadAttention, QuantizeAndDequantize,
+                                           *_placement.FLOAT_REASONS))):
             raise ValueError(
                 f"quantize_model does not know which weights of layer {layer.name!r} ({type(layer).__name__}) to "
                 "quantize: pass skip_layers=[{!r}] to keep it float, or wrap its weighted sublayers with "
@@ -158,7 +161,8 @@ class _Rebuild:
 
     def model(self, model):
         if isinstance(model, keras.Sequential):
-            model = keras.Model(model.inputs, model.outputs, name=model.name)
+            # one tensor in and out, not lists (the exported signature takes a plain tensor)
+            model = keras.Model(_single(model.inputs), _single(model.outputs), name=model.name)
         consumers = _graph(model)
         skip = self.options["skip_layers"]
         scheme = self.options["scheme"]
@@ -194,6 +198,9 @@ class _Rebuild:
                 if not fused or users[0].name in skip:
                     break
                 current = users[0]
+            users = consumers.get(id(current), [])
+            if users and all(isinstance(user, QuantizeAndDequantize) for user in users):
+                continue  # the model quantizes this output itself
             quantize_after.add(id(current))
 
         original_of, clone_of = {}, {}
@@ -222,9 +229,13 @@ class _Rebuild:
         def quantize(tensor, name):
             if id(tensor) in memo or not _is_float(tensor):
                 return memo.get(id(tensor), tensor)
+            if isinstance(tensor._keras_history.operation, QuantizeAndDequantize):
+                return tensor  # the model quantizes it already
             quantizer = QuantizeAndDequantize(
                 num_bits=self.options["activation_bits"], range_mode="tracked", momentum=self.options["momentum"],
-                signed=not non_negative(tensor), name=_unique(name, model_names),
+                # TensorRT has int8 activations only; elsewhere a non-negative tensor gets the finer unsigned grid
+                signed=scheme == "tensorrt" or not non_negative(tensor), name=_unique(name, model_names),
+                dtype=_policy_of(tensor),
             )
             out = quantizer(tensor)
             memo[id(tensor)] = memo[id(out)] = out
@@ -287,6 +298,17 @@ class _Rebuild:
 def _node_of(tensor):
     operation, node_index, _ = tensor._keras_history
     return operation._inbound_nodes[node_index]
+
+
+def _single(tensors):
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def _policy_of(tensor):
+    """A quantizer runs in the dtype policy of the layer that made its tensor (under a mixed
+    policy, float32 logits stay float32); the model input takes the global policy."""
+    layer = tensor._keras_history.operation
+    return None if isinstance(layer, _L.InputLayer) else getattr(layer, "dtype_policy", None)
 
 
 def _is_keras_tensor(value):

@@ -6,6 +6,7 @@ measured from the kernel at every call) and the output per tensor with a tracked
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
@@ -41,7 +42,8 @@ class _QuantizedMixin:
     def call(self, inputs, training=None):
         outputs = self._linear(inputs, self.kernel_quantizer(self.kernel))
         if self.bias is not None:
-            outputs = ops.add(outputs, self._broadcast_bias())
+            # tf.add, not keras.ops.add: see _wrapper._add_along_channels (channels-first bias)
+            outputs = tf.add(outputs, ops.cast(self._broadcast_bias(), outputs.dtype))
         if self.activation is not None:
             outputs = self.activation(outputs)
         return self.output_quantizer(outputs, training=training)

@@ -26,9 +26,11 @@ class ReportRow:
     has_kernel: bool
 
 
-def quantization_report(model, skipped=()):
+def quantization_report(model, skipped=None):
     """Rows (``ReportRow``) for every layer of a model made by ``quantize_model`` (nested
-    models included, their layer names prefixed with the model's name)."""
+    models included, their layer names prefixed with the model's name). ``skipped``: the
+    names passed as ``skip_layers`` (default: those ``quantize_model`` recorded on the model)."""
+    skipped = getattr(model, "_qdq_skip_layers", ()) if skipped is None else skipped
     rows = []
     for prefix, layer in _walk(model, ""):
         rows.append(_row(prefix + layer.name, layer, skipped))
@@ -63,6 +65,8 @@ def _row(name, layer, skipped):
         "kernel" in w.path.split("/")[-1] for w in layer.weights)
     if layer.name in skipped:
         reason = "skipped (skip_layers)"
+    elif _placement.is_weighted(layer):
+        reason = "not quantized (skip_layers, or the model was not made by quantize_model)"
     else:
         reason = next((text for cls, text in _placement.FLOAT_REASONS.items() if isinstance(layer, cls)),
                       "no quantization rule for this layer")

@@ -190,7 +190,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             return y
         bias = ops.cast(bias, y.dtype)
         if _weights.output_channel_axis(self.layer) == 1:
-            return ops.add(y, ops.reshape(bias, (1, -1) + (1,) * (len(y.shape) - 2)))
+            return _add_along_channels(y, ops.reshape(bias, (1, -1) + (1,) * (len(y.shape) - 2)))
         if len(bias.shape) == 1 and len(y.shape) >= 2:
             return tf.nn.bias_add(y, bias)  # one op that converters fuse into the conv/gemm
         return ops.add(y, bias)
@@ -208,7 +208,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         y = ops.divide(y, ops.cast(ops.reshape(safe, shape), y.dtype))
         bias = getattr(self.layer, "bias", None)
         if bias is not None:
-            y = ops.add(y, ops.cast(ops.reshape(bias, shape), y.dtype))
+            y = _add_along_channels(y, ops.cast(ops.reshape(bias, shape), y.dtype))
         reduce = [a for a in range(len(y.shape)) if a != axis]
         mean, variance = ops.moments(ops.cast(y, "float32"), axes=reduce)
         m = bn.momentum
@@ -220,8 +220,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         offset = ops.negative(ops.multiply(mean, scale))
         if bn.beta is not None:
             offset = ops.add(offset, bn.beta)
-        y = ops.add(ops.multiply(y, ops.cast(ops.reshape(scale, shape), y.dtype)),
-                    ops.cast(ops.reshape(offset, shape), y.dtype))
+        y = _add_along_channels(ops.multiply(y, ops.cast(ops.reshape(scale, shape), y.dtype)),
+                                ops.cast(ops.reshape(offset, shape), y.dtype))
         return y
 
     def _deploy_call(self, inputs, target):
@@ -260,6 +260,14 @@ class QuantizeWrapper(keras.layers.Wrapper):
         config = dict(config)
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"], custom_objects=custom_objects)
         return cls(**config)
+
+
+def _add_along_channels(y, bias):
+    """y + bias, bias shaped to broadcast along one axis. Not keras.ops.add: on TensorFlow
+    (Keras 3.15) it turns such an add into a BiasAdd and picks the channel axis by size, so a
+    channels-first output whose last dimension equals its channel count gets the bias added
+    along the wrong axis."""
+    return tf.add(y, bias)
 
 
 def _along(vector, axes, rank, shape):

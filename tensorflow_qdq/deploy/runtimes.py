@@ -1,0 +1,116 @@
+"""Run exported models in the runtimes that deploy them, for the demo and the benchmarks.
+
+``onnx_runner`` and ``tflite_runner`` return a function ``predict(x) -> np.ndarray`` over a
+batch of any size (one input, one output); ``latencies_ms`` times several of them
+interleaved, so a change in the machine's load hits all of them alike.
+"""
+
+import time
+
+import numpy as np
+
+
+def onnx_runner(model, threads=None):
+    """ONNX Runtime's CPU session over ``model`` (a ModelProto or its bytes), with all graph
+    optimizations (that is where QDQ pairs become QLinearConv and friends).
+
+    A model with 4-bit tensors runs with ONNX Runtime's QDQ fusion off
+    (``session.disable_quant_qdq``): it has no 4-bit integer conv/matmul kernels to fuse into,
+    and its fusion (1.32) drops the DequantizeLinear/QuantizeLinear around a MaxPool, leaving a
+    uint4 MaxPool that it then rejects. The 4-bit grid is computed exactly either way."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = model if hasattr(model, "SerializeToString") else onnx.load_from_string(model)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if has_four_bit_tensors(proto):
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def predict(x):
+        return session.run(None, {name: np.asarray(x, np.float32)})[0]
+
+    return predict
+
+
+def has_four_bit_tensors(proto):
+    from onnx import TensorProto
+
+    four = (TensorProto.INT4, TensorProto.UINT4)
+    return any(t.data_type in four for t in proto.graph.initializer) or any(
+        a.t.data_type in four for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute)
+
+
+def tflite_runner(flatbuffer, threads=None):
+    """The TFLite interpreter (LiteRT) over a flatbuffer; resizes its input to each batch."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - TensorFlow's own interpreter works too
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    interpreter = Interpreter(model_content=bytes(flatbuffer), num_threads=threads)
+    interpreter.allocate_tensors()
+    state = {"shape": None}
+
+    def predict(x):
+        x = np.asarray(x, np.float32)
+        source = interpreter.get_input_details()[0]
+        if state["shape"] != x.shape:
+            interpreter.resize_tensor_input(source["index"], x.shape)
+            interpreter.allocate_tensors()
+            state["shape"] = x.shape
+        interpreter.set_tensor(source["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+
+    return predict
+
+
+def latencies_ms(runners, x, rounds=20, calls=10, warmup=3):
+    """Median milliseconds per call of each runner on ``x``: ``rounds`` rounds, each calling
+    every runner ``calls`` times in turn (interleaved); {name: median ms}."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run(x)
+    samples = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                run(x)
+            samples[name].append((time.perf_counter() - start) * 1e3 / calls)
+    return {name: float(np.median(values)) for name, values in samples.items()}
+
+
+def float_onnx(model):
+    """The float Keras model as ONNX (tf2onnx, opset 17): the baseline an int8 export is
+    compared with."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from tensorflow_qdq.deploy import _trace
+
+    signature = _trace.input_signature(model)
+    function = tf.function(lambda *xs: model(xs[0] if len(xs) == 1 else list(xs), training=False),
+                           input_signature=signature, autograph=False)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=17)
+    return proto
+
+
+def float_tflite(model):
+    """The float Keras model as a float TFLite flatbuffer (the baseline), variables frozen."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tensorflow_qdq.deploy import _trace
+
+    function = tf.function(lambda *xs: model(xs[0] if len(xs) == 1 else list(xs), training=False),
+                           input_signature=_trace.input_signature(model), autograph=False)
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+    return tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()

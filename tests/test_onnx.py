@@ -148,6 +148,22 @@ def test_zero_range_channel_exports_with_a_positive_scale_and_the_same_output():
     np.testing.assert_allclose(run(s, x), model.predict(x, verbose=0), atol=output_step(proto) * 1.00001)
 
 
+def test_captured_tensors_become_constants_not_graph_inputs():
+    """A Normalization layer's mean and variance are tensors the traced function captures (as in
+    EfficientNet): they must be constants of the ONNX graph, whose only input is the model's."""
+    inputs = keras.Input((6, 6, 2), name="image")
+    x = L.Normalization(axis=-1, mean=[0.2, -0.5], variance=[0.04, 0.25], name="norm")(inputs)
+    x = L.GlobalAveragePooling2D()(L.Conv2D(4, 3, name="conv")(x))
+    model = quantize_model(keras.Model(inputs, L.Dense(3, name="head")(x)), verbose=False)
+    x = images()
+    calibrate(model, x, verbose=False)
+    proto = qdq.to_onnx(model)
+    assert [i.name for i in proto.graph.input] == ["image"]
+    assert [o.name for o in proto.graph.output] == ["output_0"]
+    s, _ = session(proto)
+    np.testing.assert_allclose(run(s, x), model.predict(x, verbose=0), atol=output_step(proto) * 1.00001)
+
+
 def test_tensorrt_runtime_is_symmetric_int8_everywhere():
     model = small_model(scheme="tensorrt")
     x = images()

@@ -35,7 +35,8 @@ inputs = dict(np.load(data))
 model = tf.saved_model.load(directory)
 ops = {n.op for f in model.serve.concrete_functions for n in f.graph.as_graph_def().node}
 ops |= {n.op for f in model.serve.concrete_functions for g in f.graph.as_graph_def().library.function for n in g.node_def}
-result = model.serve(*[tf.constant(inputs[k]) for k in sorted(inputs)])
+tensors = [tf.constant(inputs[k]) for k in sorted(inputs)]
+result = model.serve(tensors if len(tensors) > 1 else tensors[0])  # a multi-input model takes one list
 np.savez(out, out=result.numpy(), bn=np.array(sorted(o for o in ops if "BatchNorm" in o), dtype=object))
 assert "tensorflow_qdq" not in sys.modules
 """

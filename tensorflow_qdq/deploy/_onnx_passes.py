@@ -69,6 +69,16 @@ def finish(model, opset, runtime):
     return model
 
 
+def rename_values(graph, names):
+    """Renames graph values (``{old: new}``) everywhere they appear: the frozen graph's
+    ``image:0``/``Identity:0`` become the signature's ``image`` and ``output_0``."""
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        value.name = names.get(value.name, value.name)
+
+
 # ------------------------------------------------------------------------------ helpers
 
 

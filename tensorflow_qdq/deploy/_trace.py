@@ -2,6 +2,7 @@
 
 import keras
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from tensorflow_qdq.keras import _deploy
 from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
@@ -37,3 +38,10 @@ def trace(model, target):
     with _deploy.tracing_for(target):
         concrete = function.get_concrete_function()
     return function, concrete
+
+
+def frozen(model, target):
+    """``trace`` with every variable and captured tensor made a constant: converters see the whole
+    model in one graph (tf2onnx turns captured tensors it cannot resolve, e.g. a
+    Normalization layer's mean, into extra graph inputs)."""
+    return convert_variables_to_constants_v2(trace(model, target)[1])

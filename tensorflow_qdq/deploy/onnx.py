@@ -107,10 +107,14 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime"):
                                                       opset=_CONVERT_OPSET)
     else:
         _trace.check_quantized(model, "to_onnx")
-        function, _ = _trace.trace(model, target)
+        function = _trace.frozen(model, target)
         with _qdq_rewriter(runtime, target):
-            proto, _ = tf2onnx.convert.from_function(function, input_signature=_trace.input_signature(model),
-                                                     opset=_CONVERT_OPSET)
+            proto, _ = tf2onnx.convert.from_graph_def(
+                function.graph.as_graph_def(), input_names=[t.name for t in function.inputs],
+                output_names=[t.name for t in function.outputs], opset=_CONVERT_OPSET)
+        names = {t.name: t.name.split(":")[0] for t in function.inputs}
+        names.update({t.name: f"output_{i}" for i, t in enumerate(function.outputs)})
+        _onnx_passes.rename_values(proto.graph, names)
     wide = target.widths - {8}
     if opset is None:
         opset = 21 if wide else _CONVERT_OPSET

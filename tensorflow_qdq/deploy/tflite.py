@@ -8,8 +8,6 @@ FakeQuant's: a signed range with step s is [-128 s, 127 s] (zero point 128 on 0.
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
 from tensorflow_qdq.deploy import _grid, _trace
 
 # Ops that move or fix values: they may read and write int8 without a range of their own.
@@ -57,10 +55,9 @@ class TFLiteTarget:
 def integer_tflite(model, *, allow_float_ops=False):
     """The full-integer flatbuffer of a quantization-aware Keras model (see to_tflite)."""
     _trace.check_quantized(model, "to_tflite")
-    _, concrete = _trace.trace(model, TFLiteTarget())
     # Variables the quantizers do not own (LayerNormalization, an unfolded BatchNorm) become
     # constants: left as resource variables they would stay float READ_VARIABLE ops.
-    frozen = convert_variables_to_constants_v2(concrete)
+    frozen = _trace.frozen(model, TFLiteTarget())
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     flatbuffer = converter.convert()

@@ -1,6 +1,10 @@
 """Soak check, run as its own process so its RSS is its own:
 
-    python -m tests.fuzz.soak_check --small 1000000 --large 1000
+    MALLOC_MMAP_THRESHOLD_=1048576 python -m tests.fuzz.soak_check --small 1000000 --large 1000
+
+The fixed mmap threshold makes glibc hand every freed buffer over 1 MiB straight back to the
+system; with its default (a threshold that adapts to freed sizes) RSS moves in 16 MB steps
+between identical large calls, which would hide or fake a leak.
 
 Warms up, then makes `small` small calls (every op, dtype, per-tensor/per-channel, auto/given)
 and `large` calls on 4M-element tensors, then `small`/10 calls that raise, of our op and of

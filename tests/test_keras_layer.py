@@ -154,6 +154,26 @@ def test_tracked_range_moves_in_training_and_stays_frozen_in_inference(axis):
     assert all(not w.trainable for w in layer.weights) and not layer.trainable_weights
 
 
+@pytest.mark.parametrize("axis", [None, 1])
+def test_tracked_range_gradient_is_the_mask_of_the_range_just_tracked(axis):
+    """In training the input's gradient is the upstream gradient where the input lies inside the
+    range just tracked (this step's moving average, not the batch's own range), 0 outside."""
+    layer = QuantizeAndDequantize(range_mode="tracked", axis=axis, momentum=0.5)
+    first, second = data(6, 3), data(6, 3, scale=6.0)
+    layer(first, training=True)
+    lo, hi = tracked_ranges([first, second], 0.5, axis)[1]
+    upstream = data(6, 3)
+    x = tf.constant(second)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+    grad = tape.gradient(y, x, output_gradients=tf.constant(upstream)).numpy()
+    lo, hi = (np.asarray(v)[np.newaxis] if axis == 1 else v for v in (lo, hi))
+    inside = (second >= lo) & (second <= hi)
+    assert not inside.all()  # the wider batch is clipped somewhere: the mask is tested
+    np.testing.assert_array_equal(grad, np.where(inside, upstream, 0.0))
+
+
 def test_tracked_range_skips_batches_that_are_not_finite():
     layer = QuantizeAndDequantize(range_mode="tracked", axis=1, momentum=0.5)
     first = data(4, 3)

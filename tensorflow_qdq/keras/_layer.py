@@ -248,6 +248,10 @@ class QuantizeAndDequantize(keras.layers.Layer):
             axes = None
         else:
             axes = [a for a in range(x.shape.rank) if a != self._axis]
+        # The range is observed, not learned (the op's range gradients are zero anyway): without
+        # this the backward step still differentiates min/max, a full Equal/Cast/Sum/RealDiv
+        # pass over the activation per bound that only multiplies zeros.
+        x = tf.stop_gradient(x)
         lo = tf.cast(tf.reduce_min(x, axis=axes), tf.float32)
         hi = tf.cast(tf.reduce_max(x, axis=axes), tf.float32)
         # Checked explicitly: whether reduce_min/max propagate a NaN depends on where it sits.

@@ -196,33 +196,36 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return ops.add(y, bias)
 
     def _batch_statistics(self, y):
-        """Training before the freeze: undo the fold scale, then BatchNorm with batch statistics."""
+        """Training before the freeze: BatchNorm with batch statistics of the unfolded output
+        ``z = y / f + bias``. z is affine in y per channel, so its statistics come from y's
+        (mean_z = mean_y / f + bias, var_z = var_y / f^2) and the output is one multiply-add
+        on y: no division or bias pass over the activation, forward or backward."""
         bn = self.batch_norm
         axis = _weights.output_channel_axis(self.layer) % len(y.shape)
         factor = self._fold_factor()
-        # A zero factor (gamma = 0) zeroed that channel's weights; dividing by 1 instead gives
-        # the exact output (the channel's output is beta whatever the statistics).
+        # A zero factor (gamma = 0) zeroed that channel's weights, so y = 0 there; dividing by
+        # 1 instead gives the exact output (beta, whatever the statistics).
         safe = ops.where(ops.equal(factor, 0.0), ops.ones_like(factor), factor)
-        shape = [1] * len(y.shape)
-        shape[axis] = -1
-        y = ops.divide(y, ops.cast(ops.reshape(safe, shape), y.dtype))
+        reduce = [a for a in range(len(y.shape)) if a != axis]
+        mean_y, variance_y = ops.moments(ops.cast(y, "float32"), axes=reduce)
+        mean = ops.divide(mean_y, safe)
         bias = getattr(self.layer, "bias", None)
         if bias is not None:
-            y = _add_along_channels(y, ops.cast(ops.reshape(bias, shape), y.dtype))
-        reduce = [a for a in range(len(y.shape)) if a != axis]
-        mean, variance = ops.moments(ops.cast(y, "float32"), axes=reduce)
+            mean = ops.add(mean, bias)
+        variance = ops.divide(variance_y, ops.square(safe))
         m = bn.momentum
         bn.moving_mean.assign(ops.add(ops.multiply(bn.moving_mean, m), ops.multiply(mean, 1.0 - m)))
         bn.moving_variance.assign(ops.add(ops.multiply(bn.moving_variance, m), ops.multiply(variance, 1.0 - m)))
-        scale = ops.rsqrt(ops.add(variance, bn.epsilon))
+        scale = ops.divide(ops.rsqrt(ops.add(variance, bn.epsilon)), safe)
         if bn.gamma is not None:
             scale = ops.multiply(scale, bn.gamma)
-        offset = ops.negative(ops.multiply(mean, scale))
+        offset = ops.negative(ops.multiply(mean_y, scale))
         if bn.beta is not None:
             offset = ops.add(offset, bn.beta)
-        y = _add_along_channels(ops.multiply(y, ops.cast(ops.reshape(scale, shape), y.dtype)),
-                                ops.cast(ops.reshape(offset, shape), y.dtype))
-        return y
+        shape = [1] * len(y.shape)
+        shape[axis] = -1
+        return _add_along_channels(ops.multiply(y, ops.cast(ops.reshape(scale, shape), y.dtype)),
+                                   ops.cast(ops.reshape(offset, shape), y.dtype))
 
     def _deploy_call(self, inputs, target):
         """Export trace: the folded weights and bias as constants, weights through the target."""

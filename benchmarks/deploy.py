@@ -102,14 +102,10 @@ def ort_static_int8(float_bytes, samples):
 def tflite_converter_int8(float_model, samples):
     """The TFLite converter's own full-integer post-training quantization."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     from tensorflow_qdq.deploy import _trace
 
-    function = tf.function(lambda v: float_model(v, training=False), input_signature=_trace.input_signature(float_model),
-                           autograph=False)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [convert_variables_to_constants_v2(function.get_concrete_function())])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_trace.frozen(float_model, None)])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([samples[i:i + 1]] for i in range(len(samples)))
     return converter.convert()

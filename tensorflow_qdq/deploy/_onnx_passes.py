@@ -230,9 +230,9 @@ def quantize_on_grid_weights(graph, runtime):
             continue
         codes, scale, num_bits = found
         zp = zero_point(num_bits, True, runtime, scale.shape)
-        stored = (codes.astype(np.int64) + zp.astype(np.int64).reshape(_expand(zp, axis, codes.ndim).shape))
+        stored = codes + _expand(zp.astype(np.int64), axis, codes.ndim)
         prefix = f"qdq_zp_{'u' if zp.dtype.kind == 'u' else 'i'}4" if num_bits == 4 else ""
-        inputs = [g.add_init(stored.astype(zp.dtype), prefix + "_weight_codes" if prefix else node.input[index] + "_codes"),
+        inputs = [_add_codes(g, stored.astype(zp.dtype), prefix, node.input[index]),
                   g.add_init(scale, "w_scale"), g.add_init(zp, prefix or "w_zero_point")]
         dq = helper.make_node("DequantizeLinear", inputs, [node.input[index] + "_dq"], axis=axis)
         graph.node.insert(list(graph.node).index(node), dq)
@@ -266,10 +266,15 @@ def store_weight_codes(graph):
             continue
         codes = found[0]
         zp_name = dq.input[2]
-        # 4-bit codes take their zero point's placeholder prefix, so retype_narrow_widths retypes them too
         prefix = next((p for p in _FOUR_BIT if zp_name.startswith(p)), "")
-        dq.input[0] = g.add_init(codes, prefix + "_weight_codes" if prefix else dq.input[0] + "_codes")
+        dq.input[0] = _add_codes(g, codes, prefix, dq.input[0])
     _prune(graph)
+
+
+def _add_codes(g, codes, four_bit_prefix, source):
+    """Stores a weight's integer codes. 4-bit codes take their zero point's placeholder prefix,
+    so retype_narrow_widths retypes them too; others are named after the value they replace."""
+    return g.add_init(codes, four_bit_prefix + "_weight_codes" if four_bit_prefix else source + "_codes")
 
 
 def layout_before_narrow_quantize(graph):

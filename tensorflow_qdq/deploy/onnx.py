@@ -107,14 +107,8 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime"):
                                                       opset=_CONVERT_OPSET)
     else:
         _trace.check_quantized(model, "to_onnx")
-        function = _trace.frozen(model, target)
         with _qdq_rewriter(runtime, target):
-            proto, _ = tf2onnx.convert.from_graph_def(
-                function.graph.as_graph_def(), input_names=[t.name for t in function.inputs],
-                output_names=[t.name for t in function.outputs], opset=_CONVERT_OPSET)
-        names = {t.name: t.name.split(":")[0] for t in function.inputs}
-        names.update({t.name: f"output_{i}" for i, t in enumerate(function.outputs)})
-        _onnx_passes.rename_values(proto.graph, names)
+            proto = convert_frozen(_trace.frozen(model, target))
     wide = target.widths - {8}
     if opset is None:
         opset = 21 if wide else _CONVERT_OPSET
@@ -124,6 +118,20 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime"):
     onnx.checker.check_model(proto)
     if path is not None:
         onnx.save(proto, os.fspath(path))
+    return proto
+
+
+def convert_frozen(function):
+    """tf2onnx over a frozen concrete function (``_trace.frozen``), at the opset tf2onnx converts
+    at; the graph's inputs and outputs are named ``image`` / ``output_0`` (not ``image:0``)."""
+    import tf2onnx
+
+    proto, _ = tf2onnx.convert.from_graph_def(
+        function.graph.as_graph_def(), input_names=[t.name for t in function.inputs],
+        output_names=[t.name for t in function.outputs], opset=_CONVERT_OPSET)
+    names = {t.name: t.name.split(":")[0] for t in function.inputs}
+    names.update({t.name: f"output_{i}" for i, t in enumerate(function.outputs)})
+    _onnx_passes.rename_values(proto.graph, names)
     return proto
 
 

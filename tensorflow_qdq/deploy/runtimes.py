@@ -47,14 +47,11 @@ def has_four_bit_tensors(proto):
 
 
 def tflite_runner(flatbuffer, threads=None):
-    """The TFLite interpreter (LiteRT) over a flatbuffer; resizes its input to each batch."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - TensorFlow's own interpreter works too
-        import tensorflow as tf
+    """The TFLite interpreter (LiteRT, default delegates on) over a flatbuffer; resizes its
+    input to each batch."""
+    from tensorflow_qdq.deploy import tflite
 
-        Interpreter = tf.lite.Interpreter
-    interpreter = Interpreter(model_content=bytes(flatbuffer), num_threads=threads)
+    interpreter = tflite.interpreter(flatbuffer, default_delegates=True, threads=threads)
     interpreter.allocate_tensors()
     state = {"shape": None}
 
@@ -91,26 +88,15 @@ def latencies_ms(runners, x, rounds=20, calls=10, warmup=3):
 def float_onnx(model):
     """The float Keras model as ONNX (tf2onnx, opset 17): the baseline an int8 export is
     compared with."""
-    import tensorflow as tf
-    import tf2onnx
+    from tensorflow_qdq.deploy import _trace, onnx
 
-    from tensorflow_qdq.deploy import _trace
-
-    signature = _trace.input_signature(model)
-    function = tf.function(lambda *xs: model(xs[0] if len(xs) == 1 else list(xs), training=False),
-                           input_signature=signature, autograph=False)
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=17)
-    return proto
+    return onnx.convert_frozen(_trace.frozen(model, None))
 
 
 def float_tflite(model):
     """The float Keras model as a float TFLite flatbuffer (the baseline), variables frozen."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     from tensorflow_qdq.deploy import _trace
 
-    function = tf.function(lambda *xs: model(xs[0] if len(xs) == 1 else list(xs), training=False),
-                           input_signature=_trace.input_signature(model), autograph=False)
-    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
-    return tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
+    return tf.lite.TFLiteConverter.from_concrete_functions([_trace.frozen(model, None)]).convert()

@@ -72,10 +72,10 @@ def integer_tflite(model, *, allow_float_ops=False):
 
 def float_compute_ops(flatbuffer):
     """Names (``OP#index``) of the ops that compute in float, QUANTIZE/DEQUANTIZE aside."""
-    interpreter = _interpreter(flatbuffer)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    graph = interpreter(flatbuffer)
+    tensors = {t["index"]: t for t in graph.get_tensor_details()}
     found = []
-    for op in interpreter._get_ops_details():
+    for op in graph._get_ops_details():
         if op["op_name"] in _BOUNDARY_OPS:
             continue
         dtypes = [tensors[i]["dtype"] for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
@@ -84,11 +84,14 @@ def float_compute_ops(flatbuffer):
     return found
 
 
-def _interpreter(flatbuffer):
-    """The ops as converted: without default delegates (XNNPACK would merge them into one)."""
+def interpreter(flatbuffer, *, default_delegates=False, threads=None):
+    """A TFLite interpreter (LiteRT's, else TensorFlow's) over ``flatbuffer``. Without default
+    delegates it runs the ops as converted (XNNPACK would merge them into one, which is what
+    ``float_compute_ops`` must not see); with them it runs as deployed (the runners)."""
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:  # pragma: no cover - LiteRT is the maintained interpreter; TF's still works
         Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
-    return Interpreter(model_content=flatbuffer,
-                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    resolver = OpResolverType.AUTO if default_delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return Interpreter(model_content=bytes(flatbuffer), num_threads=threads,
+                       experimental_op_resolver_type=resolver)

@@ -6,10 +6,10 @@ measured from the kernel at every call) and the output per tensor with a tracked
 """
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
+from tensorflow_qdq.keras._wrapper import _add_along_channels
 
 # Outputs of these activations are never negative: an unsigned grid doubles the resolution.
 _NON_NEGATIVE = ("relu", "relu6", "sigmoid", "softmax", "hard_sigmoid")
@@ -42,8 +42,7 @@ class _QuantizedMixin:
     def call(self, inputs, training=None):
         outputs = self._linear(inputs, self.kernel_quantizer(self.kernel))
         if self.bias is not None:
-            # tf.add, not keras.ops.add: see _wrapper._add_along_channels (channels-first bias)
-            outputs = tf.add(outputs, ops.cast(self._broadcast_bias(), outputs.dtype))
+            outputs = _add_along_channels(outputs, ops.cast(self._broadcast_bias(), outputs.dtype))
         if self.activation is not None:
             outputs = self.activation(outputs)
         return self.output_quantizer(outputs, training=training)

@@ -39,6 +39,7 @@ def onnx_runner(model, threads=None):
 
 
 def has_four_bit_tensors(proto):
+    """Whether an ONNX model holds INT4/UINT4 initializers or constants (4-bit grids)."""
     from onnx import TensorProto
 
     four = (TensorProto.INT4, TensorProto.UINT4)

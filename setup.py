@@ -25,7 +25,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-CORE_SOURCES = ["cc/qdq_cpu.cc", "cc/qdq_cpu_baseline.cc", "cc/qdq_cpu_avx2.cc"]
+CORE_SOURCES = ["cc/qdq_cpu.cc", "cc/qdq_cpu_baseline.cc", "cc/qdq_cpu_avx2.cc", "cc/qdq_cpu_lsq.cc"]
 TF_SOURCES = ["kernels/qdq_ops.cc", "kernels/qdq_kernels_cpu.cc"]
 TF_GPU_SOURCES = ["kernels/qdq_kernels_gpu.cc"]
 CUDA_SOURCES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cc").glob("*.cu"))

@@ -18,6 +18,14 @@ template <typename T>
 void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* out, Layout layout,
                          const T* lo, const T* hi);
 
+// The fused gradient of learned ranges (LSQ) for a forward pass with given range
+// lo/hi (layout.depth values): input_out = grad * (lo[c] <= x <= hi[c]) (V4Grad's
+// mask) and step_out[c] = lsq_gradient_scale(slice size) * sum over channel c of
+// grad * lsq_step_derivative(x), summed in double (qdq_math.h). One pass over x.
+template <typename T>
+void lsq_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* input_out, T* step_out, Layout layout,
+                      const T* lo, const T* hi, IntRange range, RoundMode round_mode);
+
 // The instruction set the CPU loops use ("avx2" or "baseline"), and a way to
 // change it for tests and benchmarks ("baseline", "avx2"; anything else = best
 // available). The environment variable QDQ_CPU_ISA sets the initial choice.

@@ -38,6 +38,16 @@ template <typename T>
 int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, Layout layout, const T* lo,
                          const T* hi, void* workspace);
 
+// Device scratch bytes lsq_gradient_cuda needs (16-byte aligned, as above).
+template <typename T>
+size_t lsq_gradient_cuda_workspace(Layout layout);
+
+// lsq_gradient_cpu on the device: grad/x/input_out/step_out are device pointers
+// (step_out holds layout.depth values); lo/hi are HOST pointers to layout.depth values.
+template <typename T>
+int lsq_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* input_out, T* step_out, Layout layout,
+                      const T* lo, const T* hi, IntRange range, RoundMode round_mode, void* workspace);
+
 // Fills `bytes` bytes of device memory with zeros on `stream`.
 int cuda_zero(CudaStream stream, void* ptr, size_t bytes);
 

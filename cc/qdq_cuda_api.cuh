@@ -30,12 +30,27 @@ int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, L
   return cuda_impl::masked_gradient<T>(stream, grad, x, out, layout, lo, hi, workspace);
 }
 
+template <typename T>
+size_t lsq_gradient_cuda_workspace(Layout layout) {
+  return cuda_impl::lsq_workspace<T>(layout);
+}
+
+template <typename T>
+int lsq_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* input_out, T* step_out, Layout layout,
+                      const T* lo, const T* hi, IntRange range, RoundMode round_mode, void* workspace) {
+  return cuda_impl::lsq_gradient<T>(stream, grad, x, input_out, step_out, layout, lo, hi, range, round_mode,
+                                    workspace);
+}
+
 #define QDQ_INSTANTIATE(T)                                                                                    \
   template size_t quantize_cuda_workspace<T>(Layout, bool);                                                  \
   template int quantize_cuda<T>(CudaStream, const T*, T*, Layout, const T*, const T*, const QuantizeAttrs&, \
                                 void*);                                                                      \
   template size_t gradient_cuda_workspace<T>(Layout);                                                        \
-  template int masked_gradient_cuda<T>(CudaStream, const T*, const T*, T*, Layout, const T*, const T*, void*);
+  template int masked_gradient_cuda<T>(CudaStream, const T*, const T*, T*, Layout, const T*, const T*, void*); \
+  template size_t lsq_gradient_cuda_workspace<T>(Layout);                                                    \
+  template int lsq_gradient_cuda<T>(CudaStream, const T*, const T*, T*, T*, Layout, const T*, const T*,     \
+                                    IntRange, RoundMode, void*);
 QDQ_FOR_EACH_TYPE(QDQ_INSTANTIATE)
 #undef QDQ_INSTANTIATE
 

@@ -334,6 +334,46 @@ QDQ_UNROLL
   }
 }
 
+// ---- Learned-range (LSQ) gradient: a grid-stride element pass that writes the masked
+// input gradient and sums grad * d(output)/d(step) per thread, adding the sum to its
+// channel's double accumulator when the channel changes (per tensor: once per thread;
+// per channel, at worst once per element). The accumulation order is the hardware's,
+// so the step gradient is not bit-reproducible run to run (the input gradient is). ----
+template <typename C>
+struct LsqSlice {
+  SliceParams<C> p;
+  C lo, hi;
+};
+
+template <typename T, RoundMode kMode>
+QDQ_KERNEL void lsq_kernel(const T* grad, const T* x, T* input_out, int64_t n, int64_t inner, int64_t depth,
+                           const LsqSlice<compute_t<T>>* slices, IntRange r, double* acc) {
+  using C = compute_t<T>;
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  int64_t held = -1;
+  double sum = 0.0;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t c = depth == 1 ? 0 : (i / inner) % depth;
+    if (c != held) {
+      if (held >= 0) port::atomic_add(acc + held, sum);
+      held = c;
+      sum = 0.0;
+    }
+    const LsqSlice<C>& s = slices[c];
+    const C g = Compute<T>::load(grad[i]);
+    const C v = Compute<T>::load(x[i]);
+    input_out[i] = Compute<T>::store(masked_gradient(g, v, s.lo, s.hi));
+    sum += static_cast<double>(g) * static_cast<double>(lsq_step_derivative<kMode>(v, s.lo, s.hi, s.p, r));
+  }
+  if (held >= 0) port::atomic_add(acc + held, sum);
+}
+
+template <typename T>
+QDQ_KERNEL void lsq_finish_kernel(const double* acc, int64_t depth, double scale, T* step_out) {
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (c < depth) step_out[c] = Compute<T>::store(static_cast<compute_t<T>>(acc[c] * scale));
+}
+
 // ---- Host side ----
 
 inline Layout canonical(Layout l) { return l.depth == 1 ? Layout{1, 1, l.size()} : l; }
@@ -483,6 +523,48 @@ int masked_gradient(CudaStream s, const T* grad, const T* x, T* out, Layout layo
   auto* dev = static_cast<Bounds<C>*>(workspace);
   if (int err = port::copy_to_device_async(dev, b.data(), sizeof(Bounds<C>) * b.size(), s)) return err;
   return launch_elements<GradientOp<T>>(s, grad, x, out, l, b[0], dev);
+}
+
+// Workspace of the LSQ gradient: per-channel double accumulators, then the slices.
+template <typename T>
+size_t lsq_workspace(Layout layout) {
+  const Layout l = canonical(layout);
+  if (l.depth == 0) return 0;
+  return align16(sizeof(double) * static_cast<size_t>(l.depth)) +
+         align16(sizeof(LsqSlice<compute_t<T>>) * static_cast<size_t>(l.depth));
+}
+
+template <typename T>
+int lsq_gradient(CudaStream s, const T* grad, const T* x, T* input_out, T* step_out, Layout layout, const T* lo,
+                 const T* hi, IntRange range, RoundMode round_mode, void* workspace) {
+  using C = compute_t<T>;
+  const Layout l = canonical(layout);
+  if (l.depth == 0) return 0;
+  std::vector<LsqSlice<C>> slices(static_cast<size_t>(l.depth));
+  for (int64_t c = 0; c < l.depth; ++c) {
+    const C clo = Compute<T>::load(lo[c]), chi = Compute<T>::load(hi[c]);
+    slices[c] = LsqSlice<C>{compute_params(clo, chi, range), clo, chi};
+  }
+  char* ws = static_cast<char*>(workspace);
+  auto* acc = reinterpret_cast<double*>(ws);
+  auto* dev = reinterpret_cast<LsqSlice<C>*>(ws + align16(sizeof(double) * static_cast<size_t>(l.depth)));
+  if (int err = port::memset_async(acc, 0, sizeof(double) * static_cast<size_t>(l.depth), s)) return err;
+  if (int err = port::copy_to_device_async(dev, slices.data(), sizeof(LsqSlice<C>) * slices.size(), s)) return err;
+  const int64_t n = l.size();
+  if (n > 0) {
+    const int64_t grid = std::max<int64_t>(1, std::min(ceil_div(n, kBlock), 4 * port::resident_blocks()));
+    if (round_mode == RoundMode::kHalfUp) {
+      QDQ_LAUNCH((lsq_kernel<T, RoundMode::kHalfUp>), grid, kBlock, s, grad, x, input_out, n, l.inner, l.depth, dev,
+                 range, acc);
+    } else {
+      QDQ_LAUNCH((lsq_kernel<T, RoundMode::kHalfToEven>), grid, kBlock, s, grad, x, input_out, n, l.inner, l.depth,
+                 dev, range, acc);
+    }
+    if (int err = port::last_error()) return err;
+  }
+  QDQ_LAUNCH((lsq_finish_kernel<T>), ceil_div(l.depth, kBlock), kBlock, s, acc, l.depth,
+             lsq_gradient_scale(l.outer * l.inner, range), step_out);
+  return port::last_error();
 }
 
 }  // namespace cuda_impl

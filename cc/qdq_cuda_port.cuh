@@ -28,6 +28,8 @@ QDQ_DEV void atomic_min(uint64_t* p, uint64_t v) {
   atomicMin(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
 }
 
+QDQ_DEV void atomic_add(double* p, double v) { atomicAdd(p, v); }
+
 // Folds each lane's (lo, hi) keys into slot `c` of the accumulators with one
 // atomic per distinct channel per warp. Every lane of the warp must call it
 // together (the callers' conditions are block-uniform); lanes holding nothing

@@ -181,4 +181,25 @@ QDQ_HD C masked_gradient(C g, C x, C lo, C hi) {
   return mul(g, (x >= lo && x <= hi) ? C(1) : C(0));
 }
 
+// LSQ (Esser et al., "Learned Step Size Quantization", 2020): the derivative of one
+// quantize-dequantize output with respect to the step (inv_scale) of its slice, for
+// q = step * round(clamp(x / step)). Inside [lo, hi] (the mask of masked_gradient) it is
+// the rounding residual round(v * scale) - v * scale of the forward pass; below lo it is
+// qmin, above hi qmax. A NaN x or a degenerate slice contributes 0 (they have no step).
+template <RoundMode kMode, typename C>
+QDQ_HD C lsq_step_derivative(C x, C lo, C hi, const SliceParams<C>& p, IntRange r) {
+  if (p.degenerate || is_nan(x)) return C(0);
+  if (x < lo) return static_cast<C>(r.qmin);
+  if (x > hi) return static_cast<C>(r.qmax);
+  const C y = mul(clamp_value(x, p.lo, p.hi), p.scale);
+  return round_with_mode<kMode>(y) - y;
+}
+
+// LSQ's gradient scale 1 / sqrt(n * Qp): n elements in the slice, Qp the positive end of
+// the grid (at least 1, so a 1-bit signed grid, whose qmax is 0, still learns).
+QDQ_HD double lsq_gradient_scale(int64_t n, IntRange r) {
+  const double qp = r.qmax > 0 ? static_cast<double>(r.qmax) : 1.0;
+  return n > 0 ? 1.0 / sqrt(static_cast<double>(n) * qp) : 0.0;
+}
+
 }  // namespace qdq

@@ -135,6 +135,34 @@ py::array masked_gradient_cpu(const py::array& grad, const py::array& x, const p
   return out;
 }
 
+py::tuple lsq_gradient_cpu(const py::array& grad, const py::array& x, const py::array& lo, const py::array& hi,
+                           bool signed_input, int num_bits, const std::string& round_mode, bool narrow_range,
+                           int axis) {
+  require_c_contiguous(x, "input");
+  require_c_contiguous(grad, "gradients");
+  const std::string dtype = dtype_name(x);
+  if (dtype_name(grad) != dtype) fail("gradients must have the dtype of input");
+  if (shape_of(grad) != shape_of(x)) fail("gradients must have the shape of input");
+  const qdq::Layout l = layout_of(shape_of(x), axis);
+  const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, true, round_mode, narrow_range);
+  const int64_t depth = axis == -1 ? 1 : l.depth;
+  py::array out(x.dtype(), shape_of(x));
+  py::array step(x.dtype(), std::vector<int64_t>(axis == -1 ? 0 : 1, depth));
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    check_ranges<T>(lo, hi, dtype, depth, true);
+    const T* g = static_cast<const T*>(grad.data());
+    const T* in = static_cast<const T*>(x.data());
+    T* o = static_cast<T*>(out.mutable_data());
+    T* st = static_cast<T*>(step.mutable_data());
+    const T* plo = static_cast<const T*>(lo.data());
+    const T* phi = static_cast<const T*>(hi.data());
+    py::gil_scoped_release release;
+    qdq::lsq_gradient_cpu(qdq::SerialPool(), g, in, o, st, l, plo, phi, attrs.range, attrs.round_mode);
+  });
+  return py::make_tuple(out, step);
+}
+
 #ifdef QDQ_WITH_CUDA
 constexpr bool kWithCuda = true;
 
@@ -230,6 +258,44 @@ void masked_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x,
   });
 }
 
+size_t lsq_gradient_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis) {
+  const qdq::Layout l = layout_of(shape, axis);
+  return dispatch(dtype, [&](auto tag) -> size_t {
+    using T = decltype(tag);
+#ifdef QDQ_WITH_CUDA
+    return qdq::lsq_gradient_cuda_workspace<T>(l);
+#else
+    (void)l;
+    no_cuda();
+#endif
+  });
+}
+
+void lsq_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x, uintptr_t out, uintptr_t step,
+                       const std::vector<int64_t>& shape, const py::array& lo, const py::array& hi, bool signed_input,
+                       int num_bits, const std::string& round_mode, bool narrow_range, int axis, uintptr_t workspace,
+                       size_t workspace_bytes, uintptr_t stream) {
+  const qdq::Layout l = layout_of(shape, axis);
+  const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, true, round_mode, narrow_range);
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    check_ranges<T>(lo, hi, dtype, axis == -1 ? 1 : l.depth, true);
+#ifdef QDQ_WITH_CUDA
+    require_workspace(qdq::lsq_gradient_cuda_workspace<T>(l), workspace, workspace_bytes);
+    if (step == 0 || (l.size() > 0 && (grad == 0 || x == 0 || out == 0)))
+      fail("gradients, input, output and step output must be device pointers");
+    check_cuda(qdq::lsq_gradient_cuda(ptr<CUstream_st>(stream), ptr<const T>(grad), ptr<const T>(x), ptr<T>(out),
+                                      ptr<T>(step), l, static_cast<const T*>(lo.data()),
+                                      static_cast<const T*>(hi.data()), attrs.range, attrs.round_mode,
+                                      ptr<void>(workspace)),
+               "lsq_gradient_cuda");
+#else
+    (void)grad, (void)x, (void)out, (void)step, (void)workspace, (void)workspace_bytes, (void)stream, (void)attrs;
+    no_cuda();
+#endif
+  });
+}
+
 int cuda_device_count() {
 #ifdef QDQ_WITH_CUDA
   return qdq::cuda_device_count();
@@ -249,6 +315,10 @@ PYBIND11_MODULE(_core, m) {
         "QuantizeAndDequantizeV2/V4 forward on the CPU (axis -1 = per-tensor). Returns a new array.");
   m.def("masked_gradient", &masked_gradient_cpu, py::arg("gradients"), py::arg("input"), py::arg("input_min"),
         py::arg("input_max"), py::arg("axis") = -1, "QuantizeAndDequantizeV4Grad's input_backprop on the CPU.");
+  m.def("lsq_gradient", &lsq_gradient_cpu, py::arg("gradients"), py::arg("input"), py::arg("input_min"),
+        py::arg("input_max"), py::arg("signed_input") = true, py::arg("num_bits") = 8,
+        py::arg("round_mode") = "HALF_TO_EVEN", py::arg("narrow_range") = false, py::arg("axis") = -1,
+        "QuantizeAndDequantizeLsqGrad on the CPU: (input_backprop, step_backprop).");
   m.def("cpu_isa", [] { return std::string(qdq::cpu_isa()); }, "Instruction set of the CPU loops (avx2/baseline).");
   m.def("set_cpu_isa", [](const std::string& name) { return std::string(qdq::set_cpu_isa(name.c_str())); },
         py::arg("name"), "Selects the CPU loops: baseline, avx2 (when supported) or best; returns the one in use.");
@@ -265,4 +335,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("input_ptr"), py::arg("output_ptr"), py::arg("shape"), py::arg("input_min"), py::arg("input_max"),
         py::arg("axis"), py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
         "Asynchronous V4Grad on `stream`; input_min/input_max are host NumPy arrays.");
+  m.def("lsq_gradient_workspace_bytes", &lsq_gradient_workspace_bytes, py::arg("dtype"), py::arg("shape"),
+        py::arg("axis"));
+  m.def("lsq_gradient_cuda", &lsq_gradient_cuda, py::arg("dtype"), py::arg("gradients_ptr"), py::arg("input_ptr"),
+        py::arg("output_ptr"), py::arg("step_ptr"), py::arg("shape"), py::arg("input_min"), py::arg("input_max"),
+        py::arg("signed_input"), py::arg("num_bits"), py::arg("round_mode"), py::arg("narrow_range"),
+        py::arg("axis"), py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
+        "Asynchronous LsqGrad on `stream`; input_min/input_max are host NumPy arrays.");
 }

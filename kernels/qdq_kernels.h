@@ -49,6 +49,9 @@ struct QdqLaunch {
   static void Gradient(OpKernelContext* ctx, const T* grad, const T* x, T* out, ::qdq::Layout layout, const T* lo,
                        const T* hi);
   static void Zero(OpKernelContext* ctx, T* out, int64_t n);
+  static void LsqGradient(OpKernelContext* ctx, const T* grad, const T* x, T* input_out, T* step_out,
+                          ::qdq::Layout layout, const T* lo, const T* hi, ::qdq::IntRange range,
+                          ::qdq::RoundMode round_mode);
 };
 
 inline ::qdq::Layout LayoutOf(const TensorShape& shape, int axis) {
@@ -93,6 +96,16 @@ class QuantizeKernelBase : public OpKernel {
   int axis_ = -1;
 };
 
+inline absl::Status RoundModeAttr(OpKernelConstruction* ctx, ::qdq::RoundMode* round_mode) {
+  std::string mode;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("round_mode", &mode));
+  if (mode != "HALF_TO_EVEN" && mode != "HALF_UP") {
+    return Invalid("round_mode must be HALF_TO_EVEN or HALF_UP, got " + mode);
+  }
+  *round_mode = mode == "HALF_UP" ? ::qdq::RoundMode::kHalfUp : ::qdq::RoundMode::kHalfToEven;
+  return absl::OkStatus();
+}
+
 // V2 and V4: num_bits and round_mode are attributes (V4 differs only in its gradient).
 template <typename Device, typename T>
 class QuantizeAttrKernel : public QuantizeKernelBase<Device, T> {
@@ -100,11 +113,7 @@ class QuantizeAttrKernel : public QuantizeKernelBase<Device, T> {
   explicit QuantizeAttrKernel(OpKernelConstruction* ctx) : QuantizeKernelBase<Device, T>(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_bits", &num_bits_));
     OP_REQUIRES_OK(ctx, CheckNumBits(num_bits_, this->signed_input_));
-    std::string mode;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("round_mode", &mode));
-    OP_REQUIRES(ctx, mode == "HALF_TO_EVEN" || mode == "HALF_UP",
-                Invalid("round_mode must be HALF_TO_EVEN or HALF_UP, got " + mode));
-    round_mode_ = mode == "HALF_UP" ? ::qdq::RoundMode::kHalfUp : ::qdq::RoundMode::kHalfToEven;
+    OP_REQUIRES_OK(ctx, RoundModeAttr(ctx, &round_mode_));
   }
   void Compute(OpKernelContext* ctx) override { this->Run(ctx, num_bits_, round_mode_); }
 
@@ -159,6 +168,45 @@ class GradientKernel : public OpKernel {
 
  private:
   int axis_ = -1;
+};
+
+// LsqGrad: V4Grad's input_backprop and the per-slice LSQ step gradient, in one pass.
+template <typename Device, typename T>
+class LsqGradientKernel : public OpKernel {
+ public:
+  explicit LsqGradientKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    bool signed_input = true, narrow_range = false;
+    int num_bits = 8;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("signed_input", &signed_input));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_bits", &num_bits));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("narrow_range", &narrow_range));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+    OP_REQUIRES_OK(ctx, CheckAxisAttr(axis_));
+    OP_REQUIRES_OK(ctx, CheckNumBits(num_bits, signed_input));
+    OP_REQUIRES_OK(ctx, RoundModeAttr(ctx, &round_mode_));
+    range_ = ::qdq::int_range(signed_input, num_bits, narrow_range);
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& grad = ctx->input(0);
+    const Tensor& input = ctx->input(1);
+    const Tensor& min_t = ctx->input(2);
+    const Tensor& max_t = ctx->input(3);
+    OP_REQUIRES_OK(ctx, CheckGradientInputs(grad, input, min_t, max_t, axis_));
+    OP_REQUIRES_OK(ctx, CheckGivenRange<T>(min_t, max_t, axis_, input.shape()));
+    Tensor* backprop = nullptr;
+    Tensor* step_backprop = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, input.shape(), &backprop));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, max_t.shape(), &step_backprop));
+    QdqLaunch<Device, T>::LsqGradient(ctx, grad.flat<T>().data(), input.flat<T>().data(),
+                                      backprop->flat<T>().data(), step_backprop->flat<T>().data(),
+                                      LayoutOf(input.shape(), axis_), min_t.unaligned_flat<T>().data(),
+                                      max_t.unaligned_flat<T>().data(), range_, round_mode_);
+  }
+
+ private:
+  int axis_ = -1;
+  ::qdq::IntRange range_{};
+  ::qdq::RoundMode round_mode_ = ::qdq::RoundMode::kHalfToEven;
 };
 
 }  // namespace qdq_kernels

@@ -40,6 +40,12 @@ struct QdqLaunch<Eigen::ThreadPoolDevice, T> {
     ::qdq::masked_gradient_cpu(IntraOpPool(ctx), Core(grad), Core(x), Core(out), layout, Core(lo), Core(hi));
   }
   static void Zero(OpKernelContext*, T* out, int64_t n) { std::fill(out, out + n, T(0)); }
+  static void LsqGradient(OpKernelContext* ctx, const T* grad, const T* x, T* input_out, T* step_out,
+                          ::qdq::Layout layout, const T* lo, const T* hi, ::qdq::IntRange range,
+                          ::qdq::RoundMode round_mode) {
+    ::qdq::lsq_gradient_cpu(IntraOpPool(ctx), Core(grad), Core(x), Core(input_out), Core(step_out), layout, Core(lo),
+                            Core(hi), range, round_mode);
+  }
 };
 
 #define QDQ_REGISTER_CPU(T)                                                                                   \
@@ -50,7 +56,9 @@ struct QdqLaunch<Eigen::ThreadPoolDevice, T> {
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
                           QuantizeAttrKernel<Eigen::ThreadPoolDevice, T>);                                   \
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4Grad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
-                          GradientKernel<Eigen::ThreadPoolDevice, T>);
+                          GradientKernel<Eigen::ThreadPoolDevice, T>);                                       \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeLsqGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          LsqGradientKernel<Eigen::ThreadPoolDevice, T>);
 
 TF_CALL_bfloat16(QDQ_REGISTER_CPU);
 TF_CALL_half(QDQ_REGISTER_CPU);

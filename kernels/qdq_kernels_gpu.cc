@@ -62,6 +62,17 @@ struct QdqLaunch<Eigen::GpuDevice, T> {
     OP_REQUIRES_OK(ctx, CudaStatus(::qdq::cuda_zero(StreamOf(ctx), out, static_cast<size_t>(n) * sizeof(T)),
                                    "zero fill"));
   }
+  static void LsqGradient(OpKernelContext* ctx, const T* grad, const T* x, T* input_out, T* step_out,
+                          ::qdq::Layout layout, const T* lo, const T* hi, ::qdq::IntRange range,
+                          ::qdq::RoundMode round_mode) {
+    Tensor scratch;
+    void* ws = nullptr;
+    OP_REQUIRES_OK(ctx, Workspace(ctx, ::qdq::lsq_gradient_cuda_workspace<CoreT>(layout), &scratch, &ws));
+    OP_REQUIRES_OK(ctx, CudaStatus(::qdq::lsq_gradient_cuda(StreamOf(ctx), Core(grad), Core(x), Core(input_out),
+                                                            Core(step_out), layout, Core(lo), Core(hi), range,
+                                                            round_mode, ws),
+                                   "quantize_and_dequantize_lsq_grad"));
+  }
 };
 
 #define QDQ_REGISTER_GPU(T)                                                                  \
@@ -89,7 +100,13 @@ struct QdqLaunch<Eigen::GpuDevice, T> {
                               .HostMemory("input_min")                                       \
                               .HostMemory("input_max")                                       \
                               .TypeConstraint<T>("T"),                                       \
-                          GradientKernel<Eigen::GpuDevice, T>);
+                          GradientKernel<Eigen::GpuDevice, T>);                              \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeLsqGrad")                           \
+                              .Device(DEVICE_GPU)                                            \
+                              .HostMemory("input_min")                                       \
+                              .HostMemory("input_max")                                       \
+                              .TypeConstraint<T>("T"),                                       \
+                          LsqGradientKernel<Eigen::GpuDevice, T>);
 
 TF_CALL_bfloat16(QDQ_REGISTER_GPU);
 TF_CALL_half(QDQ_REGISTER_GPU);

@@ -139,6 +139,34 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeV4Grad")
     .SetShapeFn(GradientShape)
     .Doc("Gradient of Qdq>QuantizeAndDequantizeV4: gradients masked to [input_min, input_max].");
 
+// The fused gradient of learned ranges (LSQ): the forward is QuantizeAndDequantizeV4 with
+// range_given=true; this returns its input gradient (V4Grad's) and the gradient of the
+// slice's step (input_max / qmax), scaled by LSQ's 1/sqrt(n * Qp). See docs/KERAS.md.
+REGISTER_OP("Qdq>QuantizeAndDequantizeLsqGrad")
+    .Input("gradients: T")
+    .Input("input: T")
+    .Input("input_min: T")
+    .Input("input_max: T")
+    .Output("input_backprop: T")
+    .Output("step_backprop: T")
+    .Attr("signed_input: bool = true")
+    .Attr("num_bits: int = 8")
+    .Attr(QDQ_FLOAT_TYPES)
+    .Attr("round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'")
+    .Attr("narrow_range: bool = false")
+    .Attr("axis: int = -1")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle input;
+      TF_RETURN_IF_ERROR(
+          Named("gradients must have the shape of input", c->Merge(c->input(0), c->input(1), &input)));
+      ShapeHandle minmax;
+      TF_RETURN_IF_ERROR(CheckRangeShapes(c, input, 2, 3, &minmax));
+      c->set_output(0, input);
+      c->set_output(1, minmax);
+      return absl::OkStatus();
+    })
+    .Doc("Learned-step (LSQ) gradient of Qdq>QuantizeAndDequantizeV4 with a given range (tensorflow-qdq).");
+
 #undef QDQ_FLOAT_TYPES
 
 }  // namespace tensorflow

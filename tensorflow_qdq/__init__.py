@@ -22,6 +22,7 @@ else:
     from tensorflow_qdq import _gradients  # noqa: F401 - registers gradients
     from tensorflow_qdq import raw_ops
     from tensorflow_qdq._api import quantize_and_dequantize, quantize_and_dequantize_v2, quantize_and_dequantize_v4
+    from tensorflow_qdq._learned import quantize_and_dequantize_learned
     from tensorflow_qdq._builtins import load_saved_model, qdq_ops_in_saved_model, restore_builtins, use_for_builtins
     from tensorflow_qdq._loader import LibraryError
     from tensorflow_qdq.export import export, to_tflite  # the function shadows the submodule's name
@@ -33,6 +34,7 @@ __all__ = [
     "load_saved_model",
     "qdq_ops_in_saved_model",
     "quantize_and_dequantize",
+    "quantize_and_dequantize_learned",
     "quantize_and_dequantize_v2",
     "quantize_and_dequantize_v4",
     "raw_ops",

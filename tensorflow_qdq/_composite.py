@@ -145,7 +145,7 @@ def _channel_view(x, axis):
 # ---------------------------------------------------------------- forward
 
 
-def _params(lo, hi, qmin, qmax):
+def range_params(lo, hi, qmin, qmax):
     """TensorFlow's ComputeQuantizationRange in the compute type (cc/qdq_math.h)."""
     tmax = tf.constant(lo.dtype.max, lo.dtype)
     lo_usable = qmin * lo > 0
@@ -224,7 +224,7 @@ def forward(input, input_min, input_max, **attrs):  # noqa: A002
     if bits_valid is not None:
         valid = bits_valid if valid is None else (valid & bits_valid)
 
-    new_lo, new_hi, scale, inv, degenerate = _params(lo, hi, qmin, qmax)
+    new_lo, new_hi, scale, inv, degenerate = range_params(lo, hi, qmin, qmax)
     v = xc
     if range_given:  # TF's operand order: min(hi, x) then max(lo, v); a NaN x stays NaN
         v = tf.where(new_hi < v, new_hi, v)
@@ -299,3 +299,52 @@ def v4_grad(gradients, input, input_min, input_max, axis=-1):  # noqa: A002
         return (backprop, tf.zeros_like(lo), tf.zeros_like(hi)), grad
 
     return _op(g, x, lo, hi)
+
+
+# ---------------------------------------------------------------- learned ranges (LSQ)
+
+
+def lsq_step_derivative(input, input_min, input_max, *, signed_input=True, num_bits=8,  # noqa: A002
+                        round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1):
+    """d(output)/d(step) per element, times LSQ's 1/sqrt(n * Qp), shaped as ``_channel_view``
+    (per channel) or as input (cc/qdq_math.h ``lsq_step_derivative``, in the compute type)."""
+    x, lo, hi = _args.tensors_like(input, input_min, input_max, strict=True)
+    _check_round_mode(round_mode)
+    check_axis(axis, x.shape.rank)
+    _check_range_shapes(lo, hi, axis, x.shape, grad=True)
+    ctype = compute_dtype(x.dtype)
+    qmin, qmax, _ = _int_range(num_bits, signed_input, narrow_range, ctype)
+    xc = tf.cast(x, ctype)
+    if axis != -1:
+        xc = _channel_view(xc, axis)
+        lo, hi = (tf.reshape(t, [1, -1, 1]) for t in (lo, hi))
+        depth = tf.cast(tf.shape(xc)[1], tf.float64)
+    else:
+        lo, hi = tf.reshape(lo, []), tf.reshape(hi, [])
+        depth = tf.constant(1.0, tf.float64)
+    lo, hi = tf.cast(lo, ctype), tf.cast(hi, ctype)
+    new_lo, new_hi, scale, _, degenerate = range_params(lo, hi, qmin, qmax)
+    v = tf.where(new_hi < xc, new_hi, xc)
+    v = tf.where(v < new_lo, new_lo, v)
+    y = v * scale
+    d = _round(y, round_mode) - y
+    d = tf.where(xc > hi, qmax * tf.ones_like(d), d)
+    d = tf.where(xc < lo, qmin * tf.ones_like(d), d)
+    d = tf.where(degenerate | tf.math.is_nan(xc), tf.zeros_like(d), d)
+    n = tf.cast(tf.size(xc, out_type=tf.int64), tf.float64) / depth
+    qp = tf.maximum(tf.cast(qmax, tf.float64), 1.0)
+    return tf.cast(d, tf.float64) * tf.math.rsqrt(n * qp)
+
+
+def lsq_gradient(gradients, input, input_min, input_max, **attrs):  # noqa: A002
+    """The composite LsqGrad: (input_backprop, step_backprop). The input gradient is V4Grad's,
+    bit for bit; the step gradient sums in float64 as the kernels do (in another order)."""
+    g, x, lo, hi = _args.tensors_like(gradients, input, input_min, input_max, strict=True)
+    axis = attrs.get("axis", -1)
+    backprop = masked_gradient(g, x, lo, hi, axis)
+    d = lsq_step_derivative(x, lo, hi, **attrs)
+    gc = tf.cast(g, compute_dtype(g.dtype))
+    if axis != -1:
+        gc = _channel_view(gc, axis)
+    step = tf.reduce_sum(tf.cast(gc, tf.float64) * d, axis=[0, 2] if axis != -1 else None)
+    return backprop, tf.cast(tf.cast(step, compute_dtype(g.dtype)), g.dtype)

@@ -70,6 +70,16 @@ class _Buffer:
 
         return cupy.empty_like(self.array)
 
+    def empty(self, n):
+        """A device vector of n elements of this array's dtype."""
+        if self.kind == "torch":
+            import torch
+
+            return torch.empty(n, dtype=self.array.dtype, device=self.array.device)
+        import cupy
+
+        return cupy.empty(n, dtype=self.array.dtype)
+
     def bytes(self, n):
         """A device byte buffer of n bytes (16-byte aligned, as both allocators give)."""
         if self.kind == "torch":
@@ -139,6 +149,31 @@ def masked_gradient(gradients, x, input_min, input_max, *, axis=-1, out=None, wo
                                _host_range(input_max, b.dtype, depth), axis, ws_ptr, ws_len,
                                b.stream() if stream is None else stream)
     return out
+
+
+def lsq_gradient(gradients, x, input_min, input_max, *, signed_input=True, num_bits=8, round_mode="HALF_TO_EVEN",
+                 narrow_range=False, axis=-1, out=None, step_out=None, stream=None):
+    """QuantizeAndDequantizeLsqGrad on the GPU: returns (out, step_out), step_out holding one
+    value per channel (a 1-element vector per tensor)."""
+    g = _Buffer(gradients, "gradients")
+    b = _Buffer(x, "input")
+    depth = 1 if axis == -1 or not b.shape else b.shape[axis]
+    out = b.empty_like() if out is None else out
+    o = _Buffer(out, "out")
+    if g.shape != b.shape or o.shape != b.shape or g.dtype != b.dtype or o.dtype != b.dtype:
+        raise ValueError("gradients, input and out must have one shape and dtype")
+    step_out = b.empty(depth) if step_out is None else step_out
+    st = _Buffer(step_out, "step_out")
+    if st.dtype != b.dtype or int(np.prod(st.shape)) != depth:
+        raise ValueError(f"step_out must hold {depth} value(s) of the dtype of input")
+    need = _core.lsq_gradient_workspace_bytes(b.dtype, b.shape, axis)
+    ws = b.bytes(need)
+    ws_ptr, ws_len = (_ptr(ws), _nbytes(ws)) if need else (0, 0)
+    _core.lsq_gradient_cuda(b.dtype, g.ptr, b.ptr, o.ptr, st.ptr, b.shape,
+                            _host_range(input_min, b.dtype, depth), _host_range(input_max, b.dtype, depth),
+                            signed_input, num_bits, round_mode, narrow_range, axis, ws_ptr, ws_len,
+                            b.stream() if stream is None else stream)
+    return out, step_out
 
 
 def _nbytes(array):

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tensorflow_qdq import _composite
 from tensorflow_qdq._loader import ops as _ops
 
 
@@ -55,3 +56,20 @@ def _v4_grad_grad(op, dbackprop, dmin, dmax):
         dbackprop = tf.zeros_like(g)
     masked = _masked(dbackprop, x, lo, hi, op.get_attr("axis"))[0]
     return [masked, tf.zeros_like(x), tf.zeros_like(lo), tf.zeros_like(hi)]
+
+
+@tf.RegisterGradient("Qdq>QuantizeAndDequantizeLsqGrad")
+def _lsq_grad_grad(op, dbackprop, dstep):
+    """Second order: both outputs are linear in the incoming gradient g, with the mask and
+    the step derivative piecewise constant in x and the range."""
+    g, x, lo, hi = op.inputs
+    attrs = {k: op.get_attr(k) for k in ("signed_input", "num_bits", "round_mode", "narrow_range", "axis")}
+    attrs["round_mode"] = attrs["round_mode"].decode() if isinstance(attrs["round_mode"], bytes) else attrs["round_mode"]
+    dg = tf.zeros_like(g) if dbackprop is None else _masked(dbackprop, x, lo, hi, attrs["axis"])[0]
+    if dstep is not None:
+        d = _composite.lsq_step_derivative(x, lo, hi, **attrs)
+        axis = attrs["axis"]
+        ds = tf.cast(dstep, tf.float64)
+        ds = tf.reshape(ds, [1, -1, 1]) if axis != -1 else tf.reshape(ds, [])
+        dg += tf.cast(tf.reshape(d * ds, tf.shape(g)), g.dtype)
+    return [dg, tf.zeros_like(x), tf.zeros_like(lo), tf.zeros_like(hi)]

@@ -77,3 +77,10 @@ def qdq_v4_grad(gradients, input, input_min, input_max, *, axis=-1, name=None): 
         return _composite_call("QuantizeAndDequantizeV4Grad", name, _composite.v4_grad, gradients, input,
                                input_min, input_max, axis=axis)
     return _ops.qdq_quantize_and_dequantize_v4_grad(gradients, input, input_min, input_max, axis=axis, name=name)
+
+
+def qdq_lsq_grad(gradients, input, input_min, input_max, *, name=None, **attrs):  # noqa: A002
+    if in_xla_context():
+        return _composite_call("QuantizeAndDequantizeLsqGrad", name, _composite.lsq_gradient, gradients, input,
+                               input_min, input_max, **attrs)
+    return _ops.qdq_quantize_and_dequantize_lsq_grad(gradients, input, input_min, input_max, name=name, **attrs)

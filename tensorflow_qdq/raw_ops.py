@@ -11,6 +11,7 @@ __all__ = [
     "QuantizeAndDequantizeV3",
     "QuantizeAndDequantizeV4",
     "QuantizeAndDequantizeV4Grad",
+    "QuantizeAndDequantizeLsqGrad",
 ]
 
 
@@ -47,3 +48,12 @@ QuantizeAndDequantizeV4 = _raw_op_function(
 def QuantizeAndDequantizeV4Grad(*, gradients, input, input_min, input_max, axis=-1, name=None):  # noqa: A002,N802
     """``Qdq>QuantizeAndDequantizeV4Grad``: (input_backprop, input_min_backprop, input_max_backprop)."""
     return _routing.qdq_v4_grad(gradients, input, input_min, input_max, axis=axis, name=name)
+
+
+def QuantizeAndDequantizeLsqGrad(*, gradients, input, input_min, input_max, signed_input=True, num_bits=8,  # noqa: A002,N802
+                                 round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1, name=None):
+    """``Qdq>QuantizeAndDequantizeLsqGrad``: (input_backprop, step_backprop) of V4 with the given
+    range [input_min, input_max]; step_backprop is LSQ's gradient of the slice's grid step."""
+    return _routing.qdq_lsq_grad(gradients, input, input_min, input_max, signed_input=signed_input,
+                                 num_bits=num_bits, round_mode=round_mode, narrow_range=narrow_range, axis=axis,
+                                 name=name)

@@ -131,3 +131,51 @@ def gradient(grad, x, input_min, input_max, axis=-1):
         with np.errstate(invalid="ignore"):  # inf gradient * 0 mask is NaN, as in the kernel
             out[:, c, :] = g3[:, c, :] * mask
     return out.reshape(x.shape).astype(x.dtype)
+
+
+def lsq_gradient(grad, x, input_min, input_max, *, signed_input=True, num_bits=8, round_mode="HALF_TO_EVEN",
+                 narrow_range=False, axis=-1):
+    """QuantizeAndDequantizeLsqGrad from LSQ's definition (Esser et al. 2020): for
+    q = s * round(clamp(x / s, qmin, qmax)), dq/ds is round(x / s) - x / s inside the
+    range and qmin / qmax below / above it (0 for NaN x and degenerate slices); the step
+    gradient of a slice is sum(grad * dq/ds) / sqrt(n * max(qmax, 1)).
+
+    Returns (input_backprop in x's dtype, step gradient per slice in float64, and the sum of
+    |grad * dq/ds| per slice, the scale of the float64 rounding error the kernels may differ by).
+    The residual is computed in the compute type, operation by operation, as the forward pass."""
+    x = np.asarray(x)
+    T = x.dtype
+    C = compute_dtype(T)
+    qmin, qmax = int_range(signed_input, num_bits, narrow_range)
+    outer, depth, inner = _view3(x.shape, axis)
+    x3 = _ftz(x.astype(C)).reshape(outer, depth, inner)
+    g3 = np.asarray(grad, dtype=T).astype(C).reshape(outer, depth, inner)
+    lo_all = np.asarray(input_min, dtype=T).astype(C).reshape(-1)
+    hi_all = np.asarray(input_max, dtype=T).astype(C).reshape(-1)
+    rnd = (lambda y: np.floor(_ftz(y + C.type(0.5)))) if round_mode == "HALF_UP" else np.rint
+    steps, magnitudes = np.zeros(depth), np.zeros(depth)
+    n = outer * inner
+    for c in range(depth):
+        p_lo, p_hi, scale, _, degenerate = slice_params(lo_all[c], hi_all[c], signed_input, num_bits, narrow_range, C)
+        xs, gs = x3[:, c, :], g3[:, c, :]
+        with np.errstate(all="ignore"):
+            v = np.where(p_hi < xs, p_hi, xs).astype(C)
+            v = np.where(v < p_lo, p_lo, v).astype(C)
+            y = _mul(v, scale)
+            d = (rnd(y) - y).astype(np.float64)
+            d = np.where(xs < lo_all[c], float(qmin), np.where(xs > hi_all[c], float(qmax), d))
+            d = np.where(np.isnan(xs) | degenerate, 0.0, d)
+            terms = gs.astype(np.float64) * d
+        steps[c] = terms.sum() / np.sqrt(n * max(qmax, 1)) if n else 0.0
+        magnitudes[c] = np.abs(terms).sum() / np.sqrt(n * max(qmax, 1)) if n else 0.0
+    return gradient(grad, x, input_min, input_max, axis), steps, magnitudes
+
+
+def close_in_dtype(got, want, magnitude, dtype):
+    """Whether got (stored in dtype) is want (float64) up to the rounding to dtype and a
+    float64 summation-order error (a few ulps of double on the sum of magnitudes)."""
+    want_t = np.asarray(want).astype(dtype).astype(np.float64)
+    got = np.asarray(got).astype(np.float64)
+    eps = float(np.finfo(np.dtype(dtype)).eps) if np.dtype(dtype) != np.float64 else 0.0
+    tol = eps * np.abs(want_t) + 1e-12 * np.asarray(magnitude) + float(np.finfo(np.float64).tiny)
+    return bool(np.all(np.abs(got - want_t) <= tol))

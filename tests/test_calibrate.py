@@ -113,5 +113,5 @@ def test_bad_input_is_named():
         calibrate(q, data(), num_batches=0, verbose=False)
     with pytest.raises(ValueError, match="holds no batch"):
         calibrate(q, [], verbose=False)
-    with pytest.raises(ValueError, match="no QuantizeAndDequantize layer with a tracked range"):
+    with pytest.raises(ValueError, match="no QuantizeAndDequantize layer with a tracked or learned range"):
         calibrate(float_model(), data(), verbose=False)

@@ -219,6 +219,45 @@ def test_zero_and_all_nan_channels():
             check_quantize(x.T.copy(), 1, lo, hi, dict(range_given=False, narrow_range=narrow))
 
 
+def check_lsq_gradient(g, x, axis, lo, hi, attrs, off=0):
+    """Learned-range gradient: the input gradient bit for bit; the step gradient to the
+    rounding of the dtype plus a float64 summation-order error (atomics add in any order)."""
+    dtype = "bfloat16" if _BF16 is not None and x.dtype == np.dtype(_BF16) else x.dtype.name
+    want, want_step = _core.lsq_gradient(g, x, lo, hi, axis=axis, **attrs)
+    out = device_buffer(x.size, dtype, off)
+    out = out.view(*x.shape) if torch is not None else out.reshape(x.shape)
+    _, step = db.lsq_gradient(upload(g, (off + 1) % 8), upload(x, off), lo, hi, axis=axis, out=out, **attrs)
+    np.testing.assert_array_equal(bits(download(out, dtype).reshape(x.shape)), bits(want))
+    got_step = download(step, dtype).reshape(-1).astype(np.float64)
+    want_step = np.asarray(want_step).reshape(-1).astype(np.float64)
+    depth = want_step.size
+    qmin = -(1 << (attrs["num_bits"] - 1)) if attrs["signed_input"] else 0
+    qmax = (1 << (attrs["num_bits"] - (1 if attrs["signed_input"] else 0))) - 1
+    shape = x.shape
+    outer = int(np.prod(shape[:axis])) if axis != -1 else 1
+    g3 = np.abs(g.astype(np.float64)).reshape(outer, depth, -1)
+    n = g3.shape[0] * g3.shape[2]
+    bound = g3.sum(axis=(0, 2)) * max(-qmin, qmax, 1) / np.sqrt(max(n, 1) * max(qmax, 1))
+    eps = float(np.finfo(np_dtype(dtype)).eps) if dtype != "float64" else 0.0
+    tol = eps * np.abs(want_step) + 1e-12 * bound + 1e-300
+    assert np.all(np.abs(got_step - want_step) <= tol), (got_step, want_step)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+def test_lsq_gradient_matches_cpu(dtype, shape, axis):
+    rng = np.random.default_rng(zlib.crc32(repr(("lsq", dtype, shape, axis)).encode()))
+    depth = 1 if axis == -1 else shape[axis]
+    for trial in range(4):
+        unsigned = trial == 3
+        attrs = dict(signed_input=not unsigned, num_bits=int(rng.choice([1, 2, 3, 4, 8])),
+                     round_mode=["HALF_TO_EVEN", "HALF_UP"][trial % 2], narrow_range=trial == 1)
+        x = random_input(rng, dtype, shape, special=trial % 2, unsigned=unsigned)
+        g = random_input(rng, dtype, shape)
+        lo, hi = random_range(rng, dtype, depth, unsigned)
+        check_lsq_gradient(g, x, axis, lo, hi, attrs, off=trial)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("shape,axis", [((1 << 28,), -1), ((64, 1 << 22), 0), ((1 << 22, 64), 1),
                                         ((16, 256, 1 << 16), 1)])

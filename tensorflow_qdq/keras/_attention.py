@@ -21,16 +21,18 @@ _PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
 class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
     """``keras.layers.MultiHeadAttention`` with quantized projection weights and context."""
 
-    def __init__(self, *args, weight_bits=8, activation_bits=8, **kwargs):
+    def __init__(self, *args, weight_bits=8, activation_bits=8, activation_range="tracked", **kwargs):
         super().__init__(*args, **kwargs)
         self.weight_bits = _check_num_bits(weight_bits, _weights.WEIGHT_SIGNED)
         self.activation_bits = _check_num_bits(activation_bits, True)
-        self.context_quantizer = QuantizeAndDequantize(num_bits=self.activation_bits, range_mode="tracked",
+        self.activation_range = activation_range
+        self.context_quantizer = QuantizeAndDequantize(num_bits=self.activation_bits, range_mode=activation_range,
                                                        name="context_quantizer")
 
     @classmethod
-    def from_float(cls, layer, weight_bits=8, activation_bits=8):
-        return cls.from_config({**layer.get_config(), "weight_bits": weight_bits, "activation_bits": activation_bits})
+    def from_float(cls, layer, weight_bits=8, activation_bits=8, activation_range="tracked"):
+        return cls.from_config({**layer.get_config(), "weight_bits": weight_bits, "activation_bits": activation_bits,
+                                "activation_range": activation_range})
 
     def build(self, query_shape, value_shape, key_shape=None):
         super().build(query_shape, value_shape, key_shape)
@@ -65,4 +67,5 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
             return super().call(query, value, key=key, training=training, **kwargs)
 
     def get_config(self):
-        return {**super().get_config(), "weight_bits": self.weight_bits, "activation_bits": self.activation_bits}
+        return {**super().get_config(), "weight_bits": self.weight_bits, "activation_bits": self.activation_bits,
+                "activation_range": self.activation_range}

@@ -11,7 +11,8 @@ from tensorflow_qdq.keras._layer import QuantizeAndDequantize
 
 
 def calibrate(model, data, method="max", num_batches=None, *, batch_size=32, verbose=True, **options):
-    """Sets every tracked activation range of ``model`` from ``data``; returns {quantizer name: (lo, hi)}.
+    """Sets every tracked or learned activation range of ``model`` from ``data``; returns
+    {quantizer name: (lo, hi)} (a learned range stores the step of that range).
 
     The model runs in inference mode with its activation quantizers passing data through
     unquantized (as ModelOpt and PyTorch calibrate): each quantizer observes the float tensor it
@@ -21,7 +22,7 @@ def calibrate(model, data, method="max", num_batches=None, *, batch_size=32, ver
 
     Args:
       model: a model from ``quantize_model`` (or any model with ``QuantizeAndDequantize`` layers
-        whose ``range_mode`` is ``"tracked"``).
+        whose ``range_mode`` is ``"tracked"`` or ``"learned"``).
       data: a NumPy array or tensor of inputs (a list of them for a model with several
         inputs), split into ``batch_size`` batches; or a ``tf.data.Dataset`` or any iterable of
         batches; a batch may be an ``(x, y)`` or
@@ -33,10 +34,10 @@ def calibrate(model, data, method="max", num_batches=None, *, batch_size=32, ver
       verbose: show a progress bar.
       **options: the method's options (``percentile``, ``num_bins``).
     """
-    quantizers = [layer for layer in _quantizers(model) if layer.range_mode == "tracked"]
+    quantizers = [layer for layer in _quantizers(model) if layer.range_mode in ("tracked", "learned")]
     if not quantizers:
-        raise ValueError(f"calibrate: model {model.name!r} has no QuantizeAndDequantize layer with a tracked range; "
-                         "make it with tensorflow_qdq.keras.quantize_model first")
+        raise ValueError(f"calibrate: model {model.name!r} has no QuantizeAndDequantize layer with a tracked or "
+                         "learned range; make it with tensorflow_qdq.keras.quantize_model first")
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, CALIBRATION_METHODS))}")
     if num_batches is not None and (isinstance(num_batches, bool) or int(num_batches) < 1):

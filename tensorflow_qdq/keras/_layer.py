@@ -8,9 +8,11 @@ import numpy as np
 import tensorflow as tf
 
 import tensorflow_qdq as _qdq
+from tensorflow_qdq import _composite, _learned
+from tensorflow_qdq.deploy import _grid
 from tensorflow_qdq.keras import _deploy
 
-RANGE_MODES = ("fixed", "batch", "tracked")
+RANGE_MODES = ("fixed", "batch", "tracked", "learned")
 GRADIENTS = ("masked", "straight_through")
 ROUND_MODES = ("HALF_TO_EVEN", "HALF_UP")
 
@@ -68,11 +70,19 @@ class QuantizeAndDequantize(keras.layers.Layer):
         range otherwise; a slice whose batch holds NaN or +-inf keeps its range.
         ``min_value``/``max_value`` optionally set the range used before the first training
         step (default [-6, 6]); the first training batch replaces it.
+        ``"learned"`` - a trainable step per slice (LSQ, Esser et al. 2020); the range is
+        ``(qmin * step, qmax * step)`` and the step's gradient is LSQ's (the rounding
+        residual inside the range, the clip bound outside, times 1/sqrt(n * Qp)), computed
+        by the fused ``Qdq>QuantizeAndDequantizeLsqGrad`` kernel. The start is
+        ``min_value``/``max_value`` if given, else :func:`calibrate`'s range, else the first
+        training batch's range (as ``"tracked"`` starts). The step is kept valid by
+        construction (clamped to a finite, positive value; see ``docs/KERAS.md``).
       signed: signed (``True``) or unsigned integer grid.
       narrow_range: drop the most negative signed code (symmetric grid, e.g. -127..127).
       round_mode: ``"HALF_TO_EVEN"`` or ``"HALF_UP"``.
       gradient: ``"masked"`` (``QuantizeAndDequantizeV4``: the gradient passes where the input
-        lies inside the range, 0 outside) or ``"straight_through"`` (identity gradient).
+        lies inside the range, 0 outside) or ``"straight_through"`` (identity gradient);
+        ``"learned"`` ranges always use the masked input gradient.
       momentum: decay of the tracked moving averages, in [0, 1).
 
     Under ``tf.distribute`` each training step gathers the per-replica batch min/max across all
@@ -114,6 +124,9 @@ class QuantizeAndDequantize(keras.layers.Layer):
         self.narrow_range = bool(narrow_range)
         self.round_mode = round_mode
         self.gradient = gradient
+        if range_mode == "learned" and gradient != "masked":
+            raise ValueError("range_mode='learned' uses LSQ's gradient (masked for the input); "
+                             f"gradient={gradient!r} does not apply to it")
         momentum = float(momentum)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum={momentum} is out of range: must be in [0, 1)")
@@ -128,8 +141,9 @@ class QuantizeAndDequantize(keras.layers.Layer):
             raise ValueError("min_value/max_value apply to range_mode 'fixed' or 'tracked', not 'batch'")
         if self.range_mode == "fixed" and not all(given):
             raise ValueError("range_mode='fixed' needs both min_value and max_value")
-        if self.range_mode == "tracked" and any(given) and not all(given):
-            raise ValueError("range_mode='tracked' takes both min_value and max_value (the start range) or neither")
+        if self.range_mode in ("tracked", "learned") and any(given) and not all(given):
+            raise ValueError(f"range_mode={self.range_mode!r} takes both min_value and max_value (the start range) "
+                             "or neither")
         if not all(given):
             return
         lo, hi = self.min_value, self.max_value
@@ -151,7 +165,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
                 raise ValueError(f"axis={self.axis} is out of range for input of rank {rank}: must be in [{-rank}, {rank})")
             self._axis = self.axis % rank
             self._channels = input_shape[self._axis]
-            if self._channels is None and (self.range_mode == "tracked" or isinstance(self.min_value, list)):
+            if self._channels is None and (self.range_mode in ("tracked", "learned") or isinstance(self.min_value, list)):
                 raise ValueError(f"the size of axis {self.axis} must be known to build per-channel ranges")
         if isinstance(self.min_value, list) and len(self.min_value) != self._channels:
             raise ValueError(
@@ -159,6 +173,8 @@ class QuantizeAndDequantize(keras.layers.Layer):
             )
         if self.range_mode == "tracked":
             self._build_tracked()
+        elif self.range_mode == "learned":
+            self._build_learned()
 
     def _build_tracked(self):
         shape = () if self._channels is None else (self._channels,)
@@ -171,6 +187,26 @@ class QuantizeAndDequantize(keras.layers.Layer):
         self.tracked_max = self.add_weight(name="tracked_max", initializer=keras.initializers.Constant(hi), **common)
         self.tracked_updates = self.add_weight(name="tracked_updates", initializer="zeros", dtype="int64", **common)
 
+    def _grid(self):
+        return _grid.code_range(self.num_bits, self.signed, self.narrow_range)
+
+    def _step_of_range(self, lo, hi):
+        """The grid step the op uses for [lo, hi] widened to include 0 (as tracked ranges are)."""
+        return _grid.step(np.minimum(lo, 0.0), np.maximum(hi, 0.0), self.num_bits, self.signed, self.narrow_range)
+
+    def _build_learned(self):
+        shape = () if self._channels is None else (self._channels,)
+        given = self.min_value is not None
+        lo, hi = (self.min_value, self.max_value) if given else _TRACKED_START
+        step = np.broadcast_to(self._step_of_range(lo, hi), shape)
+        self.step = self.add_weight(name="step", shape=shape, trainable=True, autocast=False,
+                                    initializer=keras.initializers.Constant(step.astype(np.float32)),
+                                    aggregation="only_first_replica")
+        # 0 until a range is set from data (calibrate, or the first training batch); given bounds count as set.
+        self.step_initialized = self.add_weight(
+            name="step_initialized", shape=(), dtype="int64", trainable=False, autocast=False,
+            aggregation="only_first_replica", initializer=keras.initializers.Constant(int(given)))
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
@@ -182,7 +218,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
             raise TypeError(f"{type(self).__name__}: inputs must be bfloat16, float16, float32 or float64, "
                             f"got {x.dtype.name}")
         observe = _deploy.calibration_observer()
-        if observe is not None and self.range_mode == "tracked":
+        if observe is not None and self.range_mode in ("tracked", "learned"):
             observe(self, x)  # calibration sees the float activations, unquantized
             return x
         target = _deploy.current_target()
@@ -191,6 +227,8 @@ class QuantizeAndDequantize(keras.layers.Layer):
         if self.range_mode == "batch":  # the op ignores the values, but checks their shapes
             zero = self._per_slice(x, tf.zeros([], x.dtype))
             return self._qdq(x, zero, zero, range_given=False)
+        if self.range_mode == "learned":
+            return self._learned_qdq(x, training)
         if self.range_mode == "fixed":
             lo = self._per_slice(x, tf.constant(self.min_value, x.dtype))
             hi = self._per_slice(x, tf.constant(self.max_value, x.dtype))
@@ -209,17 +247,49 @@ class QuantizeAndDequantize(keras.layers.Layer):
             )
         if self.range_mode == "fixed":
             return np.asarray(self.min_value, np.float32), np.asarray(self.max_value, np.float32)
+        if self.range_mode == "learned":
+            with tf.init_scope():  # the forward pass's own range, computed by the same function
+                lo, hi = _learned.range_of_step(tf.convert_to_tensor(self.step), tf.float32, *self._grid())
+                return lo.numpy(), hi.numpy()
         with tf.init_scope():
             return self.tracked_min.numpy().astype(np.float32), self.tracked_max.numpy().astype(np.float32)
 
     def set_range(self, lo, hi):
         """Sets a tracked range (calibration): the values used in inference and as the start of
         training's moving averages (the update counter is set so training continues from it)."""
+        if self.range_mode == "learned":
+            self.step.assign(np.broadcast_to(self._step_of_range(lo, hi), self.step.shape))
+            self.step_initialized.assign(1)
+            return
         if self.range_mode != "tracked":
-            raise ValueError(f"quantizer {self.name!r} has range_mode={self.range_mode!r}; only 'tracked' ranges can be set")
+            raise ValueError(f"quantizer {self.name!r} has range_mode={self.range_mode!r}; only 'tracked' and "
+                             "'learned' ranges can be set")
         self.tracked_min.assign(np.broadcast_to(np.float32(lo), self.tracked_min.shape))
         self.tracked_max.assign(np.broadcast_to(np.float32(hi), self.tracked_max.shape))
         self.tracked_updates.assign(np.ones(self.tracked_updates.shape, np.int64))
+
+    def _learned_qdq(self, x, training):
+        if training:
+            # The first training step of a quantizer whose range was never set starts the
+            # step from that batch's range; the variable is read after, so it gets the gradient.
+            init = tf.cond(self.step_initialized > 0, tf.no_op, lambda: self._start_step(x))
+            with tf.control_dependencies([init]):
+                step = tf.convert_to_tensor(self.step)
+        else:
+            step = tf.convert_to_tensor(self.step)
+        return _learned.quantize_and_dequantize_learned(
+            x, step, signed_input=self.signed, num_bits=self.num_bits, round_mode=self.round_mode,
+            narrow_range=self.narrow_range, axis=self.axis)
+
+    def _start_step(self, x):
+        """Sets the step from this batch's range (widened to include 0), where that gives one."""
+        lo, hi, finite = self._batch_range(x)
+        qmin, qmax = (tf.constant(q, tf.float32) for q in self._grid())
+        *_, step, degenerate = _composite.range_params(tf.minimum(lo, 0.0), tf.maximum(hi, 0.0), qmin, qmax)
+        valid = finite & ~degenerate & tf.math.is_finite(step) & (step > 0)
+        old = tf.convert_to_tensor(self.step)
+        return tf.group(self.step.assign(tf.where(valid, step, old)),
+                        self.step_initialized.assign(tf.ones_like(self.step_initialized)))
 
     def _per_slice(self, x, bound):
         """A scalar bound repeated for every channel when quantizing per channel."""

@@ -26,6 +26,7 @@ def quantize_model(
     activation_bits=8,
     *,
     momentum=0.99,
+    activation_range="tracked",
     scheme="default",
     fold_batch_norm=True,
     freeze_bn_delay=None,
@@ -58,6 +59,8 @@ def quantize_model(
       model: a ``keras.Sequential`` (with a known input) or functional ``keras.Model``.
       weight_bits, activation_bits: bits of the grids (1..61).
       momentum: decay of the tracked activation ranges, in [0, 1).
+      activation_range: ``"tracked"`` (moving averages of the batch ranges) or ``"learned"``
+        (a trainable step per quantizer with LSQ's gradient; see ``QuantizeAndDequantize``).
       scheme: ``"default"`` or ``"tensorrt"``.
       fold_batch_norm: fold BatchNormalization into the layer before it.
       freeze_bn_delay: training steps after which folded BatchNorms use moving statistics.
@@ -70,6 +73,7 @@ def quantize_model(
         weight_bits=_check_num_bits(weight_bits, True),
         activation_bits=_check_num_bits(activation_bits, True),
         momentum=_check_momentum(momentum),
+        activation_range=_check_activation_range(activation_range),
         scheme=_placement.check_scheme(scheme),
         fold_batch_norm=bool(fold_batch_norm),
         freeze_bn_delay=freeze_bn_delay,
@@ -91,6 +95,12 @@ def quantize_model(
     if verbose:
         print(_report.summary(report, model.name))
     return copy
+
+
+def _check_activation_range(activation_range):
+    if activation_range not in ("tracked", "learned"):
+        raise ValueError(f"activation_range={activation_range!r} is not one of 'tracked', 'learned'")
+    return activation_range
 
 
 def _check_momentum(momentum):
@@ -232,7 +242,8 @@ class _Rebuild:
             if isinstance(tensor._keras_history.operation, QuantizeAndDequantize):
                 return tensor  # the model quantizes it already
             quantizer = QuantizeAndDequantize(
-                num_bits=self.options["activation_bits"], range_mode="tracked", momentum=self.options["momentum"],
+                num_bits=self.options["activation_bits"], range_mode=self.options["activation_range"],
+                momentum=self.options["momentum"],
                 # TensorRT has int8 activations only; elsewhere a non-negative tensor gets the finer unsigned grid
                 signed=scheme == "tensorrt" or not non_negative(tensor), name=_unique(name, model_names),
                 dtype=_policy_of(tensor),
@@ -268,14 +279,15 @@ class _Rebuild:
         bits = self.options["weight_bits"]
         if isinstance(layer, _L.MultiHeadAttention):
             return QuantizedMultiHeadAttention.from_float(fresh, weight_bits=bits,
-                                                          activation_bits=self.options["activation_bits"])
+                                                          activation_bits=self.options["activation_bits"],
+                                                          activation_range=self.options["activation_range"])
         unfused = (self.options["scheme"] == "default"
                    and _placement.activation_of(layer) not in (None, *_placement.FUSABLE_ACTIVATIONS))
         return QuantizeWrapper(
             fresh, weight_bits=bits, batch_norm=None if batch_norm is None else batch_norm.get_config(),
             freeze_bn_delay=self.options["freeze_bn_delay"], name=layer.name,
             output_bits=self.options["activation_bits"] if unfused and not isinstance(layer, _L.Embedding) else None,
-            momentum=self.options["momentum"],
+            momentum=self.options["momentum"], activation_range=self.options["activation_range"],
         )
 
     @staticmethod

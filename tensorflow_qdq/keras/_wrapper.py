@@ -52,7 +52,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, weight_bits=8, batch_norm=None, freeze_bn_delay=None, input_bits=None,
-                 output_bits=None, momentum=0.99, **kwargs):
+                 output_bits=None, momentum=0.99, activation_range="tracked", **kwargs):
         kwargs.setdefault("name", f"{layer.name}")
         super().__init__(layer, **kwargs)
         self.specs = _weights.weight_specs(layer)
@@ -74,19 +74,20 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 raise ValueError(f"QuantizeWrapper: {layer.name!r} has an activation; a BatchNorm after it cannot fold")
             self.batch_norm = keras.layers.BatchNormalization.from_config(dict(batch_norm))
         self.input_bits, self.output_bits, self.momentum = input_bits, output_bits, momentum
+        self.activation_range = activation_range
         self.input_quantizer = self.output_quantizer = None
         if input_bits is not None:
-            self.input_quantizer = QuantizeAndDequantize(num_bits=input_bits, range_mode="tracked", momentum=momentum,
-                                                         name="input_quantizer")
+            self.input_quantizer = QuantizeAndDequantize(num_bits=input_bits, range_mode=activation_range,
+                                                         momentum=momentum, name="input_quantizer")
         if output_bits is not None:
-            self.output_quantizer = QuantizeAndDequantize(num_bits=output_bits, range_mode="tracked",
+            self.output_quantizer = QuantizeAndDequantize(num_bits=output_bits, range_mode=activation_range,
                                                           momentum=momentum, name="output_quantizer")
         # A separable conv is a depthwise and a pointwise conv: the tensor between them needs a
         # range too, or no runtime keeps the pair in integer arithmetic.
         self.intermediate_quantizer = None
         if isinstance(layer, _SEPARABLE) and self.weight_bits is not None:
             self.intermediate_quantizer = QuantizeAndDequantize(
-                num_bits=8 if input_bits is None else input_bits, range_mode="tracked", momentum=momentum,
+                num_bits=8 if input_bits is None else input_bits, range_mode=activation_range, momentum=momentum,
                 name="intermediate_quantizer")
 
     # -- building ---------------------------------------------------------------------------
@@ -255,6 +256,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             input_bits=self.input_bits,
             output_bits=self.output_bits,
             momentum=self.momentum,
+            activation_range=self.activation_range,
         )
         return config
 

@@ -53,6 +53,8 @@ inline uint64_t as_bits(double v) { return bit_cast<uint64_t>(v); }
 inline float float_from(uint32_t u) { return bit_cast<float>(u); }
 inline double double_from(uint64_t u) { return bit_cast<double>(u); }
 
+inline void atomic_add(double* p, double v) { *p += v; }
+
 template <typename Key>
 void merge_keys(Key* lo_acc, Key* hi_acc, int64_t c, Key lo, Key hi, Key none) {
   if (lo == none) return;

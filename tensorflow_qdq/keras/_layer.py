@@ -73,10 +73,11 @@ class QuantizeAndDequantize(keras.layers.Layer):
         ``"learned"`` - a trainable step per slice (LSQ, Esser et al. 2020); the range is
         ``(qmin * step, qmax * step)`` and the step's gradient is LSQ's (the rounding
         residual inside the range, the clip bound outside, times 1/sqrt(n * Qp)), computed
-        by the fused ``Qdq>QuantizeAndDequantizeLsqGrad`` kernel. The start is
-        ``min_value``/``max_value`` if given, else :func:`calibrate`'s range, else the first
-        training batch's range (as ``"tracked"`` starts). The step is kept valid by
-        construction (clamped to a finite, positive value; see ``docs/KERAS.md``).
+        by the fused ``Qdq>QuantizeAndDequantizeLsqGrad`` kernel. The trainable variable is
+        ``log_step`` (``step = exp(log_step)``: positive by construction; the forward pass
+        also clamps it to a finite range, so a NaN or infinite variable cannot give a NaN).
+        The start is ``min_value``/``max_value`` if given, else :func:`calibrate`'s range,
+        else the first training batch's range (as ``"tracked"`` starts).
       signed: signed (``True``) or unsigned integer grid.
       narrow_range: drop the most negative signed code (symmetric grid, e.g. -127..127).
       round_mode: ``"HALF_TO_EVEN"`` or ``"HALF_UP"``.
@@ -198,14 +199,30 @@ class QuantizeAndDequantize(keras.layers.Layer):
         shape = () if self._channels is None else (self._channels,)
         given = self.min_value is not None
         lo, hi = (self.min_value, self.max_value) if given else _TRACKED_START
-        step = np.broadcast_to(self._step_of_range(lo, hi), shape)
-        self.step = self.add_weight(name="step", shape=shape, trainable=True, autocast=False,
-                                    initializer=keras.initializers.Constant(step.astype(np.float32)),
-                                    aggregation="only_first_replica")
+        step = self._step_of_range(lo, hi)
+        step = np.where(step > 0, step, self._step_of_range(*_TRACKED_START))  # e.g. min_value = max_value = 0
+        log_step = np.log(np.broadcast_to(step, shape)).astype(np.float32)
+        # The step is learned as its logarithm: positive by construction, and Adam-style
+        # optimizers (whose updates are about the learning rate whatever the gradient's
+        # scale) change it by a ratio, not by an absolute amount (see docs/KERAS.md).
+        self.log_step = self.add_weight(name="log_step", shape=shape, trainable=True, autocast=False,
+                                        initializer=keras.initializers.Constant(log_step),
+                                        aggregation="only_first_replica")
         # 0 until a range is set from data (calibrate, or the first training batch); given bounds count as set.
         self.step_initialized = self.add_weight(
             name="step_initialized", shape=(), dtype="int64", trainable=False, autocast=False,
             aggregation="only_first_replica", initializer=keras.initializers.Constant(int(given)))
+
+    @property
+    def step(self):
+        """The learned grid step(s), ``exp(log_step)`` (range_mode "learned" only)."""
+        return tf.exp(tf.convert_to_tensor(self.log_step))
+
+    def _set_step(self, step):
+        """log_step = log(step) where step > 0 (a range with no step keeps the old value)."""
+        step = np.broadcast_to(np.asarray(step, np.float32), self.log_step.shape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.log_step.assign(np.where(step > 0, np.log(step), self.log_step.numpy()).astype(np.float32))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -249,7 +266,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
             return np.asarray(self.min_value, np.float32), np.asarray(self.max_value, np.float32)
         if self.range_mode == "learned":
             with tf.init_scope():  # the forward pass's own range, computed by the same function
-                lo, hi = _learned.range_of_step(tf.convert_to_tensor(self.step), tf.float32, *self._grid())
+                lo, hi = _learned.range_of_step(self.step, tf.float32, *self._grid())
                 return lo.numpy(), hi.numpy()
         with tf.init_scope():
             return self.tracked_min.numpy().astype(np.float32), self.tracked_max.numpy().astype(np.float32)
@@ -258,7 +275,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
         """Sets a tracked range (calibration): the values used in inference and as the start of
         training's moving averages (the update counter is set so training continues from it)."""
         if self.range_mode == "learned":
-            self.step.assign(np.broadcast_to(self._step_of_range(lo, hi), self.step.shape))
+            self._set_step(self._step_of_range(lo, hi))
             self.step_initialized.assign(1)
             return
         if self.range_mode != "tracked":
@@ -274,9 +291,9 @@ class QuantizeAndDequantize(keras.layers.Layer):
             # step from that batch's range; the variable is read after, so it gets the gradient.
             init = tf.cond(self.step_initialized > 0, tf.no_op, lambda: self._start_step(x))
             with tf.control_dependencies([init]):
-                step = tf.convert_to_tensor(self.step)
+                step = self.step
         else:
-            step = tf.convert_to_tensor(self.step)
+            step = self.step
         return _learned.quantize_and_dequantize_learned(
             x, step, signed_input=self.signed, num_bits=self.num_bits, round_mode=self.round_mode,
             narrow_range=self.narrow_range, axis=self.axis)
@@ -287,8 +304,8 @@ class QuantizeAndDequantize(keras.layers.Layer):
         qmin, qmax = (tf.constant(q, tf.float32) for q in self._grid())
         *_, step, degenerate = _composite.range_params(tf.minimum(lo, 0.0), tf.maximum(hi, 0.0), qmin, qmax)
         valid = finite & ~degenerate & tf.math.is_finite(step) & (step > 0)
-        old = tf.convert_to_tensor(self.step)
-        return tf.group(self.step.assign(tf.where(valid, step, old)),
+        old = tf.convert_to_tensor(self.log_step)
+        return tf.group(self.log_step.assign(tf.where(valid, tf.math.log(tf.where(valid, step, 1.0)), old)),
                         self.step_initialized.assign(tf.ones_like(self.step_initialized)))
 
     def _per_slice(self, x, bound):

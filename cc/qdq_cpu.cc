@@ -237,6 +237,30 @@ void load_bounds(const T* lo, const T* hi, int64_t depth, compute_t<T>* clo, com
   }
 }
 
+// Whether each channel's elements hold a NaN or an infinity (the range reductions ignore NaNs).
+template <typename T>
+std::vector<char> channels_not_finite(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, const Layout& l) {
+  const int64_t n = l.size();
+  const int64_t shards = std::max<int64_t>(
+      1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
+  std::vector<char> flags(static_cast<size_t>(shards * l.depth), 0);
+  pool.parallel_for(shards, (n / shards + 1) * kCyclesPerElement, [&](int64_t first, int64_t last) {
+    for (int64_t s = first; s < last; ++s) {
+      const int64_t b = n * s / shards, e = n * (s + 1) / shards;
+      if (b == e) continue;
+      char* mine = flags.data() + s * l.depth;
+      for_each_run(b, e - b, Runs{l.inner, l.depth}, [&](int64_t c, int64_t f, int64_t len) {
+        if (!mine[c] && !k.all_finite(x + f, len)) mine[c] = 1;
+      });
+    }
+  });
+  std::vector<char> any(static_cast<size_t>(l.depth), 0);
+  for (int64_t s = 0; s < shards; ++s) {
+    for (int64_t c = 0; c < l.depth; ++c) any[c] |= flags[s * l.depth + c];
+  }
+  return any;
+}
+
 }  // namespace
 
 const char* cpu_isa() { return active_isa().load() == static_cast<int>(Isa::kAvx2) ? "avx2" : "baseline"; }
@@ -319,7 +343,40 @@ void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* o
   }
 }
 
+template <typename T>
+void tracked_quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const float* old_lo,
+                          const float* old_hi, const int64_t* old_updates, float momentum, const QuantizeAttrs& attrs,
+                          float* new_lo, float* new_hi, int64_t* new_updates) {
+  using C = compute_t<T>;
+  const Plan plan = make_plan(layout);
+  const Layout& l = plan.l;
+  const int64_t depth = layout.depth;  // the caller's slices (plan.l merges per-tensor layouts)
+  std::vector<C> lo(static_cast<size_t>(l.depth)), hi(static_cast<size_t>(l.depth));
+  std::vector<char> not_finite(static_cast<size_t>(l.depth), 1);  // an empty slice has no range
+  if (l.size() > 0) {
+    measure_ranges(pool, loops<T>(), in, plan, lo.data(), hi.data());
+    not_finite = channels_not_finite(pool, loops<T>(), in, l);
+  }
+  std::vector<T> given_lo(static_cast<size_t>(depth)), given_hi(static_cast<size_t>(depth));
+  for (int64_t c = 0; c < depth; ++c) {
+    // The layer casts the batch min/max (reduced in T) to float32.
+    const TrackedRange r = tracked_update(TrackedRange{old_lo[c], old_hi[c], old_updates[c]},
+                                          static_cast<float>(lo[c]), static_cast<float>(hi[c]), !not_finite[c], momentum);
+    new_lo[c] = r.lo;
+    new_hi[c] = r.hi;
+    new_updates[c] = r.updates;
+    // ... and the range to T before the op (a rounding for half/bfloat16, exact otherwise).
+    given_lo[c] = Compute<T>::store(static_cast<C>(r.lo));
+    given_hi[c] = Compute<T>::store(static_cast<C>(r.hi));
+  }
+  QuantizeAttrs given = attrs;
+  given.range_given = true;
+  quantize_cpu(pool, in, out, layout, given_lo.data(), given_hi.data(), given);
+}
+
 #define QDQ_INSTANTIATE(T)                                                                                   \
+  template void tracked_quantize_cpu<T>(const ThreadPool&, const T*, T*, Layout, const float*, const float*, \
+                                        const int64_t*, float, const QuantizeAttrs&, float*, float*, int64_t*); \
   template void quantize_cpu<T>(const ThreadPool&, const T*, T*, Layout, const T*, const T*,               \
                                 const QuantizeAttrs&);                                                      \
   template void masked_gradient_cpu<T>(const ThreadPool&, const T*, const T*, T*, Layout, const T*, const T*);

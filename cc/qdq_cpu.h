@@ -18,6 +18,15 @@ template <typename T>
 void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* out, Layout layout,
                          const T* lo, const T* hi);
 
+// A tracked quantizer's training step in one call: measures each slice's NaN-free
+// min/max and whether it holds a NaN, updates the tracked ranges (tracked_update in
+// qdq_math.h; old_* and new_* hold layout.depth values and may alias), then quantizes
+// `in` with the new range cast to T as a given range (attrs.range_given is ignored).
+template <typename T>
+void tracked_quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const float* old_lo,
+                          const float* old_hi, const int64_t* old_updates, float momentum, const QuantizeAttrs& attrs,
+                          float* new_lo, float* new_hi, int64_t* new_updates);
+
 // The fused gradient of learned ranges (LSQ) for a forward pass with given range
 // lo/hi (layout.depth values): input_out = grad * (lo[c] <= x <= hi[c]) (V4Grad's
 // mask) and step_out[c] = lsq_gradient_scale(slice size) * sum over channel c of

@@ -197,6 +197,21 @@ struct Avx2 {
     if (i < n) base().reduce_rows(x + i, rows, stride, n - i, lo + i, hi + i);
   }
 
+  // As the baseline: x * 0 is NaN exactly for NaN and infinite x, and sums keep a NaN.
+  static bool all_finite(const T* x, int64_t n) {
+    constexpr int64_t kLanes = L::kLanes;
+    const V zero = L::set1(C(0));
+    V a0 = zero, a1 = zero;
+    int64_t i = 0;
+    for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+      a0 = L::add(a0, L::mul(L::load(x + i), zero));
+      a1 = L::add(a1, L::mul(L::load(x + i + kLanes), zero));
+    }
+    for (; i + kLanes <= n; i += kLanes) a0 = L::add(a0, L::mul(L::load(x + i), zero));
+    const bool vectors_finite = L::zero_mask(L::add(a0, a1)) == (1 << kLanes) - 1;
+    return vectors_finite && (i == n || base().all_finite(x + i, n - i));
+  }
+
   static V masked(V g, V x, V lo, V hi) { return L::mul(g, L::bit_and(L::within(x, lo, hi), L::set1(C(1)))); }
 
   static void gradient_runs(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C* lo,
@@ -226,6 +241,7 @@ struct Avx2 {
                         {quantize_row<kUp, false>, quantize_row<kUp, true>}},
                        reduce_runs,
                        reduce_rows,
+                       all_finite,
                        gradient_runs,
                        gradient_row};
   }

@@ -38,6 +38,17 @@ template <typename T>
 int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, Layout layout, const T* lo,
                          const T* hi, void* workspace);
 
+// Device scratch bytes tracked_quantize_cuda needs (16-byte aligned, as above).
+template <typename T>
+size_t tracked_cuda_workspace(Layout layout);
+
+// tracked_quantize_cpu on the device: every pointer is a device pointer (the tracked
+// ranges and counts stay where the variables live); no host round trip.
+template <typename T>
+int tracked_quantize_cuda(CudaStream stream, const T* in, T* out, Layout layout, const float* old_lo,
+                          const float* old_hi, const int64_t* old_updates, float momentum, const QuantizeAttrs& attrs,
+                          float* new_lo, float* new_hi, int64_t* new_updates, void* workspace);
+
 // Device scratch bytes lsq_gradient_cuda needs (16-byte aligned, as above).
 template <typename T>
 size_t lsq_gradient_cuda_workspace(Layout layout);

@@ -31,6 +31,19 @@ int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, L
 }
 
 template <typename T>
+size_t tracked_cuda_workspace(Layout layout) {
+  return cuda_impl::tracked_workspace<T>(layout);
+}
+
+template <typename T>
+int tracked_quantize_cuda(CudaStream stream, const T* in, T* out, Layout layout, const float* old_lo,
+                          const float* old_hi, const int64_t* old_updates, float momentum, const QuantizeAttrs& attrs,
+                          float* new_lo, float* new_hi, int64_t* new_updates, void* workspace) {
+  return cuda_impl::tracked_quantize<T>(stream, in, out, layout, old_lo, old_hi, old_updates, momentum, attrs, new_lo,
+                                        new_hi, new_updates, workspace);
+}
+
+template <typename T>
 size_t lsq_gradient_cuda_workspace(Layout layout) {
   return cuda_impl::lsq_workspace<T>(layout);
 }
@@ -48,6 +61,10 @@ int lsq_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* input_out
                                 void*);                                                                      \
   template size_t gradient_cuda_workspace<T>(Layout);                                                        \
   template int masked_gradient_cuda<T>(CudaStream, const T*, const T*, T*, Layout, const T*, const T*, void*); \
+  template size_t tracked_cuda_workspace<T>(Layout);                                                         \
+  template int tracked_quantize_cuda<T>(CudaStream, const T*, T*, Layout, const float*, const float*,           \
+                                        const int64_t*, float, const QuantizeAttrs&, float*, float*, int64_t*,  \
+                                        void*);                                                                 \
   template size_t lsq_gradient_cuda_workspace<T>(Layout);                                                    \
   template int lsq_gradient_cuda<T>(CudaStream, const T*, const T*, T*, T*, Layout, const T*, const T*,     \
                                     IntRange, RoundMode, void*);

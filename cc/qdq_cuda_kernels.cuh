@@ -212,6 +212,17 @@ struct alignas(16) Scales {
   }
 };
 
+// Channel c's measured NaN-free min/max; NaN bounds where it had no non-NaN element, as on the CPU.
+template <typename C, typename Key = typename KeyOf<C>::type>
+QDQ_DEV void measured_bounds(const Key* lo_acc, const Key* hi_acc, int64_t c, C* lo, C* hi) {
+  if (lo_acc[c] == KeyOf<C>::kNone) {
+    *lo = *hi = C(NAN);
+  } else {
+    *lo = KeyOf<C>::decode(lo_acc[c]);
+    *hi = KeyOf<C>::decode(static_cast<Key>(~hi_acc[c]));
+  }
+}
+
 // ---- Scales: one thread per channel turns the measured keys into parameters. ----
 template <typename C, typename Key = typename KeyOf<C>::type>
 QDQ_KERNEL void params_kernel(const Key* lo_acc, const Key* hi_acc, int64_t depth, IntRange range,
@@ -219,13 +230,48 @@ QDQ_KERNEL void params_kernel(const Key* lo_acc, const Key* hi_acc, int64_t dept
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (c >= depth) return;
   C lo, hi;
-  if (lo_acc[c] == KeyOf<C>::kNone) {  // no non-NaN element: NaN bounds, as on the CPU
-    lo = hi = C(NAN);
-  } else {
-    lo = KeyOf<C>::decode(lo_acc[c]);
-    hi = KeyOf<C>::decode(static_cast<Key>(~hi_acc[c]));
-  }
+  measured_bounds(lo_acc, hi_acc, c, &lo, &hi);
   params[c] = Scales<C>::pack(compute_params(lo, hi, range));
+}
+
+// ---- Tracked quantizer: which channels hold a NaN (the reductions ignore NaNs): each
+// thread ORs its flag into its channel's word when its channel changes. ----
+template <typename T>
+QDQ_KERNEL void nan_flags_kernel(const T* x, int64_t n, int64_t inner, int64_t depth, uint32_t* flags) {
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  int64_t held = -1;
+  bool nan = false;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t c = depth == 1 ? 0 : (i / inner) % depth;
+    if (c != held) {
+      if (nan) port::atomic_or(flags + held, 1u);
+      held = c;
+      nan = false;
+    }
+    nan = nan || is_nan(Compute<T>::load(x[i]));
+  }
+  if (nan) port::atomic_or(flags + held, 1u);
+}
+
+// One thread per channel: the tracked-range update (qdq_math.h), and the new range, cast
+// to T as the layer casts it, as the element pass's parameters.
+template <typename T, typename C = compute_t<T>, typename Key = typename KeyOf<C>::type>
+QDQ_KERNEL void tracked_params_kernel(const Key* lo_acc, const Key* hi_acc, const uint32_t* nan, int64_t depth,
+                                      const float* old_lo, const float* old_hi, const int64_t* old_updates,
+                                      float momentum, IntRange range, float* new_lo, float* new_hi,
+                                      int64_t* new_updates, Scales<C>* params) {
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (c >= depth) return;
+  C lo, hi;
+  measured_bounds(lo_acc, hi_acc, c, &lo, &hi);
+  const TrackedRange r = tracked_update(TrackedRange{old_lo[c], old_hi[c], old_updates[c]}, static_cast<float>(lo),
+                                        static_cast<float>(hi), nan[c] == 0, momentum);
+  new_lo[c] = r.lo;
+  new_hi[c] = r.hi;
+  new_updates[c] = r.updates;
+  const C given_lo = Compute<T>::load(Compute<T>::store(static_cast<C>(r.lo)));
+  const C given_hi = Compute<T>::load(Compute<T>::store(static_cast<C>(r.hi)));
+  params[c] = Scales<C>::pack(compute_params(given_lo, given_hi, range));
 }
 
 // ---- Element pass: a grid-stride loop over "units" = head scalars, 16-byte
@@ -523,6 +569,48 @@ int masked_gradient(CudaStream s, const T* grad, const T* x, T* out, Layout layo
   auto* dev = static_cast<Bounds<C>*>(workspace);
   if (int err = port::copy_to_device_async(dev, b.data(), sizeof(Bounds<C>) * b.size(), s)) return err;
   return launch_elements<GradientOp<T>>(s, grad, x, out, l, b[0], dev);
+}
+
+// Workspace of the tracked step: the auto path's (keys, params), then the NaN flags.
+template <typename T>
+size_t tracked_workspace(Layout layout) {
+  const Layout l = canonical(layout);
+  if (l.depth == 0) return 0;
+  return AutoWorkspace<T>::bytes(l.depth) + align16(sizeof(uint32_t) * static_cast<size_t>(l.depth));
+}
+
+// Six stream operations, never waiting on the device: clear keys and flags, reduce
+// min/max, flag NaNs, update + parameters, element pass. old_* / new_* are device pointers.
+template <typename T>
+int tracked_quantize(CudaStream s, const T* in, T* out, Layout layout, const float* old_lo, const float* old_hi,
+                     const int64_t* old_updates, float momentum, const QuantizeAttrs& attrs, float* new_lo,
+                     float* new_hi, int64_t* new_updates, void* workspace) {
+  using C = compute_t<T>;
+  using Key = typename KeyOf<C>::type;
+  const Layout l = canonical(layout);
+  if (l.depth == 0) return 0;
+  char* ws = static_cast<char*>(workspace);
+  const size_t kb = AutoWorkspace<T>::keys_bytes(l.depth);
+  Key* lo_acc = reinterpret_cast<Key*>(ws);
+  Key* hi_acc = reinterpret_cast<Key*>(ws + kb);
+  auto* params = reinterpret_cast<Scales<C>*>(ws + 2 * kb);
+  auto* nan = reinterpret_cast<uint32_t*>(ws + AutoWorkspace<T>::bytes(l.depth));
+  if (int err = port::memset_async(ws, 0xff, 2 * kb, s)) return err;
+  if (int err = port::memset_async(nan, 0, sizeof(uint32_t) * static_cast<size_t>(l.depth), s)) return err;
+  const int64_t n = l.size();
+  if (n > 0) {
+    if (int err = launch_reduce<T>(s, in, l, lo_acc, hi_acc)) return err;
+    const int64_t grid = std::max<int64_t>(1, std::min(ceil_div(n, kBlock), 4 * port::resident_blocks()));
+    QDQ_LAUNCH((nan_flags_kernel<T>), grid, kBlock, s, in, n, l.inner, l.depth, nan);
+    if (int err = port::last_error()) return err;
+  }
+  QDQ_LAUNCH((tracked_params_kernel<T>), ceil_div(l.depth, kBlock), kBlock, s, lo_acc, hi_acc, nan, l.depth, old_lo,
+             old_hi, old_updates, momentum, attrs.range, new_lo, new_hi, new_updates, params);
+  if (int err = port::last_error()) return err;
+  if (n == 0) return 0;
+  QuantizeAttrs given = attrs;
+  given.range_given = true;
+  return launch_quantize_pass<T>(s, in, out, l, given, Scales<C>{}, params);
 }
 
 // Workspace of the LSQ gradient: per-channel double accumulators, then the slices.

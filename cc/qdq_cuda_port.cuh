@@ -29,6 +29,7 @@ QDQ_DEV void atomic_min(uint64_t* p, uint64_t v) {
 }
 
 QDQ_DEV void atomic_add(double* p, double v) { atomicAdd(p, v); }
+QDQ_DEV void atomic_or(uint32_t* p, uint32_t v) { atomicOr(reinterpret_cast<unsigned*>(p), v); }
 
 // Folds each lane's (lo, hi) keys into slot `c` of the accumulators with one
 // atomic per distinct channel per warp. Every lane of the warp must call it

@@ -181,6 +181,30 @@ QDQ_HD C masked_gradient(C g, C x, C lo, C hi) {
   return mul(g, (x >= lo && x <= hi) ? C(1) : C(0));
 }
 
+// A tracked range (QuantizeAndDequantize(range_mode="tracked")) and its update by one
+// batch, in float32 operation by operation as the layer's TensorFlow ops compute it
+// (tensorflow_qdq/keras/_layer.py): the batch range widened to include 0 (a zero bound
+// keeps its sign, as tf.minimum/maximum do), taken as is on a slice's first update, else
+// old * m + batch * (1 - m). A slice whose batch held a NaN or an infinity, or no element,
+// keeps its range and count.
+struct TrackedRange {
+  float lo;
+  float hi;
+  int64_t updates;
+};
+
+QDQ_HD TrackedRange tracked_update(TrackedRange old, float batch_lo, float batch_hi, bool all_finite,
+                                   float momentum) {
+  const bool valid = all_finite && batch_lo - batch_lo == 0.0f && batch_hi - batch_hi == 0.0f;
+  if (!valid) return old;
+  const float lo = (0.0f < batch_lo) ? 0.0f : batch_lo;
+  const float hi = (batch_hi < 0.0f) ? 0.0f : batch_hi;
+  const float decay = old.updates > 0 ? momentum : 0.0f;
+  const float keep = 1.0f - decay;
+  return TrackedRange{add(mul(old.lo, decay), mul(lo, keep)), add(mul(old.hi, decay), mul(hi, keep)),
+                      old.updates + 1};
+}
+
 // LSQ (Esser et al., "Learned Step Size Quantization", 2020): the derivative of one
 // quantize-dequantize output with respect to the step (inv_scale) of its slice, for
 // q = step * round(clamp(x / step)). Inside [lo, hi] (the mask of masked_gradient) it is

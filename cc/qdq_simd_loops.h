@@ -69,6 +69,8 @@ struct CpuLoops {
   // from x[r * stride + i] for each of `rows` rows of n elements (rows).
   void (*reduce_runs)(const T* x, int64_t f, int64_t n, const Runs& r, C* lo, C* hi);
   void (*reduce_rows)(const T* x, int64_t rows, int64_t stride, int64_t n, C* lo, C* hi);
+  // Whether x[0, n) holds no NaN and no infinity (tracked ranges skip such batches).
+  bool (*all_finite)(const T* x, int64_t n);
   // V4Grad: out = g * (lo <= x <= hi).
   void (*gradient_runs)(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C* lo,
                         const C* hi, bool stream);

@@ -49,6 +49,10 @@ struct QdqLaunch {
   static void Gradient(OpKernelContext* ctx, const T* grad, const T* x, T* out, ::qdq::Layout layout, const T* lo,
                        const T* hi);
   static void Zero(OpKernelContext* ctx, T* out, int64_t n);
+  // Tracked: old/new ranges and counts live where the device keeps its tensors.
+  static void Tracked(OpKernelContext* ctx, const T* in, T* out, ::qdq::Layout layout, const float* old_lo,
+                      const float* old_hi, const int64_t* old_updates, float momentum,
+                      const ::qdq::QuantizeAttrs& attrs, float* new_lo, float* new_hi, int64_t* new_updates);
   static void LsqGradient(OpKernelContext* ctx, const T* grad, const T* x, T* input_out, T* step_out,
                           ::qdq::Layout layout, const T* lo, const T* hi, ::qdq::IntRange range,
                           ::qdq::RoundMode round_mode);
@@ -168,6 +172,56 @@ class GradientKernel : public OpKernel {
 
  private:
   int axis_ = -1;
+};
+
+// Tracked: the moving-average update and the quantize pass of a tracked quantizer in training.
+template <typename Device, typename T>
+class TrackedKernel : public OpKernel {
+ public:
+  explicit TrackedKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    bool signed_input = true, narrow_range = false;
+    int num_bits = 8;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("signed_input", &signed_input));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_bits", &num_bits));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("narrow_range", &narrow_range));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("momentum", &momentum_));
+    OP_REQUIRES_OK(ctx, CheckAxisAttr(axis_));
+    OP_REQUIRES_OK(ctx, CheckNumBits(num_bits, signed_input));
+    OP_REQUIRES(ctx, momentum_ >= 0.0f && momentum_ < 1.0f,
+                Invalid("momentum must be in [0, 1), got " + std::to_string(momentum_)));
+    ::qdq::RoundMode round_mode;
+    OP_REQUIRES_OK(ctx, RoundModeAttr(ctx, &round_mode));
+    attrs_ = ::qdq::QuantizeAttrs{::qdq::int_range(signed_input, num_bits, narrow_range), true, round_mode};
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& input = ctx->input(0);
+    const Tensor& lo = ctx->input(1);
+    const Tensor& hi = ctx->input(2);
+    const Tensor& updates = ctx->input(3);
+    OP_REQUIRES_OK(ctx, CheckAxisForInput(axis_, input.shape()));
+    OP_REQUIRES_OK(ctx, CheckRangeShape("tracked_min", lo, axis_, input.shape()));
+    OP_REQUIRES_OK(ctx, CheckRangeShape("tracked_max", hi, axis_, input.shape()));
+    OP_REQUIRES_OK(ctx, CheckRangeShape("tracked_updates", updates, axis_, input.shape()));
+    Tensor* output = nullptr;
+    Tensor* new_lo = nullptr;
+    Tensor* new_hi = nullptr;
+    Tensor* new_updates = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, input.shape(), &output));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, lo.shape(), &new_lo));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, hi.shape(), &new_hi));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, updates.shape(), &new_updates));
+    QdqLaunch<Device, T>::Tracked(ctx, input.flat<T>().data(), output->flat<T>().data(), LayoutOf(input.shape(), axis_),
+                                  lo.unaligned_flat<float>().data(), hi.unaligned_flat<float>().data(),
+                                  updates.unaligned_flat<int64_t>().data(), momentum_, attrs_,
+                                  new_lo->flat<float>().data(), new_hi->flat<float>().data(),
+                                  new_updates->flat<int64_t>().data());
+  }
+
+ private:
+  int axis_ = -1;
+  float momentum_ = 0.99f;
+  ::qdq::QuantizeAttrs attrs_{};
 };
 
 // LsqGrad: V4Grad's input_backprop and the per-slice LSQ step gradient, in one pass.

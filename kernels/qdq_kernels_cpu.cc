@@ -40,6 +40,12 @@ struct QdqLaunch<Eigen::ThreadPoolDevice, T> {
     ::qdq::masked_gradient_cpu(IntraOpPool(ctx), Core(grad), Core(x), Core(out), layout, Core(lo), Core(hi));
   }
   static void Zero(OpKernelContext*, T* out, int64_t n) { std::fill(out, out + n, T(0)); }
+  static void Tracked(OpKernelContext* ctx, const T* in, T* out, ::qdq::Layout layout, const float* old_lo,
+                      const float* old_hi, const int64_t* old_updates, float momentum,
+                      const ::qdq::QuantizeAttrs& attrs, float* new_lo, float* new_hi, int64_t* new_updates) {
+    ::qdq::tracked_quantize_cpu(IntraOpPool(ctx), Core(in), Core(out), layout, old_lo, old_hi, old_updates, momentum,
+                                attrs, new_lo, new_hi, new_updates);
+  }
   static void LsqGradient(OpKernelContext* ctx, const T* grad, const T* x, T* input_out, T* step_out,
                           ::qdq::Layout layout, const T* lo, const T* hi, ::qdq::IntRange range,
                           ::qdq::RoundMode round_mode) {
@@ -57,6 +63,8 @@ struct QdqLaunch<Eigen::ThreadPoolDevice, T> {
                           QuantizeAttrKernel<Eigen::ThreadPoolDevice, T>);                                   \
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4Grad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
                           GradientKernel<Eigen::ThreadPoolDevice, T>);                                       \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeTracked").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          TrackedKernel<Eigen::ThreadPoolDevice, T>);                                        \
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeLsqGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
                           LsqGradientKernel<Eigen::ThreadPoolDevice, T>);
 

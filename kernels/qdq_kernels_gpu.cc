@@ -62,6 +62,17 @@ struct QdqLaunch<Eigen::GpuDevice, T> {
     OP_REQUIRES_OK(ctx, CudaStatus(::qdq::cuda_zero(StreamOf(ctx), out, static_cast<size_t>(n) * sizeof(T)),
                                    "zero fill"));
   }
+  static void Tracked(OpKernelContext* ctx, const T* in, T* out, ::qdq::Layout layout, const float* old_lo,
+                      const float* old_hi, const int64_t* old_updates, float momentum,
+                      const ::qdq::QuantizeAttrs& attrs, float* new_lo, float* new_hi, int64_t* new_updates) {
+    Tensor scratch;
+    void* ws = nullptr;
+    OP_REQUIRES_OK(ctx, Workspace(ctx, ::qdq::tracked_cuda_workspace<CoreT>(layout), &scratch, &ws));
+    OP_REQUIRES_OK(ctx, CudaStatus(::qdq::tracked_quantize_cuda(StreamOf(ctx), Core(in), Core(out), layout, old_lo,
+                                                                old_hi, old_updates, momentum, attrs, new_lo, new_hi,
+                                                                new_updates, ws),
+                                   "quantize_and_dequantize_tracked"));
+  }
   static void LsqGradient(OpKernelContext* ctx, const T* grad, const T* x, T* input_out, T* step_out,
                           ::qdq::Layout layout, const T* lo, const T* hi, ::qdq::IntRange range,
                           ::qdq::RoundMode round_mode) {
@@ -101,6 +112,8 @@ struct QdqLaunch<Eigen::GpuDevice, T> {
                               .HostMemory("input_max")                                       \
                               .TypeConstraint<T>("T"),                                       \
                           GradientKernel<Eigen::GpuDevice, T>);                              \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeTracked").Device(DEVICE_GPU).TypeConstraint<T>("T"), \
+                          TrackedKernel<Eigen::GpuDevice, T>);                               \
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeLsqGrad")                           \
                               .Device(DEVICE_GPU)                                            \
                               .HostMemory("input_min")                                       \

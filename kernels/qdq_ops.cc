@@ -139,6 +139,39 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeV4Grad")
     .SetShapeFn(GradientShape)
     .Doc("Gradient of Qdq>QuantizeAndDequantizeV4: gradients masked to [input_min, input_max].");
 
+// A tracked quantizer's training step (QuantizeAndDequantize(range_mode="tracked")) in one
+// op: the batch's per-slice range updates the moving averages, and the input is quantized
+// with the updated range as V4 with range_given=true would. The gradient is V4's, masked with
+// that range (registered in Python).
+REGISTER_OP("Qdq>QuantizeAndDequantizeTracked")
+    .Input("input: T")
+    .Input("tracked_min: float")
+    .Input("tracked_max: float")
+    .Input("tracked_updates: int64")
+    .Output("output: T")
+    .Output("new_min: float")
+    .Output("new_max: float")
+    .Output("new_updates: int64")
+    .Attr("signed_input: bool = true")
+    .Attr("num_bits: int = 8")
+    .Attr(QDQ_FLOAT_TYPES)
+    .Attr("round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'")
+    .Attr("narrow_range: bool = false")
+    .Attr("axis: int = -1")
+    .Attr("momentum: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle minmax, updates;
+      TF_RETURN_IF_ERROR(CheckRangeShapes(c, c->input(0), 1, 2, &minmax));
+      TF_RETURN_IF_ERROR(Named("tracked_updates must have the shape of tracked_min",
+                               c->Merge(c->input(3), minmax, &updates)));
+      c->set_output(0, c->input(0));
+      c->set_output(1, minmax);
+      c->set_output(2, minmax);
+      c->set_output(3, minmax);
+      return absl::OkStatus();
+    })
+    .Doc("A tracked-range quantizer's training step: update the moving-average range, quantize (tensorflow-qdq).");
+
 // The fused gradient of learned ranges (LSQ): the forward is QuantizeAndDequantizeV4 with
 // range_given=true; this returns its input gradient (V4Grad's) and the gradient of the
 // slice's step (input_max / qmax), scaled by LSQ's 1/sqrt(n * Qp). See docs/KERAS.md.

@@ -73,3 +73,13 @@ def _lsq_grad_grad(op, dbackprop, dstep):
         ds = tf.reshape(ds, [1, -1, 1]) if axis != -1 else tf.reshape(ds, [])
         dg += tf.cast(tf.reshape(d * ds, tf.shape(g)), g.dtype)
     return [dg, tf.zeros_like(x), tf.zeros_like(lo), tf.zeros_like(hi)]
+
+
+@tf.RegisterGradient("Qdq>QuantizeAndDequantizeTracked")
+def _tracked_grad(op, grad, *range_grads):
+    """V4's gradient, masked with the range the op quantized with (its new range, cast to T
+    as the quantize pass saw it); the tracked range and count get none (they are observed)."""
+    del range_grads
+    x = op.inputs[0]
+    lo, hi = (tf.cast(t, x.dtype) for t in op.outputs[1:3])
+    return [_masked(grad, x, lo, hi, op.get_attr("axis"))[0], None, None, None]

@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 import tensorflow_qdq as _qdq
-from tensorflow_qdq import _composite, _learned
+from tensorflow_qdq import _composite, _learned, _routing
+from tensorflow_qdq._loader import ops as _ops
 from tensorflow_qdq.deploy import _grid
 from tensorflow_qdq.keras import _deploy
 
@@ -19,6 +20,16 @@ ROUND_MODES = ("HALF_TO_EVEN", "HALF_UP")
 # Tracked ranges start here when no min_value/max_value is given (the same start as
 # TF Model Optimization's moving-average quantizer); the first training batch replaces it.
 _TRACKED_START = (-6.0, 6.0)
+
+
+def _straight_through(x, y):
+    """y, with the identity as its gradient with respect to x."""
+
+    @tf.custom_gradient
+    def identity_gradient(x):
+        return tf.identity(y), lambda dy: dy
+
+    return identity_gradient(x)
 
 
 def _check_choice(name, value, choices):
@@ -184,8 +195,11 @@ class QuantizeAndDequantize(keras.layers.Layer):
             lo = 0.0
         # Every replica writes the same (cross-replica reduced) value; keep the first.
         common = dict(shape=shape, trainable=False, autocast=False, aggregation="only_first_replica")
-        self.tracked_min = self.add_weight(name="tracked_min", initializer=keras.initializers.Constant(lo), **common)
-        self.tracked_max = self.add_weight(name="tracked_max", initializer=keras.initializers.Constant(hi), **common)
+        # float32 whatever the layer's dtype (a float64 layer used to fail in training here).
+        self.tracked_min = self.add_weight(name="tracked_min", initializer=keras.initializers.Constant(lo),
+                                           dtype="float32", **common)
+        self.tracked_max = self.add_weight(name="tracked_max", initializer=keras.initializers.Constant(hi),
+                                           dtype="float32", **common)
         self.tracked_updates = self.add_weight(name="tracked_updates", initializer="zeros", dtype="int64", **common)
 
     def _grid(self):
@@ -250,6 +264,8 @@ class QuantizeAndDequantize(keras.layers.Layer):
             lo = self._per_slice(x, tf.constant(self.min_value, x.dtype))
             hi = self._per_slice(x, tf.constant(self.max_value, x.dtype))
         elif training:
+            if self._fused_tracking():
+                return self._tracked_step(x)
             lo, hi = self._update_tracked(x)
         else:
             lo, hi = tf.convert_to_tensor(self.tracked_min), tf.convert_to_tensor(self.tracked_max)
@@ -351,6 +367,31 @@ class QuantizeAndDequantize(keras.layers.Layer):
             lo, hi = tf.reduce_min(every[:, 0], axis=0), tf.reduce_max(every[:, 1], axis=0)
             finite = tf.reduce_min(every[:, 2], axis=0)
         return lo, hi, finite > 0
+
+    @staticmethod
+    def _fused_tracking():
+        """Whether a training step can run as one Qdq>QuantizeAndDequantizeTracked op: not
+        inside XLA (no custom ops there) and on one replica (several gather their batch
+        ranges first); elsewhere the same update runs as standard ops (_update_tracked)."""
+        if _routing.in_xla_context():
+            return False
+        ctx = tf.distribute.get_replica_context()
+        return ctx is None or ctx.num_replicas_in_sync == 1
+
+    def _tracked_step(self, x):
+        """The tracked update and the quantize pass in one op (same arithmetic as
+        _update_tracked + _qdq: the bounds may differ only in the sign of a zero)."""
+        attrs = dict(signed_input=self.signed, num_bits=self.num_bits, round_mode=self.round_mode,
+                     narrow_range=self.narrow_range, axis=-1 if self.axis is None else self._axis,
+                     momentum=self.momentum)
+        y, lo, hi, count = _ops.qdq_quantize_and_dequantize_tracked(
+            x, self.tracked_min, self.tracked_max, self.tracked_updates, **attrs)
+        self.tracked_min.assign(lo)
+        self.tracked_max.assign(hi)
+        self.tracked_updates.assign(count)
+        if self.gradient == "straight_through":
+            return _straight_through(x, y)
+        return y
 
     def _update_tracked(self, x):
         """Moves the tracked range towards this batch's range (widened to include 0); returns it.

@@ -121,13 +121,19 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def float_weights(self):
         """{attr: float weight as the layer computes with it (BatchNorm folded in)}, and the bias
         to add after the layer's linear part (folded with the moving statistics), or None."""
-        out = {}
         factor = self._fold_factor() if self.batch_norm is not None else None
+        return self._folded_weights(factor), self._folded_bias(factor)
+
+    def _folded_weights(self, factor):
+        out = {}
         for spec in self.specs:
             w = ops.convert_to_tensor(getattr(self.layer, spec.attr))
             if factor is not None and spec.folds_batch_norm:
                 w = ops.multiply(w, _along(factor, spec.axes(len(w.shape)), len(w.shape), w.shape))
             out[spec.attr] = w
+        return out
+
+    def _folded_bias(self, factor):
         bias = getattr(self.layer, "bias", None)
         bias = None if bias is None else ops.convert_to_tensor(bias)
         if factor is not None:
@@ -136,7 +142,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             if bias is not None:
                 shift = ops.add(shift, ops.multiply(bias, factor))
             bias = shift if bn.beta is None else ops.add(shift, bn.beta)
-        return out, bias
+        return bias
 
     # -- calling ------------------------------------------------------------------------------
 
@@ -146,20 +152,23 @@ class QuantizeWrapper(keras.layers.Wrapper):
         target = _deploy.current_target()
         if target is not None:
             return self._deploy_call(inputs, target)
-        weights, bias = self.float_weights()
+        # The factor once per call; the frozen bias only where it is used (a training step with
+        # batch statistics does not need it).
+        factor = self._fold_factor() if self.batch_norm is not None else None
+        weights = self._folded_weights(factor)
         if self.weight_bits is not None:
             weights = {spec.attr: _weights.quantize_weight(weights[spec.attr], spec.channel_axes, self.weight_bits)
                        for spec in self.specs}
         y = self._linear(inputs, weights, training)
         if self.batch_norm is not None and training:
-            frozen = lambda: self._add_bias(y, bias)  # noqa: E731
+            frozen = lambda: self._add_bias(y, self._folded_bias(factor))  # noqa: E731
             if self.freeze_bn_delay is None:
-                y = self._batch_statistics(y)
+                y = self._batch_statistics(y, factor)
             else:
-                y = tf.cond(self.fold_steps < self.freeze_bn_delay, lambda: self._batch_statistics(y), frozen)
+                y = tf.cond(self.fold_steps < self.freeze_bn_delay, lambda: self._batch_statistics(y, factor), frozen)
             self.fold_steps.assign_add(1)
         else:
-            y = self._add_bias(y, bias)
+            y = self._add_bias(y, self._folded_bias(factor))
         return self._activate(y, training)
 
     def _linear(self, inputs, weights, training=None):
@@ -196,16 +205,17 @@ class QuantizeWrapper(keras.layers.Wrapper):
             return tf.nn.bias_add(y, bias)  # one op that converters fuse into the conv/gemm
         return ops.add(y, bias)
 
-    def _batch_statistics(self, y):
+    def _batch_statistics(self, y, factor):
         """Training before the freeze: BatchNorm with batch statistics of the unfolded output
-        ``z = y / f + bias``. z is affine in y per channel, so its statistics come from y's
-        (mean_z = mean_y / f + bias, var_z = var_y / f^2) and the output is one multiply-add
-        on y: no division or bias pass over the activation, forward or backward."""
+        ``z = y / f + bias`` (f = gamma * r, r = rsqrt(moving_variance + eps) > 0). z is affine
+        in y per channel, so its statistics come from y's (mean_z = mean_y / f + bias,
+        var_z = var_y / f^2), and BatchNorm(z) = gamma * (z - mean_z) * rsqrt(var_z + eps) + beta
+        = |gamma| * (y - mean_y) * rsqrt(var_y + eps * f^2) + beta: one multiply-add on y, and
+        no division in the part that is differentiated."""
         bn = self.batch_norm
         axis = _weights.output_channel_axis(self.layer) % len(y.shape)
-        factor = self._fold_factor()
-        # A zero factor (gamma = 0) zeroed that channel's weights, so y = 0 there; dividing by
-        # 1 instead gives the exact output (beta, whatever the statistics).
+        # The moving statistics (assigned, so not differentiated) divide by f; a zero f zeroed
+        # that channel's weights, so y = 0 there and dividing by 1 instead is exact.
         safe = ops.where(ops.equal(factor, 0.0), ops.ones_like(factor), factor)
         reduce = [a for a in range(len(y.shape)) if a != axis]
         mean_y, variance_y = ops.moments(ops.cast(y, "float32"), axes=reduce)
@@ -217,9 +227,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         m = bn.momentum
         bn.moving_mean.assign(ops.add(ops.multiply(bn.moving_mean, m), ops.multiply(mean, 1.0 - m)))
         bn.moving_variance.assign(ops.add(ops.multiply(bn.moving_variance, m), ops.multiply(variance, 1.0 - m)))
-        scale = ops.divide(ops.rsqrt(ops.add(variance, bn.epsilon)), safe)
+        # (safe for f: where f = 0, y = 0 and var_y = 0, and rsqrt(0 + eps * 1) * |gamma| = 0.)
+        scale = ops.rsqrt(ops.add(variance_y, ops.multiply(ops.square(safe), bn.epsilon)))
         if bn.gamma is not None:
-            scale = ops.multiply(scale, bn.gamma)
+            scale = ops.multiply(scale, ops.abs(bn.gamma))
         offset = ops.negative(ops.multiply(mean_y, scale))
         if bn.beta is not None:
             offset = ops.add(offset, bn.beta)

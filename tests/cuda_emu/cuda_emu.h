@@ -54,6 +54,7 @@ inline float float_from(uint32_t u) { return bit_cast<float>(u); }
 inline double double_from(uint64_t u) { return bit_cast<double>(u); }
 
 inline void atomic_add(double* p, double v) { *p += v; }
+inline void atomic_or(uint32_t* p, uint32_t v) { *p |= v; }
 
 template <typename Key>
 void merge_keys(Key* lo_acc, Key* hi_acc, int64_t c, Key lo, Key hi, Key none) {

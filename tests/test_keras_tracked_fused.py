@@ -1,0 +1,65 @@
+"""The fused tracked step (Qdq>QuantizeAndDequantizeTracked, used in training on one replica
+outside XLA) against the same update written in standard TensorFlow ops (the path used under
+tf.distribute and XLA): outputs, gradients, tracked ranges and counts, bit for bit, over
+every dtype, per tensor and per channel, with NaN and infinite batches."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tensorflow_qdq  # noqa: F401
+from tensorflow_qdq.keras import QuantizeAndDequantize
+from tensorflow_qdq.keras import _layer
+
+UINT = {2: tf.uint16, 4: tf.uint32, 8: tf.uint64}
+
+
+def _bits(t):
+    return tf.bitcast(t, UINT[t.dtype.size]).numpy()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_fused_tracked_step_equals_the_standard_ops_update(dtype, monkeypatch):
+    rng = np.random.default_rng(abs(hash(dtype)) % 2**32)
+    for trial in range(12):
+        axis = [None, -1, 0][trial % 3]
+        kw = dict(num_bits=int(rng.choice([2, 4, 8])), signed=bool(trial % 5), narrow_range=trial % 7 == 0,
+                  round_mode=["HALF_TO_EVEN", "HALF_UP"][trial % 2], momentum=0.9, axis=axis, range_mode="tracked")
+        fused, standard = QuantizeAndDequantize(dtype=dtype, **kw), QuantizeAndDequantize(dtype=dtype, **kw)
+        shape = (int(rng.integers(1, 6)), 7)
+        for step in range(4):
+            x = (rng.standard_normal(shape) * 3).astype(np.float32)
+            if step == 2 and trial % 3 == 0:
+                x[0, 0] = np.nan
+            if step == 3 and trial % 4 == 1:
+                x[0, 1] = np.inf
+            if trial % 6 == 5:
+                x = np.abs(x)
+            xt = tf.cast(tf.constant(x), dtype)
+            g = tf.cast(tf.constant(rng.standard_normal(shape).astype(np.float32)), dtype)
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(xt)
+                monkeypatch.setattr(_layer.QuantizeAndDequantize, "_fused_tracking", staticmethod(lambda: True))
+                y_fused = fused(xt, training=True)
+                monkeypatch.setattr(_layer.QuantizeAndDequantize, "_fused_tracking", staticmethod(lambda: False))
+                y_standard = standard(xt, training=True)
+            label = f"trial {trial} step {step} {kw}"
+            np.testing.assert_array_equal(_bits(y_fused), _bits(y_standard), err_msg=label)
+            np.testing.assert_array_equal(_bits(tape.gradient(y_fused, xt, output_gradients=g)),
+                                          _bits(tape.gradient(y_standard, xt, output_gradients=g)), err_msg=label)
+            for name in ("tracked_min", "tracked_max", "tracked_updates"):
+                np.testing.assert_array_equal(getattr(fused, name).numpy(), getattr(standard, name).numpy(),
+                                              err_msg=f"{label} {name}")
+
+
+def test_fused_op_is_used_in_training_and_validates_its_inputs():
+    layer = QuantizeAndDequantize(range_mode="tracked")
+    graph = tf.function(lambda v: layer(v, training=True)).get_concrete_function(tf.TensorSpec([4, 3])).graph
+    assert "Qdq>QuantizeAndDequantizeTracked" in {op.type for op in graph.get_operations()}
+    from tensorflow_qdq._loader import ops
+
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="tracked_min"):
+        ops.qdq_quantize_and_dequantize_tracked([[1.0, 2.0]], [0.0, 1.0, 2.0], [1.0, 1.0, 1.0], [0, 0, 0],
+                                                axis=1, momentum=0.9)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="momentum"):
+        ops.qdq_quantize_and_dequantize_tracked([1.0], 0.0, 1.0, tf.constant(0, tf.int64), momentum=1.5)

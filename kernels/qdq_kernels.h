@@ -110,6 +110,23 @@ inline absl::Status RoundModeAttr(OpKernelConstruction* ctx, ::qdq::RoundMode* r
   return absl::OkStatus();
 }
 
+// The grid attributes of the ops that take num_bits as an attribute (Tracked, LsqGrad),
+// validated: signed_input, num_bits, narrow_range, round_mode and axis.
+inline absl::Status GridAttrs(OpKernelConstruction* ctx, int* axis, ::qdq::QuantizeAttrs* attrs) {
+  bool signed_input = true, narrow_range = false;
+  int num_bits = 8;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("signed_input", &signed_input));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("num_bits", &num_bits));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("narrow_range", &narrow_range));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("axis", axis));
+  TF_RETURN_IF_ERROR(CheckAxisAttr(*axis));
+  TF_RETURN_IF_ERROR(CheckNumBits(num_bits, signed_input));
+  ::qdq::RoundMode round_mode;
+  TF_RETURN_IF_ERROR(RoundModeAttr(ctx, &round_mode));
+  *attrs = ::qdq::QuantizeAttrs{::qdq::int_range(signed_input, num_bits, narrow_range), true, round_mode};
+  return absl::OkStatus();
+}
+
 // V2 and V4: num_bits and round_mode are attributes (V4 differs only in its gradient).
 template <typename Device, typename T>
 class QuantizeAttrKernel : public QuantizeKernelBase<Device, T> {
@@ -179,20 +196,10 @@ template <typename Device, typename T>
 class TrackedKernel : public OpKernel {
  public:
   explicit TrackedKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    bool signed_input = true, narrow_range = false;
-    int num_bits = 8;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("signed_input", &signed_input));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_bits", &num_bits));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("narrow_range", &narrow_range));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+    OP_REQUIRES_OK(ctx, GridAttrs(ctx, &axis_, &attrs_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("momentum", &momentum_));
-    OP_REQUIRES_OK(ctx, CheckAxisAttr(axis_));
-    OP_REQUIRES_OK(ctx, CheckNumBits(num_bits, signed_input));
     OP_REQUIRES(ctx, momentum_ >= 0.0f && momentum_ < 1.0f,
                 Invalid("momentum must be in [0, 1), got " + std::to_string(momentum_)));
-    ::qdq::RoundMode round_mode;
-    OP_REQUIRES_OK(ctx, RoundModeAttr(ctx, &round_mode));
-    attrs_ = ::qdq::QuantizeAttrs{::qdq::int_range(signed_input, num_bits, narrow_range), true, round_mode};
   }
   void Compute(OpKernelContext* ctx) override {
     const Tensor& input = ctx->input(0);
@@ -229,16 +236,10 @@ template <typename Device, typename T>
 class LsqGradientKernel : public OpKernel {
  public:
   explicit LsqGradientKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    bool signed_input = true, narrow_range = false;
-    int num_bits = 8;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("signed_input", &signed_input));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_bits", &num_bits));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("narrow_range", &narrow_range));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
-    OP_REQUIRES_OK(ctx, CheckAxisAttr(axis_));
-    OP_REQUIRES_OK(ctx, CheckNumBits(num_bits, signed_input));
-    OP_REQUIRES_OK(ctx, RoundModeAttr(ctx, &round_mode_));
-    range_ = ::qdq::int_range(signed_input, num_bits, narrow_range);
+    ::qdq::QuantizeAttrs attrs;
+    OP_REQUIRES_OK(ctx, GridAttrs(ctx, &axis_, &attrs));
+    range_ = attrs.range;
+    round_mode_ = attrs.round_mode;
   }
   void Compute(OpKernelContext* ctx) override {
     const Tensor& grad = ctx->input(0);

@@ -25,10 +25,20 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-CORE_SOURCES = ["cc/qdq_cpu.cc", "cc/qdq_cpu_baseline.cc", "cc/qdq_cpu_avx2.cc", "cc/qdq_cpu_lsq.cc"]
-TF_SOURCES = ["kernels/qdq_ops.cc", "kernels/qdq_kernels_cpu.cc"]
-TF_GPU_SOURCES = ["kernels/qdq_kernels_gpu.cc"]
-CUDA_SOURCES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cc").glob("*.cu"))
+
+
+def _build_lists():
+    """sources.bzl: the source lists and exactness flags BUILD loads too (plain assignments)."""
+    names = {}
+    exec(compile((ROOT / "sources.bzl").read_text(), "sources.bzl", "exec"), {}, names)  # noqa: S102
+    return names
+
+
+_LISTS = _build_lists()
+CORE_SOURCES, AVX2_SOURCES, AVX2_FLAGS, CORE_FLAGS = (_LISTS[k] for k in ("CORE_SOURCES", "AVX2_SOURCES", "AVX2_FLAGS",
+                                                                         "CORE_FLAGS"))
+TF_SOURCES, TF_GPU_SOURCES, CUDA_SOURCES = _LISTS["TF_SOURCES"], _LISTS["TF_GPU_SOURCES"], _LISTS["CUDA_SOURCES"]
+NVCC_FLAGS, BINDING_SOURCES = _LISTS["NVCC_FLAGS"], _LISTS["BINDING_SOURCES"]
 WARNINGS = ["-Wall", "-Wextra", "-Werror=return-type"]
 CXX_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-DNDEBUG"] + WARNINGS
 
@@ -98,9 +108,9 @@ def core_cpu_flags(source):
     """Per-file flags of the CPU core: IEEE arithmetic exactly as written (no FMA
     contraction), and AVX2+F16C for the one unit the core dispatches to at run time
     (never -march=native: the library must run on any x86-64)."""
-    flags = ["-ffp-contract=off", "-fno-trapping-math"]
-    if source.endswith("_avx2.cc") and platform.machine().lower() in ("x86_64", "amd64"):
-        flags += ["-mavx2", "-mf16c"]
+    flags = list(CORE_FLAGS)
+    if source in AVX2_SOURCES and platform.machine().lower() in ("x86_64", "amd64"):
+        flags += AVX2_FLAGS
     return flags
 
 
@@ -124,9 +134,9 @@ def cuda_arch_flags():
 
 
 def nvcc_command(nvcc):
-    # --fmad=false on top of the _rn intrinsics in qdq_math.h: no contraction can
-    # make the device round differently from the CPU.
-    return [nvcc, "-std=c++17", "-O3", "-DNDEBUG", "-x", "cu", "--fmad=false",
+    # NVCC_FLAGS (--fmad=false, see sources.bzl): no contraction can make the device
+    # round differently from the CPU.
+    return [nvcc, "-std=c++17", "-O3", "-DNDEBUG", "-x", "cu", *NVCC_FLAGS,
             "-Xcompiler", ",".join(["-fPIC", "-fvisibility=hidden"] + WARNINGS),
             "-I", str(ROOT)] + cuda_arch_flags()
 
@@ -186,7 +196,7 @@ def build_core_module(cmd, ext):
     base = host_base(cxx)
     py_includes = ["-isystem", pybind11.get_include(), "-isystem", sysconfig.get_paths()["include"]]
     binding = base + py_includes + (["-DQDQ_WITH_CUDA"] if with_cuda else [])
-    jobs = core_jobs(base) + [("cc/qdq_pybind.cc", binding)]
+    jobs = core_jobs(base) + [(s, binding) for s in BINDING_SOURCES]
     if with_cuda:
         jobs += [(s, nvcc_command(nvcc)) for s in CUDA_SOURCES]
     objects = build.compile(jobs)
@@ -286,7 +296,8 @@ class BuildQdq(build_ext):
             (directory / "_build_info.py").write_text(text)
 
 
-setup(
-    ext_modules=[Extension("tensorflow_qdq._qdq_ops", sources=[]), Extension("tensorflow_qdq._core", sources=[])],
-    cmdclass={"build_ext": BuildQdq},
-)
+if __name__ == "__main__":  # pip and `python setup.py` run it so; tests import the functions
+    setup(
+        ext_modules=[Extension("tensorflow_qdq._qdq_ops", sources=[]), Extension("tensorflow_qdq._core", sources=[])],
+        cmdclass={"build_ext": BuildQdq},
+    )

@@ -22,6 +22,7 @@ struct F32x8 {
   static V rint(V v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static V floor(V v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
   static V bit_and(V a, V b) { return _mm256_and_ps(a, b); }
+  static V bit_or(V a, V b) { return _mm256_or_ps(a, b); }
   static V within(V x, V lo, V hi) {
     return _mm256_and_ps(_mm256_cmp_ps(x, lo, _CMP_GE_OQ), _mm256_cmp_ps(x, hi, _CMP_LE_OQ));
   }
@@ -56,6 +57,7 @@ struct F64x4 {
   static V rint(V v) { return _mm256_round_pd(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static V floor(V v) { return _mm256_round_pd(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
   static V bit_and(V a, V b) { return _mm256_and_pd(a, b); }
+  static V bit_or(V a, V b) { return _mm256_or_pd(a, b); }
   static V within(V x, V lo, V hi) {
     return _mm256_and_pd(_mm256_cmp_pd(x, lo, _CMP_GE_OQ), _mm256_cmp_pd(x, hi, _CMP_LE_OQ));
   }

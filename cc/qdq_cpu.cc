@@ -343,32 +343,95 @@ void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* o
   }
 }
 
+namespace {
+
+// One shard-parallel pass for a delayed step whose slices all have a range: quantize with
+// it, and measure the batch's NaN-free min/max and NaN flags from the same loads. Merged as
+// measure_ranges merges (shard order keeps the zero signs of memory order).
+template <typename T, typename C = compute_t<T>>
+void quantize_and_measure(const ThreadPool& pool, const CpuLoops<T>& k, const T* in, T* out, const Plan& plan,
+                          const std::vector<SliceParams<C>>& params, RoundMode mode, C* lo, C* hi,
+                          char* not_finite) {
+  const Layout& l = plan.l;
+  const int64_t n = l.size();
+  const int64_t depth = l.depth;
+  const C inf = std::numeric_limits<C>::infinity();
+  const int64_t shards = std::max<int64_t>(
+      1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
+  std::vector<C> part(static_cast<size_t>(2 * shards * depth));
+  std::vector<char> nan(static_cast<size_t>(shards * depth), 0);
+  for (int64_t s = 0; s < shards; ++s) {
+    std::fill_n(part.begin() + 2 * s * depth, depth, inf);
+    std::fill_n(part.begin() + (2 * s + 1) * depth, depth, -inf);
+  }
+  const auto pass = k.quantize_measure_runs[static_cast<int>(mode)];
+  const bool stream = streams<T>(n);
+  pool.parallel_for(shards, (n / shards + 1) * 2 * kCyclesPerElement, [&](int64_t first, int64_t last) {
+    for (int64_t s = first; s < last; ++s) {
+      C* plo = part.data() + 2 * s * depth;
+      const int64_t b = n * s / shards, e = n * (s + 1) / shards;
+      pass(in, out, b, e - b, plan.runs(), params.data(), stream, plo, plo + depth, nan.data() + s * depth);
+    }
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // non-temporal stores, as parallel_elements
+  });
+  std::fill(lo, lo + depth, inf);
+  std::fill(hi, hi + depth, -inf);
+  std::fill(not_finite, not_finite + depth, 0);
+  for (int64_t s = 0; s < shards; ++s) {
+    const C* plo = part.data() + 2 * s * depth;
+    for (int64_t c = 0; c < depth; ++c) {
+      merge_range(plo[c], plo[depth + c], lo[c], hi[c]);
+      not_finite[c] |= nan[s * depth + c];
+    }
+  }
+  const C not_a_number = std::numeric_limits<C>::quiet_NaN();
+  for (int64_t c = 0; c < depth; ++c) {
+    if (lo[c] > hi[c]) lo[c] = hi[c] = not_a_number;
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void tracked_quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const float* old_lo,
-                          const float* old_hi, const int64_t* old_updates, float momentum, const QuantizeAttrs& attrs,
-                          float* new_lo, float* new_hi, int64_t* new_updates) {
+                          const float* old_hi, const int64_t* old_updates, TrackedAttrs tracked,
+                          const QuantizeAttrs& attrs, TrackedOutputs out_range) {
   using C = compute_t<T>;
   const Plan plan = make_plan(layout);
   const Layout& l = plan.l;
   const int64_t depth = layout.depth;  // the caller's slices (plan.l merges per-tensor layouts)
+  // The layer casts a range to T before the op (a rounding for half/bfloat16, exact otherwise).
+  const auto as_given = [](float v) { return Compute<T>::load(Compute<T>::store(static_cast<C>(v))); };
   std::vector<C> lo(static_cast<size_t>(l.depth)), hi(static_cast<size_t>(l.depth));
   std::vector<char> not_finite(static_cast<size_t>(l.depth), 1);  // an empty slice has no range
-  if (l.size() > 0) {
+  const bool one_pass = tracked.delayed && l.size() > 0 && !plan.row && l.depth == depth &&
+                        depth <= kMaxPartialPositions && std::all_of(old_updates, old_updates + depth,
+                                                                     [](int64_t u) { return u > 0; });
+  if (one_pass) {
+    std::vector<SliceParams<C>> params(static_cast<size_t>(depth));
+    for (int64_t c = 0; c < depth; ++c) params[c] = compute_params(as_given(old_lo[c]), as_given(old_hi[c]), attrs.range);
+    quantize_and_measure(pool, loops<T>(), in, out, plan, params, attrs.round_mode, lo.data(), hi.data(),
+                         not_finite.data());
+  } else if (l.size() > 0) {
     measure_ranges(pool, loops<T>(), in, plan, lo.data(), hi.data());
     not_finite = channels_not_finite(pool, loops<T>(), in, l);
   }
   std::vector<T> given_lo(static_cast<size_t>(depth)), given_hi(static_cast<size_t>(depth));
   for (int64_t c = 0; c < depth; ++c) {
     // The layer casts the batch min/max (reduced in T) to float32.
-    const TrackedRange r = tracked_update(TrackedRange{old_lo[c], old_hi[c], old_updates[c]},
-                                          static_cast<float>(lo[c]), static_cast<float>(hi[c]), !not_finite[c], momentum);
-    new_lo[c] = r.lo;
-    new_hi[c] = r.hi;
-    new_updates[c] = r.updates;
-    // ... and the range to T before the op (a rounding for half/bfloat16, exact otherwise).
-    given_lo[c] = Compute<T>::store(static_cast<C>(r.lo));
-    given_hi[c] = Compute<T>::store(static_cast<C>(r.hi));
+    const TrackedRange old{old_lo[c], old_hi[c], old_updates[c]};
+    const TrackedRange r = tracked_update(old, static_cast<float>(lo[c]), static_cast<float>(hi[c]), !not_finite[c],
+                                          tracked.momentum);
+    const TrackedRange used = tracked_quantize_range(old, r, tracked.delayed);
+    out_range.lo[c] = r.lo;
+    out_range.hi[c] = r.hi;
+    out_range.updates[c] = r.updates;
+    out_range.used_lo[c] = used.lo;
+    out_range.used_hi[c] = used.hi;
+    given_lo[c] = Compute<T>::store(static_cast<C>(used.lo));
+    given_hi[c] = Compute<T>::store(static_cast<C>(used.hi));
   }
+  if (one_pass) return;
   QuantizeAttrs given = attrs;
   given.range_given = true;
   quantize_cpu(pool, in, out, layout, given_lo.data(), given_hi.data(), given);
@@ -376,7 +439,7 @@ void tracked_quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout la
 
 #define QDQ_INSTANTIATE(T)                                                                                   \
   template void tracked_quantize_cpu<T>(const ThreadPool&, const T*, T*, Layout, const float*, const float*, \
-                                        const int64_t*, float, const QuantizeAttrs&, float*, float*, int64_t*); \
+                                        const int64_t*, TrackedAttrs, const QuantizeAttrs&, TrackedOutputs); \
   template void quantize_cpu<T>(const ThreadPool&, const T*, T*, Layout, const T*, const T*,               \
                                 const QuantizeAttrs&);                                                      \
   template void masked_gradient_cpu<T>(const ThreadPool&, const T*, const T*, T*, Layout, const T*, const T*);

@@ -24,8 +24,8 @@ void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* o
 // `in` with the new range cast to T as a given range (attrs.range_given is ignored).
 template <typename T>
 void tracked_quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const float* old_lo,
-                          const float* old_hi, const int64_t* old_updates, float momentum, const QuantizeAttrs& attrs,
-                          float* new_lo, float* new_hi, int64_t* new_updates);
+                          const float* old_hi, const int64_t* old_updates, TrackedAttrs tracked, const QuantizeAttrs& attrs,
+                          TrackedOutputs out_range);
 
 // The fused gradient of learned ranges (LSQ) for a forward pass with given range
 // lo/hi (layout.depth values): input_out = grad * (lo[c] <= x <= hi[c]) (V4Grad's

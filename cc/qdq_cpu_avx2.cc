@@ -71,6 +71,47 @@ struct Avx2 {
     });
   }
 
+  // A delayed tracked step: quantize_runs (with clamp) and reduce_runs from the same loads,
+  // plus a NaN flag. Head and tail elements go through the baseline, which folds them into
+  // lo[c]/hi[c] directly; a bound that ends at zero is re-read in order (see order_zero_signs).
+  template <RoundMode kMode>
+  static void quantize_measure_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r,
+                                    const SliceParams<C>* params, bool stream, C* lo, C* hi, char* nan) {
+    const auto tail = base().quantize_measure_runs[static_cast<int>(kMode)];
+    for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
+      const SliceParams<C>& p = params[c];
+      if (p.degenerate) return tail(x, y, b, len, r, params, false, lo, hi, nan);
+      const C lo_before = lo[c], hi_before = hi[c];
+      const V vlo = L::set1(p.lo), vhi = L::set1(p.hi), scale = L::set1(p.scale), inv = L::set1(p.inv_scale);
+      V l = L::set1(lo_before), h = L::set1(hi_before), seen = L::set1(C(0));
+      for_each_vector(
+          y + b, len, stream,
+          [&](int64_t i) {
+            const V u = L::load(x + b + i);
+            l = L::min(u, l);
+            h = L::max(u, h);
+            seen = L::bit_or(seen, L::is_nan(u));
+            return quantize<kMode>(clamp<true>(u, vlo, vhi), scale, inv);
+          },
+          [&](int64_t i, int64_t m) { tail(x, y, b + i, m, r, params, false, lo, hi, nan); });
+      C fl = L::fold_min(l), fh = L::fold_max(h);
+      fl = (lo[c] < fl) ? lo[c] : fl;
+      fh = (hi[c] > fh) ? hi[c] : fh;
+      lo[c] = (fl == C(0) && lo_before != C(0)) ? first_zero_scalar(x + b, len) : fl;
+      hi[c] = (fh == C(0) && hi_before != C(0)) ? first_zero_scalar(x + b, len) : fh;
+      if (L::zero_mask(seen) != (1 << L::kLanes) - 1) nan[c] = 1;
+    });
+  }
+
+  // First zero of p[0, n) in order; the caller knows there is one.
+  static C first_zero_scalar(const T* p, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      const C v = Compute<T>::load(p[i]);
+      if (v == C(0)) return v;
+    }
+    return C(0);
+  }
+
   // Rows with a degenerate slice (rare: all-zero data and the like) take the baseline loop,
   // which owns the degenerate-range rule.
   template <RoundMode kMode, bool kClamp>
@@ -242,6 +283,7 @@ struct Avx2 {
                        reduce_runs,
                        reduce_rows,
                        all_finite,
+                       {quantize_measure_runs<kEven>, quantize_measure_runs<kUp>},
                        gradient_runs,
                        gradient_row};
   }

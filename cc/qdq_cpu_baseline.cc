@@ -86,6 +86,25 @@ bool all_finite(const T* x, int64_t n) {
   return (a[0] + a[1]) + (a[2] + a[3]) == C(0);
 }
 
+template <RoundMode kMode, typename T>
+void quantize_measure_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C_t<T>>* params,
+                           bool, C_t<T>* lo, C_t<T>* hi, char* nan) {
+  for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
+    const SliceParams<C_t<T>>& p = params[c];
+    C_t<T> l = lo[c], h = hi[c];
+    bool seen = false;
+    for (int64_t i = b; i < b + len; ++i) {
+      const C_t<T> v = load(x[i]);
+      y[i] = store<T>(quantize_value<kMode, true>(v, p));
+      accumulate(v, l, h);
+      seen = seen || is_nan(v);
+    }
+    lo[c] = l;
+    hi[c] = h;
+    if (seen) nan[c] = 1;
+  });
+}
+
 template <typename T>
 void gradient_runs(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C_t<T>* lo,
                    const C_t<T>* hi, bool) {
@@ -112,6 +131,7 @@ CpuLoops<T> make_table() {
                      reduce_runs<T>,
                      reduce_rows<T>,
                      all_finite<T>,
+                     {quantize_measure_runs<kEven, T>, quantize_measure_runs<kUp, T>},
                      gradient_runs<T>,
                      gradient_row<T>};
 }

@@ -46,8 +46,8 @@ size_t tracked_cuda_workspace(Layout layout);
 // ranges and counts stay where the variables live); no host round trip.
 template <typename T>
 int tracked_quantize_cuda(CudaStream stream, const T* in, T* out, Layout layout, const float* old_lo,
-                          const float* old_hi, const int64_t* old_updates, float momentum, const QuantizeAttrs& attrs,
-                          float* new_lo, float* new_hi, int64_t* new_updates, void* workspace);
+                          const float* old_hi, const int64_t* old_updates, TrackedAttrs tracked, const QuantizeAttrs& attrs,
+                          TrackedOutputs out_range, void* workspace);
 
 // Device scratch bytes lsq_gradient_cuda needs (16-byte aligned, as above).
 template <typename T>

@@ -37,10 +37,10 @@ size_t tracked_cuda_workspace(Layout layout) {
 
 template <typename T>
 int tracked_quantize_cuda(CudaStream stream, const T* in, T* out, Layout layout, const float* old_lo,
-                          const float* old_hi, const int64_t* old_updates, float momentum, const QuantizeAttrs& attrs,
-                          float* new_lo, float* new_hi, int64_t* new_updates, void* workspace) {
-  return cuda_impl::tracked_quantize<T>(stream, in, out, layout, old_lo, old_hi, old_updates, momentum, attrs, new_lo,
-                                        new_hi, new_updates, workspace);
+                          const float* old_hi, const int64_t* old_updates, TrackedAttrs tracked, const QuantizeAttrs& attrs,
+                          TrackedOutputs out_range, void* workspace) {
+  return cuda_impl::tracked_quantize<T>(stream, in, out, layout, old_lo, old_hi, old_updates, tracked, attrs, out_range,
+                                        workspace);
 }
 
 template <typename T>
@@ -63,8 +63,7 @@ int lsq_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* input_out
   template int masked_gradient_cuda<T>(CudaStream, const T*, const T*, T*, Layout, const T*, const T*, void*); \
   template size_t tracked_cuda_workspace<T>(Layout);                                                         \
   template int tracked_quantize_cuda<T>(CudaStream, const T*, T*, Layout, const float*, const float*,           \
-                                        const int64_t*, float, const QuantizeAttrs&, float*, float*, int64_t*,  \
-                                        void*);                                                                 \
+                                        const int64_t*, TrackedAttrs, const QuantizeAttrs&, TrackedOutputs, void*); \
   template size_t lsq_gradient_cuda_workspace<T>(Layout);                                                    \
   template int lsq_gradient_cuda<T>(CudaStream, const T*, const T*, T*, T*, Layout, const T*, const T*,     \
                                     IntRange, RoundMode, void*);

@@ -253,24 +253,29 @@ QDQ_KERNEL void nan_flags_kernel(const T* x, int64_t n, int64_t inner, int64_t d
   if (nan) port::atomic_or(flags + held, 1u);
 }
 
-// One thread per channel: the tracked-range update (qdq_math.h), and the new range, cast
-// to T as the layer casts it, as the element pass's parameters.
+// One thread per channel: the tracked-range update (qdq_math.h), and the range to quantize
+// with (the new one, or the old one when delayed), cast to T as the layer casts it, as the
+// element pass's parameters.
 template <typename T, typename C = compute_t<T>, typename Key = typename KeyOf<C>::type>
 QDQ_KERNEL void tracked_params_kernel(const Key* lo_acc, const Key* hi_acc, const uint32_t* nan, int64_t depth,
                                       const float* old_lo, const float* old_hi, const int64_t* old_updates,
-                                      float momentum, IntRange range, float* new_lo, float* new_hi,
-                                      int64_t* new_updates, Scales<C>* params) {
+                                      TrackedAttrs tracked, IntRange range, TrackedOutputs out_range,
+                                      Scales<C>* params) {
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (c >= depth) return;
   C lo, hi;
   measured_bounds(lo_acc, hi_acc, c, &lo, &hi);
-  const TrackedRange r = tracked_update(TrackedRange{old_lo[c], old_hi[c], old_updates[c]}, static_cast<float>(lo),
-                                        static_cast<float>(hi), nan[c] == 0, momentum);
-  new_lo[c] = r.lo;
-  new_hi[c] = r.hi;
-  new_updates[c] = r.updates;
-  const C given_lo = Compute<T>::load(Compute<T>::store(static_cast<C>(r.lo)));
-  const C given_hi = Compute<T>::load(Compute<T>::store(static_cast<C>(r.hi)));
+  const TrackedRange old{old_lo[c], old_hi[c], old_updates[c]};
+  const TrackedRange r =
+      tracked_update(old, static_cast<float>(lo), static_cast<float>(hi), nan[c] == 0, tracked.momentum);
+  const TrackedRange used = tracked_quantize_range(old, r, tracked.delayed);
+  out_range.lo[c] = r.lo;
+  out_range.hi[c] = r.hi;
+  out_range.updates[c] = r.updates;
+  out_range.used_lo[c] = used.lo;
+  out_range.used_hi[c] = used.hi;
+  const C given_lo = Compute<T>::load(Compute<T>::store(static_cast<C>(used.lo)));
+  const C given_hi = Compute<T>::load(Compute<T>::store(static_cast<C>(used.hi)));
   params[c] = Scales<C>::pack(compute_params(given_lo, given_hi, range));
 }
 
@@ -583,8 +588,8 @@ size_t tracked_workspace(Layout layout) {
 // min/max, flag NaNs, update + parameters, element pass. old_* / new_* are device pointers.
 template <typename T>
 int tracked_quantize(CudaStream s, const T* in, T* out, Layout layout, const float* old_lo, const float* old_hi,
-                     const int64_t* old_updates, float momentum, const QuantizeAttrs& attrs, float* new_lo,
-                     float* new_hi, int64_t* new_updates, void* workspace) {
+                     const int64_t* old_updates, TrackedAttrs tracked, const QuantizeAttrs& attrs,
+                     TrackedOutputs out_range, void* workspace) {
   using C = compute_t<T>;
   using Key = typename KeyOf<C>::type;
   const Layout l = canonical(layout);
@@ -605,7 +610,7 @@ int tracked_quantize(CudaStream s, const T* in, T* out, Layout layout, const flo
     if (int err = port::last_error()) return err;
   }
   QDQ_LAUNCH((tracked_params_kernel<T>), ceil_div(l.depth, kBlock), kBlock, s, lo_acc, hi_acc, nan, l.depth, old_lo,
-             old_hi, old_updates, momentum, attrs.range, new_lo, new_hi, new_updates, params);
+             old_hi, old_updates, tracked, attrs.range, out_range, params);
   if (int err = port::last_error()) return err;
   if (n == 0) return 0;
   QuantizeAttrs given = attrs;

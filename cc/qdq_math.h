@@ -1,7 +1,7 @@
 // The quantization-range math and the per-element operations, shared by the
 // CPU loops and the CUDA kernels (__host__ __device__) so the two cannot drift.
 // Every operation mirrors TensorFlow's CPU kernel step by step in the compute
-// type (see SPEC §3); the comments name the places where we deliberately differ.
+// type (see SEMANTICS §3); the comments name the places where we deliberately differ.
 #pragma once
 
 #include <cfloat>
@@ -118,7 +118,7 @@ QDQ_HD SliceParams<C> compute_params(C lo, C hi, IntRange r) {
     p.lo = mul(qmin, p.inv_scale);
     p.hi = hi;
   }
-  // FIX (SPEC §3.4): no side of the range can set a finite scale (all-zero
+  // FIX (SEMANTICS §3.4): no side of the range can set a finite scale (all-zero
   // data, unsigned data <= 0, 1-bit signed data >= 0, ...). TF returns NaN/inf or
   // garbage there; every non-NaN element becomes a zero instead.
   p.degenerate = !lo_usable && !hi_usable;
@@ -148,7 +148,7 @@ QDQ_HD C round_with_mode(C y) {
   return (kMode == RoundMode::kHalfToEven) ? round_half_to_even(y) : round_half_up(y);
 }
 
-// FIX (SPEC §3.4): a degenerate slice returns zeros. TF computes round(v * T_MAX) *
+// FIX (SEMANTICS §3.4): a degenerate slice returns zeros. TF computes round(v * T_MAX) *
 // inv_scale there; whenever that is a zero (v = ±0, or a zero inv_scale) its sign is
 // that of round(v * T_MAX) (v's sign, except HALF_UP's floor(-0 + 0.5) = +0) times
 // inv_scale's, so the zero is built the same way and is bit-identical wherever TF is
@@ -193,6 +193,24 @@ struct TrackedRange {
   int64_t updates;
 };
 
+// A tracked step's attributes: the moving average's momentum, and whether the step is
+// delayed (quantizes with the range from before this batch, so one pass can quantize and
+// measure; a slice without an update yet has no such range and uses the updated one).
+struct TrackedAttrs {
+  float momentum;
+  bool delayed;
+};
+
+// Where a tracked step writes, per slice: the updated range and count, and the range it
+// quantized with (for the gradient's mask).
+struct TrackedOutputs {
+  float* lo;
+  float* hi;
+  int64_t* updates;
+  float* used_lo;
+  float* used_hi;
+};
+
 QDQ_HD TrackedRange tracked_update(TrackedRange old, float batch_lo, float batch_hi, bool all_finite,
                                    float momentum) {
   const bool valid = all_finite && batch_lo - batch_lo == 0.0f && batch_hi - batch_hi == 0.0f;
@@ -203,6 +221,11 @@ QDQ_HD TrackedRange tracked_update(TrackedRange old, float batch_lo, float batch
   const float keep = 1.0f - decay;
   return TrackedRange{add(mul(old.lo, decay), mul(lo, keep)), add(mul(old.hi, decay), mul(hi, keep)),
                       old.updates + 1};
+}
+
+// The range a tracked step quantizes with (see TrackedAttrs).
+QDQ_HD TrackedRange tracked_quantize_range(TrackedRange old, TrackedRange updated, bool delayed) {
+  return (delayed && old.updates > 0) ? old : updated;
 }
 
 // LSQ (Esser et al., "Learned Step Size Quantization", 2020): the derivative of one

@@ -163,6 +163,52 @@ py::tuple lsq_gradient_cpu(const py::array& grad, const py::array& x, const py::
   return py::make_tuple(out, step);
 }
 
+// Tracked-step state: `depth` float32 bounds and int64 counts, C-contiguous.
+void check_tracked(const py::array& lo, const py::array& hi, const py::array& updates, int64_t depth) {
+  for (const auto* a : {&lo, &hi, &updates}) {
+    const char* name = a == &lo ? "tracked_min" : a == &hi ? "tracked_max" : "tracked_updates";
+    const char* want = a == &updates ? "int64" : "float32";
+    if (dtype_name(*a) != want) fail(std::string(name) + " must have dtype " + want);
+    if (a->size() != depth)
+      fail(std::string(name) + " must hold " + std::to_string(depth) + " value(s) (one per channel), got " +
+           std::to_string(a->size()));
+    require_c_contiguous(*a, name);
+  }
+}
+
+qdq::TrackedAttrs tracked_attrs_of(float momentum, bool delayed) {
+  if (!(momentum >= 0.0f && momentum < 1.0f)) fail("momentum must be in [0, 1), got " + std::to_string(momentum));
+  return qdq::TrackedAttrs{momentum, delayed};
+}
+
+py::tuple tracked_quantize_cpu(const py::array& x, const py::array& lo, const py::array& hi,
+                               const py::array& updates, float momentum, bool delayed, bool signed_input,
+                               int num_bits, const std::string& round_mode, bool narrow_range, int axis) {
+  require_c_contiguous(x, "input");
+  const std::string dtype = dtype_name(x);
+  const qdq::Layout l = layout_of(shape_of(x), axis);
+  const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, true, round_mode, narrow_range);
+  const qdq::TrackedAttrs tracked = tracked_attrs_of(momentum, delayed);
+  const int64_t depth = axis == -1 ? 1 : l.depth;
+  check_tracked(lo, hi, updates, depth);
+  const std::vector<int64_t> range_shape(axis == -1 ? 0 : 1, depth);
+  py::array out(x.dtype(), shape_of(x));
+  py::array_t<float> new_lo(range_shape), new_hi(range_shape), used_lo(range_shape), used_hi(range_shape);
+  py::array_t<int64_t> new_updates(range_shape);
+  const qdq::TrackedOutputs outs{new_lo.mutable_data(), new_hi.mutable_data(), new_updates.mutable_data(),
+                                 used_lo.mutable_data(), used_hi.mutable_data()};
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* in = static_cast<const T*>(x.data());
+    T* o = static_cast<T*>(out.mutable_data());
+    py::gil_scoped_release release;
+    qdq::tracked_quantize_cpu(qdq::SerialPool(), in, o, l, static_cast<const float*>(lo.data()),
+                              static_cast<const float*>(hi.data()), static_cast<const int64_t*>(updates.data()),
+                              tracked, attrs, outs);
+  });
+  return py::make_tuple(out, new_lo, new_hi, new_updates, used_lo, used_hi);
+}
+
 #ifdef QDQ_WITH_CUDA
 constexpr bool kWithCuda = true;
 
@@ -296,6 +342,51 @@ void lsq_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x, ui
   });
 }
 
+size_t tracked_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis) {
+  const qdq::Layout l = layout_of(shape, axis);
+  return dispatch(dtype, [&](auto tag) -> size_t {
+    using T = decltype(tag);
+#ifdef QDQ_WITH_CUDA
+    return qdq::tracked_cuda_workspace<T>(l);
+#else
+    (void)l;
+    no_cuda();
+#endif
+  });
+}
+
+// The tracked state (old_*, new_*, used_*) is on the device, as TensorFlow's variables are.
+void tracked_quantize_cuda(const std::string& dtype, uintptr_t x, uintptr_t out, const std::vector<int64_t>& shape,
+                           uintptr_t old_lo, uintptr_t old_hi, uintptr_t old_updates, float momentum, bool delayed,
+                           bool signed_input, int num_bits, const std::string& round_mode, bool narrow_range,
+                           int axis, uintptr_t new_lo, uintptr_t new_hi, uintptr_t new_updates, uintptr_t used_lo,
+                           uintptr_t used_hi, uintptr_t workspace, size_t workspace_bytes, uintptr_t stream) {
+  const qdq::Layout l = layout_of(shape, axis);
+  const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, true, round_mode, narrow_range);
+  const qdq::TrackedAttrs tracked = tracked_attrs_of(momentum, delayed);
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+#ifdef QDQ_WITH_CUDA
+    require_workspace(qdq::tracked_cuda_workspace<T>(l), workspace, workspace_bytes);
+    for (uintptr_t p : {old_lo, old_hi, old_updates, new_lo, new_hi, new_updates, used_lo, used_hi})
+      if (p == 0) fail("the tracked ranges, counts and their outputs must be device pointers");
+    if (l.size() > 0 && (x == 0 || out == 0)) fail("input and output must be device pointers");
+    const qdq::TrackedOutputs outs{ptr<float>(new_lo), ptr<float>(new_hi), ptr<int64_t>(new_updates),
+                                   ptr<float>(used_lo), ptr<float>(used_hi)};
+    check_cuda(qdq::tracked_quantize_cuda(ptr<CUstream_st>(stream), ptr<const T>(x), ptr<T>(out), l,
+                                          ptr<const float>(old_lo), ptr<const float>(old_hi),
+                                          ptr<const int64_t>(old_updates), tracked, attrs, outs,
+                                          ptr<void>(workspace)),
+               "tracked_quantize_cuda");
+#else
+    (void)x, (void)out, (void)old_lo, (void)old_hi, (void)old_updates, (void)new_lo, (void)new_hi,
+        (void)new_updates, (void)used_lo, (void)used_hi, (void)workspace, (void)workspace_bytes, (void)stream,
+        (void)attrs, (void)tracked;
+    no_cuda();
+#endif
+  });
+}
+
 int cuda_device_count() {
 #ifdef QDQ_WITH_CUDA
   return qdq::cuda_device_count();
@@ -319,6 +410,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("input_max"), py::arg("signed_input") = true, py::arg("num_bits") = 8,
         py::arg("round_mode") = "HALF_TO_EVEN", py::arg("narrow_range") = false, py::arg("axis") = -1,
         "QuantizeAndDequantizeLsqGrad on the CPU: (input_backprop, step_backprop).");
+  m.def("tracked_quantize", &tracked_quantize_cpu, py::arg("input"), py::arg("tracked_min"),
+        py::arg("tracked_max"), py::arg("tracked_updates"), py::arg("momentum"), py::arg("delayed") = false,
+        py::arg("signed_input") = true, py::arg("num_bits") = 8, py::arg("round_mode") = "HALF_TO_EVEN",
+        py::arg("narrow_range") = false, py::arg("axis") = -1,
+        "QuantizeAndDequantizeTracked on the CPU: (output, new_min, new_max, new_updates, used_min, used_max).");
   m.def("cpu_isa", [] { return std::string(qdq::cpu_isa()); }, "Instruction set of the CPU loops (avx2/baseline).");
   m.def("set_cpu_isa", [](const std::string& name) { return std::string(qdq::set_cpu_isa(name.c_str())); },
         py::arg("name"), "Selects the CPU loops: baseline, avx2 (when supported) or best; returns the one in use.");
@@ -342,4 +438,12 @@ PYBIND11_MODULE(_core, m) {
         py::arg("signed_input"), py::arg("num_bits"), py::arg("round_mode"), py::arg("narrow_range"),
         py::arg("axis"), py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
         "Asynchronous LsqGrad on `stream`; input_min/input_max are host NumPy arrays.");
+  m.def("tracked_workspace_bytes", &tracked_workspace_bytes, py::arg("dtype"), py::arg("shape"), py::arg("axis"));
+  m.def("tracked_quantize_cuda", &tracked_quantize_cuda, py::arg("dtype"), py::arg("input_ptr"),
+        py::arg("output_ptr"), py::arg("shape"), py::arg("tracked_min_ptr"), py::arg("tracked_max_ptr"),
+        py::arg("tracked_updates_ptr"), py::arg("momentum"), py::arg("delayed"), py::arg("signed_input"),
+        py::arg("num_bits"), py::arg("round_mode"), py::arg("narrow_range"), py::arg("axis"),
+        py::arg("new_min_ptr"), py::arg("new_max_ptr"), py::arg("new_updates_ptr"), py::arg("used_min_ptr"),
+        py::arg("used_max_ptr"), py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
+        "Asynchronous tracked step on `stream`; the tracked state is on the device.");
 }

@@ -71,6 +71,12 @@ struct CpuLoops {
   void (*reduce_rows)(const T* x, int64_t rows, int64_t stride, int64_t n, C* lo, C* hi);
   // Whether x[0, n) holds no NaN and no infinity (tracked ranges skip such batches).
   bool (*all_finite)(const T* x, int64_t n);
+  // A delayed tracked step's one pass, indexed [round_mode]: quantize_runs with clamp
+  // (the slice's old range), and, from the same loads, reduce_runs into lo[c]/hi[c] and
+  // nan[c] = 1 where the run holds a NaN (infinities show in lo/hi).
+  using MeasureFn = void (*)(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C>* params,
+                             bool stream, C* lo, C* hi, char* nan);
+  MeasureFn quantize_measure_runs[2];
   // V4Grad: out = g * (lo <= x <= hi).
   void (*gradient_runs)(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C* lo,
                         const C* hi, bool stream);

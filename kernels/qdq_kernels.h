@@ -51,8 +51,8 @@ struct QdqLaunch {
   static void Zero(OpKernelContext* ctx, T* out, int64_t n);
   // Tracked: old/new ranges and counts live where the device keeps its tensors.
   static void Tracked(OpKernelContext* ctx, const T* in, T* out, ::qdq::Layout layout, const float* old_lo,
-                      const float* old_hi, const int64_t* old_updates, float momentum,
-                      const ::qdq::QuantizeAttrs& attrs, float* new_lo, float* new_hi, int64_t* new_updates);
+                      const float* old_hi, const int64_t* old_updates, ::qdq::TrackedAttrs tracked,
+                      const ::qdq::QuantizeAttrs& attrs, ::qdq::TrackedOutputs out_range);
   static void LsqGradient(OpKernelContext* ctx, const T* grad, const T* x, T* input_out, T* step_out,
                           ::qdq::Layout layout, const T* lo, const T* hi, ::qdq::IntRange range,
                           ::qdq::RoundMode round_mode);
@@ -197,9 +197,10 @@ class TrackedKernel : public OpKernel {
  public:
   explicit TrackedKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, GridAttrs(ctx, &axis_, &attrs_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("momentum", &momentum_));
-    OP_REQUIRES(ctx, momentum_ >= 0.0f && momentum_ < 1.0f,
-                Invalid("momentum must be in [0, 1), got " + std::to_string(momentum_)));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("momentum", &tracked_.momentum));
+    OP_REQUIRES(ctx, tracked_.momentum >= 0.0f && tracked_.momentum < 1.0f,
+                Invalid("momentum must be in [0, 1), got " + std::to_string(tracked_.momentum)));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("delayed", &tracked_.delayed));
   }
   void Compute(OpKernelContext* ctx) override {
     const Tensor& input = ctx->input(0);
@@ -210,24 +211,33 @@ class TrackedKernel : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckRangeShape("tracked_min", lo, axis_, input.shape()));
     OP_REQUIRES_OK(ctx, CheckRangeShape("tracked_max", hi, axis_, input.shape()));
     OP_REQUIRES_OK(ctx, CheckRangeShape("tracked_updates", updates, axis_, input.shape()));
+    // The range must be one V4 would take; the GPU keeps it in device memory, unchecked.
+    if (std::is_same<Device, Eigen::ThreadPoolDevice>::value) {
+      OP_REQUIRES_OK(ctx, CheckOrderedRange<float>("tracked_min", "tracked_max", lo, hi, axis_));
+    }
     Tensor* output = nullptr;
     Tensor* new_lo = nullptr;
     Tensor* new_hi = nullptr;
     Tensor* new_updates = nullptr;
+    Tensor* used_lo = nullptr;
+    Tensor* used_hi = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, input.shape(), &output));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, lo.shape(), &new_lo));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, hi.shape(), &new_hi));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, updates.shape(), &new_updates));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(4, lo.shape(), &used_lo));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(5, hi.shape(), &used_hi));
     QdqLaunch<Device, T>::Tracked(ctx, input.flat<T>().data(), output->flat<T>().data(), LayoutOf(input.shape(), axis_),
                                   lo.unaligned_flat<float>().data(), hi.unaligned_flat<float>().data(),
-                                  updates.unaligned_flat<int64_t>().data(), momentum_, attrs_,
-                                  new_lo->flat<float>().data(), new_hi->flat<float>().data(),
-                                  new_updates->flat<int64_t>().data());
+                                  updates.unaligned_flat<int64_t>().data(), tracked_, attrs_,
+                                  ::qdq::TrackedOutputs{new_lo->flat<float>().data(), new_hi->flat<float>().data(),
+                                                        new_updates->flat<int64_t>().data(),
+                                                        used_lo->flat<float>().data(), used_hi->flat<float>().data()});
   }
 
  private:
   int axis_ = -1;
-  float momentum_ = 0.99f;
+  ::qdq::TrackedAttrs tracked_{0.99f, false};
   ::qdq::QuantizeAttrs attrs_{};
 };
 

@@ -41,10 +41,10 @@ struct QdqLaunch<Eigen::ThreadPoolDevice, T> {
   }
   static void Zero(OpKernelContext*, T* out, int64_t n) { std::fill(out, out + n, T(0)); }
   static void Tracked(OpKernelContext* ctx, const T* in, T* out, ::qdq::Layout layout, const float* old_lo,
-                      const float* old_hi, const int64_t* old_updates, float momentum,
-                      const ::qdq::QuantizeAttrs& attrs, float* new_lo, float* new_hi, int64_t* new_updates) {
-    ::qdq::tracked_quantize_cpu(IntraOpPool(ctx), Core(in), Core(out), layout, old_lo, old_hi, old_updates, momentum,
-                                attrs, new_lo, new_hi, new_updates);
+                      const float* old_hi, const int64_t* old_updates, ::qdq::TrackedAttrs tracked,
+                      const ::qdq::QuantizeAttrs& attrs, ::qdq::TrackedOutputs out_range) {
+    ::qdq::tracked_quantize_cpu(IntraOpPool(ctx), Core(in), Core(out), layout, old_lo, old_hi, old_updates, tracked,
+                                attrs, out_range);
   }
   static void LsqGradient(OpKernelContext* ctx, const T* grad, const T* x, T* input_out, T* step_out,
                           ::qdq::Layout layout, const T* lo, const T* hi, ::qdq::IntRange range,

@@ -63,14 +63,13 @@ struct QdqLaunch<Eigen::GpuDevice, T> {
                                    "zero fill"));
   }
   static void Tracked(OpKernelContext* ctx, const T* in, T* out, ::qdq::Layout layout, const float* old_lo,
-                      const float* old_hi, const int64_t* old_updates, float momentum,
-                      const ::qdq::QuantizeAttrs& attrs, float* new_lo, float* new_hi, int64_t* new_updates) {
+                      const float* old_hi, const int64_t* old_updates, ::qdq::TrackedAttrs tracked,
+                      const ::qdq::QuantizeAttrs& attrs, ::qdq::TrackedOutputs out_range) {
     Tensor scratch;
     void* ws = nullptr;
     OP_REQUIRES_OK(ctx, Workspace(ctx, ::qdq::tracked_cuda_workspace<CoreT>(layout), &scratch, &ws));
     OP_REQUIRES_OK(ctx, CudaStatus(::qdq::tracked_quantize_cuda(StreamOf(ctx), Core(in), Core(out), layout, old_lo,
-                                                                old_hi, old_updates, momentum, attrs, new_lo, new_hi,
-                                                                new_updates, ws),
+                                                                old_hi, old_updates, tracked, attrs, out_range, ws),
                                    "quantize_and_dequantize_tracked"));
   }
   static void LsqGradient(OpKernelContext* ctx, const T* grad, const T* x, T* input_out, T* step_out,

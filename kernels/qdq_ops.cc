@@ -141,8 +141,10 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeV4Grad")
 
 // A tracked quantizer's training step (QuantizeAndDequantize(range_mode="tracked")) in one
 // op: the batch's per-slice range updates the moving averages, and the input is quantized
-// with the updated range as V4 with range_given=true would. The gradient is V4's, masked with
-// that range (registered in Python).
+// as V4 with range_given=true would, with the updated range, or, `delayed`, with the range
+// from before this batch where the slice has one (tracked_updates > 0), so one pass can
+// quantize and measure. used_min/used_max are the range it quantized with; the gradient is
+// V4's masked with it (registered in Python).
 REGISTER_OP("Qdq>QuantizeAndDequantizeTracked")
     .Input("input: T")
     .Input("tracked_min: float")
@@ -152,6 +154,8 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeTracked")
     .Output("new_min: float")
     .Output("new_max: float")
     .Output("new_updates: int64")
+    .Output("used_min: float")
+    .Output("used_max: float")
     .Attr("signed_input: bool = true")
     .Attr("num_bits: int = 8")
     .Attr(QDQ_FLOAT_TYPES)
@@ -159,6 +163,7 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeTracked")
     .Attr("narrow_range: bool = false")
     .Attr("axis: int = -1")
     .Attr("momentum: float")
+    .Attr("delayed: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle minmax, updates;
       TF_RETURN_IF_ERROR(CheckRangeShapes(c, c->input(0), 1, 2, &minmax));
@@ -168,6 +173,8 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeTracked")
       c->set_output(1, minmax);
       c->set_output(2, minmax);
       c->set_output(3, minmax);
+      c->set_output(4, minmax);
+      c->set_output(5, minmax);
       return absl::OkStatus();
     })
     .Doc("A tracked-range quantizer's training step: update the moving-average range, quantize (tensorflow-qdq).");

@@ -71,24 +71,31 @@ inline double AsDouble<double>(double v) {
   return v;
 }
 
-// Given ranges: right shapes and input_min[c] <= input_max[c] (a NaN fails).
+// lo[c] <= hi[c] in every slice (a NaN fails); host memory only.
 template <typename T>
-absl::Status CheckGivenRange(const Tensor& min_t, const Tensor& max_t, int64_t axis, const TensorShape& input) {
-  TF_RETURN_IF_ERROR(CheckRangeShape("input_min", min_t, axis, input));
-  TF_RETURN_IF_ERROR(CheckRangeShape("input_max", max_t, axis, input));
+absl::Status CheckOrderedRange(const char* lo_name, const char* hi_name, const Tensor& min_t, const Tensor& max_t,
+                               int64_t axis) {
   const T* lo = min_t.unaligned_flat<T>().data();
   const T* hi = max_t.unaligned_flat<T>().data();
   for (int64_t c = 0; c < min_t.NumElements(); ++c) {
     const double l = AsDouble(lo[c]);
     const double h = AsDouble(hi[c]);
     if (!(l <= h)) {
-      return Invalid(axis == -1 ? absl::StrCat("input_min must be <= input_max, got input_min=", l,
-                                               " and input_max=", h)
-                                : absl::StrCat("input_min must be <= input_max for every channel; channel ", c,
-                                               " has input_min=", l, " and input_max=", h));
+      return Invalid(axis == -1 ? absl::StrCat(lo_name, " must be <= ", hi_name, ", got ", lo_name, "=", l, " and ",
+                                               hi_name, "=", h)
+                                : absl::StrCat(lo_name, " must be <= ", hi_name, " for every channel; channel ", c,
+                                               " has ", lo_name, "=", l, " and ", hi_name, "=", h));
     }
   }
   return absl::OkStatus();
+}
+
+// Given ranges: the shapes of CheckRangeShape and lo <= hi in every slice (a NaN fails).
+template <typename T>
+absl::Status CheckGivenRange(const Tensor& min_t, const Tensor& max_t, int64_t axis, const TensorShape& input) {
+  TF_RETURN_IF_ERROR(CheckRangeShape("input_min", min_t, axis, input));
+  TF_RETURN_IF_ERROR(CheckRangeShape("input_max", max_t, axis, input));
+  return CheckOrderedRange<T>("input_min", "input_max", min_t, max_t, axis);
 }
 
 // V4Grad: same-shaped gradients and input; min/max of rank <= 1 holding one

@@ -1,4 +1,4 @@
-"""Public functions with the signatures of tf.quantization.* (SPEC §2)."""
+"""Public functions with the signatures of tf.quantization.* (SEMANTICS §2)."""
 
 from tensorflow_qdq import _args, _routing
 

@@ -1,4 +1,4 @@
-"""SPEC §3 and §5 as a composite of standard TensorFlow ops.
+"""SEMANTICS §3 and §5 as a composite of standard TensorFlow ops.
 
 XLA cannot compile a custom op, and a plain TensorFlow cannot load one, so inside
 ``jit_compile`` (see ``_routing``) and in exported models (see ``export``) the ops
@@ -117,7 +117,7 @@ def _signed_zero(v):
 
 
 def _degenerate_value(v, inv, round_mode):
-    """FIX (SPEC §3.4), as cc/qdq_math.h: a zero with the sign TF's own zero would have,
+    """FIX (SEMANTICS §3.4), as cc/qdq_math.h: a zero with the sign TF's own zero would have,
     round(v * T_MAX) * inv where that is a zero (v = +-0), else copysign(0, v) * inv;
     without the multiply where inv is not finite (1-bit signed: hi / 0). NaN stays NaN."""
     r = tf.where(tf.equal(v, 0), _round(v, round_mode), _signed_zero(v))
@@ -135,7 +135,7 @@ def _nan_ignoring_min_max(x, reduce_axes):
 
 
 def _channel_view(x, axis):
-    """x as [outer, depth, inner] (SPEC §3.2); works for unknown static shapes."""
+    """x as [outer, depth, inner] (SEMANTICS §3.2); works for unknown static shapes."""
     shape = tf.shape(x, out_type=tf.int64)
     outer = tf.reduce_prod(shape[:axis])
     inner = tf.reduce_prod(shape[axis + 1 :])
@@ -195,7 +195,7 @@ def _round(y, round_mode):
 
 
 def forward(input, input_min, input_max, **attrs):  # noqa: A002
-    """The quantize-dequantize output of SPEC §3; ``attrs`` as ``_args.op_attrs`` (axis -1 is per-tensor)."""
+    """The quantize-dequantize output of SEMANTICS §3; ``attrs`` as ``_args.op_attrs`` (axis -1 is per-tensor)."""
     x, input_min, input_max = _args.tensors_like(input, input_min, input_max, strict=True)
     dtype = x.dtype
     attrs = _args.op_attrs(**attrs)
@@ -238,7 +238,7 @@ def forward(input, input_min, input_max, **attrs):  # noqa: A002
     return tf.cast(out, dtype)
 
 
-# ---------------------------------------------------------------- gradients (SPEC §5)
+# ---------------------------------------------------------------- gradients (SEMANTICS §5)
 
 
 def masked_gradient(gradients, input, input_min, input_max, axis=-1):  # noqa: A002
@@ -259,7 +259,7 @@ def masked_gradient(gradients, input, input_min, input_max, axis=-1):  # noqa: A
 
 
 def qdq(input, input_min, input_max, *, masked, **attrs):  # noqa: A002
-    """The forward composite with SPEC §5's gradient: masked (V4) or identity (V2/V3).
+    """The forward composite with SEMANTICS §5's gradient: masked (V4) or identity (V2/V3).
 
     Used inside XLA; the gradient is made of the same standard ops, so it compiles too.
     """

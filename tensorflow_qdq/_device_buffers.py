@@ -70,15 +70,16 @@ class _Buffer:
 
         return cupy.empty_like(self.array)
 
-    def empty(self, n):
-        """A device vector of n elements of this array's dtype."""
+    def empty(self, n, dtype=None):
+        """A device vector of n elements of this array's dtype (or of the dtype named)."""
         if self.kind == "torch":
             import torch
 
-            return torch.empty(n, dtype=self.array.dtype, device=self.array.device)
+            kind = self.array.dtype if dtype is None else getattr(torch, dtype)
+            return torch.empty(n, dtype=kind, device=self.array.device)
         import cupy
 
-        return cupy.empty(n, dtype=self.array.dtype)
+        return cupy.empty(n, dtype=self.array.dtype if dtype is None else dtype)
 
     def bytes(self, n):
         """A device byte buffer of n bytes (16-byte aligned, as both allocators give)."""
@@ -174,6 +175,33 @@ def lsq_gradient(gradients, x, input_min, input_max, *, signed_input=True, num_b
                             signed_input, num_bits, round_mode, narrow_range, axis, ws_ptr, ws_len,
                             b.stream() if stream is None else stream)
     return out, step_out
+
+
+def tracked_quantize(x, tracked_min, tracked_max, tracked_updates, *, momentum, delayed=False, signed_input=True,
+                     num_bits=8, round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1, out=None, stream=None):
+    """QuantizeAndDequantizeTracked on the GPU: a tracked quantizer's training step. The state
+    (tracked_min/max: float32, tracked_updates: int64, one value per channel) is on the device;
+    returns (out, new_min, new_max, new_updates, used_min, used_max), all device arrays."""
+    b = _Buffer(x, "input")
+    depth = 1 if axis == -1 or not b.shape else b.shape[axis]
+    state = [_Buffer(a, n) for a, n in ((tracked_min, "tracked_min"), (tracked_max, "tracked_max"),
+                                        (tracked_updates, "tracked_updates"))]
+    for buf, dtype in zip(state, ("float32", "float32", "int64")):
+        if buf.dtype != dtype or int(np.prod(buf.shape)) != depth:
+            raise ValueError(f"the tracked state must hold {depth} value(s) of {dtype} each, got {buf.dtype} "
+                             f"of shape {buf.shape}")
+    out = b.empty_like() if out is None else out
+    o = _Buffer(out, "out")
+    if o.shape != b.shape or o.dtype != b.dtype:
+        raise ValueError("out must have the shape and dtype of input")
+    results = [b.empty(depth, d) for d in ("float32", "float32", "int64", "float32", "float32")]
+    need = _core.tracked_workspace_bytes(b.dtype, b.shape, axis)
+    ws = b.bytes(need)
+    ws_ptr, ws_len = (_ptr(ws), _nbytes(ws)) if need else (0, 0)
+    _core.tracked_quantize_cuda(b.dtype, b.ptr, o.ptr, b.shape, *(s.ptr for s in state), momentum, delayed,
+                                signed_input, num_bits, round_mode, narrow_range, axis, *map(_ptr, results),
+                                ws_ptr, ws_len, b.stream() if stream is None else stream)
+    return (out, *results)
 
 
 def _nbytes(array):

@@ -1,4 +1,4 @@
-"""Gradient registrations for the Qdq> ops (SPEC §5). Imported once by the package."""
+"""Gradient registrations for the Qdq> ops (SEMANTICS §5). Imported once by the package."""
 
 import tensorflow as tf
 
@@ -77,9 +77,10 @@ def _lsq_grad_grad(op, dbackprop, dstep):
 
 @tf.RegisterGradient("Qdq>QuantizeAndDequantizeTracked")
 def _tracked_grad(op, grad, *range_grads):
-    """V4's gradient, masked with the range the op quantized with (its new range, cast to T
-    as the quantize pass saw it); the tracked range and count get none (they are observed)."""
+    """V4's gradient, masked with the range the op quantized with (its new range, or delayed,
+    the old one where the slice had one; cast to T as the quantize pass saw it); the tracked
+    range and count get none (they are observed)."""
     del range_grads
     x = op.inputs[0]
-    lo, hi = (tf.cast(t, x.dtype) for t in op.outputs[1:3])
+    lo, hi = (tf.cast(t, x.dtype) for t in op.outputs[4:6])  # used_min, used_max
     return [_masked(grad, x, lo, hi, op.get_attr("axis"))[0], None, None, None]

@@ -5,7 +5,7 @@ library), so variables, signatures and the object graph stay untouched.
 
 * ``QuantizeAndDequantizeV2/V3/V4/V4Grad`` (the built-ins) replace our ops where
   TensorFlow's kernel computes what ours does on every input that has no NaN and
-  no degenerate range (SPEC §3.3-3.4) and where the TFLite converter handles it:
+  no degenerate range (SEMANTICS §3.3-3.4) and where the TFLite converter handles it:
   float32/float64 per tensor (and V4Grad). Everything else (per channel, half,
   bfloat16) becomes a call of the composite (``_composite``), bit-identical to
   our kernels on every input.

@@ -64,7 +64,7 @@ class Case:
         return [reference.measured_range(row) for row in x2]
 
     def degenerate(self):
-        """True when some slice has no usable side of its range (SPEC §3.4: TF is wrong there)."""
+        """True when some slice has no usable side of its range (SEMANTICS §3.4: TF is wrong there)."""
         C = reference.compute_dtype(self.x.dtype)
         for lo, hi in self.slices():
             if reference.slice_params(lo, hi, self.signed_input, self.num_bits, self.narrow_range, C)[4]:

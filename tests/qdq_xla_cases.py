@@ -2,7 +2,7 @@
 
 A case is one op call: static attributes plus a tensor whose slices (channels, or
 the whole tensor) are drawn from a mix of distributions chosen to reach every
-branch of SPEC §3: values near rounding ties, values outside given ranges,
+branch of SEMANTICS §3: values near rounding ties, values outside given ranges,
 degenerate ranges (all zeros, unsigned data <= 0, 1-bit signed), NaN and inf,
 negative zeros, and num_bits up to the limits where HALF_UP's float artifacts
 appear.
@@ -135,7 +135,7 @@ def bits_of(a):
 
 
 def unsigned_zero_slices(x, axis, attrs):
-    """Elements whose zero's sign is unspecified (SPEC §3.4 and cc/qdq_math.h).
+    """Elements whose zero's sign is unspecified (SEMANTICS §3.4 and cc/qdq_math.h).
 
     A degenerate slice's zero takes the sign of inv_scale = max / qmax. With a measured
     range whose max is a zero, and both +0 and -0 in the slice, which zero the max is

@@ -1,9 +1,9 @@
-"""Float NumPy model of SPEC §3 (forward) and §5 (V4Grad), independent of TensorFlow.
+"""Float NumPy model of SEMANTICS §3 (forward) and §5 (V4Grad), independent of TensorFlow.
 
 The model computes in the compute type of the element type (float32 for half,
 bfloat16 and float32; float64 for float64), rounding after every operation like
 the kernels do, and flushes denormals to zero (TensorFlow's CPU kernels run with
-FTZ/DAZ; SPEC §3.8). Per-channel slices are `[:, c, :]` of the `[outer, depth,
+FTZ/DAZ; SEMANTICS §3.8). Per-channel slices are `[:, c, :]` of the `[outer, depth,
 inner]` view of the input.
 """
 import numpy as np
@@ -40,7 +40,7 @@ def _div(a, b):
 
 
 def slice_params(lo, hi, signed_input, num_bits, narrow_range, C):
-    """SPEC §3.4 for one slice: (lo, hi, scale, inv_scale, degenerate), all in C."""
+    """SEMANTICS §3.4 for one slice: (lo, hi, scale, inv_scale, degenerate), all in C."""
     qmin_i, qmax_i = int_range(signed_input, num_bits, narrow_range)
     qmin, qmax = C.type(float(qmin_i)), C.type(float(qmax_i))
     lo, hi = C.type(lo), C.type(hi)
@@ -93,7 +93,7 @@ def measured_range(x3):
 
 def quantize(x, input_min, input_max, *, signed_input=True, num_bits=8, range_given=False,
              round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1):
-    """The forward pass of V2/V3/V4 (SPEC §3) on a NumPy array of any supported dtype."""
+    """The forward pass of V2/V3/V4 (SEMANTICS §3) on a NumPy array of any supported dtype."""
     x = np.asarray(x)
     T = x.dtype
     C = compute_dtype(T)

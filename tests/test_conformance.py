@@ -3,7 +3,7 @@
 Thousands of random cases (tests/cases.py) across shapes, axes, num_bits, signedness,
 narrow range, rounding mode, auto and given ranges and magnitudes 1e-30..1e30, in eager
 and inside tf.function. Each test iterates over its batch and reports every mismatch.
-Cases where TensorFlow is documented wrong (degenerate ranges, SPEC §3.4) are excluded
+Cases where TensorFlow is documented wrong (degenerate ranges, SEMANTICS §3.4) are excluded
 here and covered by test_differences.py; so is rank-0 input to TF's V3 (TF rejects it), and
 the rare auto range whose scale comes from a zero bound over data holding both +0.0 and -0.0
 (the sign TF's reduction picks then depends on its SIMD width; docs/DIFFERENCES.md).
@@ -189,7 +189,7 @@ def test_python_wrappers_match_tf_wrappers():
 
 
 def test_spec_worked_examples():
-    """SPEC §3's worked examples, on ours, on TF and on the model."""
+    """SEMANTICS §3's worked examples, on ours, on TF and on the model."""
     f = np.float32
     x = np.array([-11.0, -10.0, 0.05, 5.0, 9.921875, 20.0], f)
     examples = [
@@ -209,7 +209,7 @@ def test_spec_worked_examples():
         compare.assert_same_bits(ours, cases.reference.quantize(kw["input"], kw["input_min"], kw["input_max"],
                                                                 **model_kw), f"model {kw}")
         if want is not None:
-            compare.assert_same_bits(ours, np.asarray(want, f), f"SPEC {kw}")
+            compare.assert_same_bits(ours, np.asarray(want, f), f"SEMANTICS {kw}")
     # Given [-10, 5]: scale 12.8, hi becomes 9.921875; given [-10, 10]: lo becomes -10.07874.
     out = qdq.raw_ops.QuantizeAndDequantizeV2(**examples[0][0]).numpy()
     assert out.max() == f(9.921875) and out[0] == f(-10)

@@ -1,7 +1,7 @@
 """tensorflow_qdq._core's CPU path (the pybind11 module the GPU tests and the GPU
 benchmark use as their reference) against TensorFlow's own kernels: bit-identical
 for float32/float64, and for half/bfloat16 against cast(builtin_float32(cast_f32(x)))
-(SPEC §3.6). Also: its arguments are validated with ValueError, and it imports
+(SEMANTICS §3.6). Also: its arguments are validated with ValueError, and it imports
 without TensorFlow."""
 import subprocess
 import sys
@@ -26,7 +26,7 @@ def bits(a):
 
 
 def tf_reference(x, lo, hi, dtype, **attrs):
-    """TF's float32/float64 kernel; narrow types go through float32 (SPEC §3.6)."""
+    """TF's float32/float64 kernel; narrow types go through float32 (SEMANTICS §3.6)."""
     compute = tf.float64 if dtype == "float64" else tf.float32
     out = tf.raw_ops.QuantizeAndDequantizeV4(
         input=tf.cast(tf.constant(x), compute), input_min=tf.cast(tf.constant(lo), compute),
@@ -41,7 +41,7 @@ def random_case(rng, dtype, shape, axis, signed, range_given):
     a = (rng.standard_normal(depth) * scale).astype(DTYPES[dtype])
     b = (rng.standard_normal(depth) * scale).astype(DTYPES[dtype])
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    if not signed:  # keep clear of the degenerate unsigned ranges TF gets wrong (SPEC FIX §3.4)
+    if not signed:  # keep clear of the degenerate unsigned ranges TF gets wrong (SEMANTICS FIX §3.4)
         x = np.asarray(np.abs(x))
         lo = np.zeros_like(lo)
         hi = np.abs(hi)

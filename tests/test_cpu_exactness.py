@@ -73,7 +73,7 @@ def sample(shape, dtype, seed, scale=3.0):
 
 def all_zero_channels(x, axis):
     """Elements of slices with no non-zero, non-NaN value: their range is degenerate, where TensorFlow's
-    zero signs depend on its reduction order (SPEC §3.4 FIX; tested on its own below)."""
+    zero signs depend on its reduction order (SEMANTICS §3.4 FIX; tested on its own below)."""
     a = np.abs(tf.cast(x, tf.float64).numpy())
     a = np.where(np.isnan(a), 0.0, a)
     if axis == -1:
@@ -219,7 +219,7 @@ def test_auto_range_ignores_nan(isa, dtype, shape, axis):
 @pytest.mark.parametrize("shape,axis", [((64, 70), 0), ((101, 6), 1), ((4, 6, 5), 1)], ids=str)
 @pytest.mark.parametrize("round_mode", ["HALF_TO_EVEN", "HALF_UP"])
 def test_degenerate_channels(isa, dtype, shape, axis, round_mode):
-    # An all-zero channel has no usable range (SPEC §3.4 FIX): zeros out, NaN stays NaN, the same bits
+    # An all-zero channel has no usable range (SEMANTICS §3.4 FIX): zeros out, NaN stays NaN, the same bits
     # as the baseline loops, and the other channels equal TensorFlow's. With HALF_TO_EVEN each zero is
     # the one TF's own rule gives, round(v) * inv_scale, where inv_scale = max / qmax carries the sign
     # of the channel's measured max (its first zero in memory order, as a sequential max keeps).
@@ -280,7 +280,7 @@ def test_large_per_channel_auto_many_shards(isa):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 def test_instruction_sets_agree_on_special_values(dtype):
     # Infinities, NaN payloads, subnormals, ties and degenerate ranges: every ISA gives the same bits,
-    # including where TensorFlow has no reference (SPEC FIX rows).
+    # including where TensorFlow has no reference (SEMANTICS FIX rows).
     if _BEST != "avx2":
         pytest.skip("this CPU has only the baseline loops: nothing to compare them with")
     rng = np.random.default_rng(61)

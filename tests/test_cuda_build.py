@@ -57,7 +57,7 @@ def test_cpu_kernels_of_the_cuda_build_run_in_cpu_only_tensorflow():
                         range_given=True, axis=axis)
             with tf.device("/CPU:0"):
                 ours = qdq.raw_ops.QuantizeAndDequantizeV4(**args)
-            # TF's V3 takes per-channel given ranges; narrow types go through float32 (SPEC §3.6).
+            # TF's V3 takes per-channel given ranges; narrow types go through float32 (SEMANTICS §3.6).
             ref = tf.raw_ops.QuantizeAndDequantizeV3(
                 input=tf.cast(xt, tf.float64 if dtype == tf.float64 else tf.float32),
                 input_min=tf.cast(lo, tf.float64 if dtype == tf.float64 else tf.float32),

@@ -1,4 +1,4 @@
-"""Every FIX row of SPEC / the README's "Differences from TensorFlow" table (rows 1-8), and the
+"""Every FIX row of docs/SEMANTICS.md / the README's "Differences from TensorFlow" table (rows 1-8), and the
 smaller deliberate differences listed in docs/DIFFERENCES.md: each test shows our behaviour
 and, where TensorFlow runs at all, that TensorFlow's differs. Inputs that abort TensorFlow
 run in a child process (tests/qdq_worker.py)."""
@@ -100,7 +100,7 @@ def test_row5_nan_is_ignored_by_the_auto_range():
 
 
 def _degenerate_batch(seed, count, dtype):
-    """Random cases whose range is degenerate in at least one slice (SPEC §3.4)."""
+    """Random cases whose range is degenerate in at least one slice (SEMANTICS §3.4)."""
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < count:

@@ -1,4 +1,4 @@
-"""Edge cases (SPEC §3.7-3.9): empty tensors, rank-0 input, NaN, ±inf, all-zero data,
+"""Edge cases (SEMANTICS §3.7-3.9): empty tensors, rank-0 input, NaN, ±inf, all-zero data,
 degenerate and extreme ranges, extreme bit widths, denormals, many channels — each
 compared bit for bit with TensorFlow where TF is right, else with the NumPy model."""
 import ml_dtypes
@@ -79,7 +79,7 @@ def test_nan_and_infinity_with_given_range():
 
 
 def test_infinity_in_auto_range_makes_the_slice_nan():
-    """SPEC §3.7: same as TF, per tensor and per channel (only the channel holding the inf)."""
+    """SEMANTICS §3.7: same as TF, per tensor and per channel (only the channel holding the inf)."""
     x = np.array([[1.0, -2.0, 0.5], [np.inf, 0.25, -0.5]], F)
     bad = _check_against_tf(x, F(0), F(0))
     lo = hi = np.zeros(3, F)
@@ -151,7 +151,7 @@ def test_extreme_bit_widths(dtype):
 
 
 def test_denormal_inputs_flush_to_zero_like_tf():
-    """SPEC §3.8: TF's CPU kernels run with FTZ/DAZ; ours inherit it (same bits)."""
+    """SEMANTICS §3.8: TF's CPU kernels run with FTZ/DAZ; ours inherit it (same bits)."""
     tiny = np.finfo(F).tiny
     x = np.array([tiny / 4, -tiny / 8, tiny, 1e-39, 0.5, -1.0], F)
     bad = _check_against_tf(x, F(-1), F(1), range_given=True)
@@ -183,7 +183,7 @@ def test_channel_counts_and_sizes(shape, axis):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_half_up_artifacts_are_kept(dtype):
-    """SPEC §3.5: HALF_UP is floor(y + 0.5) with the add in the compute type, as in TF:
+    """SEMANTICS §3.5: HALF_UP is floor(y + 0.5) with the add in the compute type, as in TF:
     the largest value below 0.5 rounds to 1, odd integers above 2^23 (2^52) bump up."""
     mant = np.finfo(dtype).nmant
     below_half = np.nextafter(dtype(0.5), dtype(0))

@@ -1,4 +1,4 @@
-"""Every check of SPEC §4 and every TensorFlow security advisory listed there.
+"""Every check of SEMANTICS §4 and every TensorFlow security advisory listed there.
 
 All calls run in one child process (tests/qdq_worker.py), so an abort or a crash
 fails its case instead of killing the run. Each case runs in eager mode, inside
@@ -105,7 +105,7 @@ _add("V4Grad-axis-rank", GRAD, _grad(lo=[-1.0] * 3, hi=[1.0] * 3, axis=2), ["axi
 _add("V4Grad-axis-int32-max", GRAD, _grad(lo=[-1.0] * 3, hi=[1.0] * 3, axis=2**31 - 1), ["axis"])
 _add("V4Grad-axis-0-rank-0", GRAD, _grad(x=np.float32(1.0), lo=[-1.0], hi=[1.0], axis=0), ["axis"])
 
-# TensorFlow's security advisories for this op family (SPEC §4) -> the case that reproduces each.
+# TensorFlow's security advisories for this op family (SEMANTICS §4) -> the case that reproduces each.
 ADVISORIES = {
     "CVE-2020-15265": [f"{V2}-axis-rank", f"{V2}-axis-rank-auto=True", f"{V4}-axis-rank"],  # axis >= rank
     "CVE-2021-29553": [f"{V3}-axis-rank", f"{V3}-axis-int32-max"],  # V3 axis out of bounds

@@ -63,7 +63,7 @@ def _cases(seed):
             else:
                 x, lo, hi, axis = per_channel_case(rng, dtype, 16, 12, i % 3, attrs)
             cases.append((kind, axis, attrs, [x, lo, hi]))
-    # Two per-tensor float32 cases where TensorFlow's kernel and ours differ (SPEC §3.3-3.4).
+    # Two per-tensor float32 cases where TensorFlow's kernel and ours differ (SEMANTICS §3.3-3.4).
     auto = dict(num_bits=8, narrow_range=False, round_mode="HALF_TO_EVEN", range_given=False)
     zero = np.float32(0)
     cases.append(("v4", -1, dict(auto, signed_input=False), [np.float32([[-1.0, -2.0, -0.5]]), zero, zero]))
@@ -98,7 +98,7 @@ def _slices(a, axis):
 
 
 def _nan_or_degenerate(x_slice, attrs, lo=None, hi=None):
-    """SPEC §3.3-3.4: the slices where TensorFlow's kernel and ours may legitimately differ."""
+    """SEMANTICS §3.3-3.4: the slices where TensorFlow's kernel and ours may legitimately differ."""
     if np.isnan(x_slice).any():
         return True
     b = attrs["num_bits"]
@@ -163,7 +163,7 @@ def test_exact_export_is_bit_identical_on_every_input(exported):
 
 def test_default_export_bit_identical_except_nan_or_degenerate_slices(exported):
     """Built-in cases compute TensorFlow's kernel exactly; that equals ours except on
-    slices holding NaN or with a degenerate range (SPEC §3.3-3.4, README differences)."""
+    slices holding NaN or with a degenerate range (SEMANTICS §3.3-3.4, README differences)."""
     cases, inputs, expected, results, _, _ = exported
     differing = builtin_cases = 0
     for i, (case, e) in enumerate(zip(cases, expected)):

@@ -3,7 +3,7 @@ TensorFlow needed) against the CPU kernels, bit for bit: every op (forward in bo
 rounding modes, auto and given, signed/unsigned/narrow; V4Grad), every dtype,
 per-tensor and per-channel on first/middle/last axes, sizes 0, 1, ... 2^28, odd
 sizes, unaligned offsets, in place, poisoned outputs (every element must be
-written), NaN/inf/zero/all-NaN channels. Inputs are denormal-free (SPEC §3.8).
+written), NaN/inf/zero/all-NaN channels. Inputs are denormal-free (SEMANTICS §3.8).
 
 Run on a GPU machine:  python -m pytest -m gpu -ra tests/test_gpu.py
 (-m gpu also selects the 2^28-element cases). Skipped, with the reason, elsewhere.
@@ -256,6 +256,51 @@ def test_lsq_gradient_matches_cpu(dtype, shape, axis):
         g = random_input(rng, dtype, shape)
         lo, hi = random_range(rng, dtype, depth, unsigned)
         check_lsq_gradient(g, x, axis, lo, hi, attrs, off=trial)
+
+
+def upload_vector(host):
+    """A float32 or int64 host vector on the device (the tracked state's dtypes)."""
+    host = np.ascontiguousarray(host)
+    if torch is not None:
+        return torch.from_numpy(host.copy()).cuda()
+    dev = cupy.empty(host.shape, host.dtype)
+    dev.set(host)
+    return dev
+
+
+def download_vector(dev):
+    if torch is not None:
+        torch.cuda.synchronize()
+        return dev.cpu().numpy()
+    cupy.cuda.get_current_stream().synchronize()
+    return cupy.asnumpy(dev)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+def test_tracked_step_matches_cpu(dtype, shape, axis):
+    """Qdq>QuantizeAndDequantizeTracked: output, updated range and count, and the range used,
+    bit for bit, delayed or not, with slices that have no update yet and NaN/inf batches."""
+    rng = np.random.default_rng(zlib.crc32(repr(("tracked", dtype, shape, axis)).encode()))
+    depth = 1 if axis == -1 else shape[axis]
+    for trial in range(6):
+        unsigned = trial == 5
+        attrs = dict(signed_input=not unsigned, num_bits=int(rng.choice([2, 4, 8, 16])),
+                     round_mode=["HALF_TO_EVEN", "HALF_UP"][trial % 2], narrow_range=trial == 1,
+                     momentum=float(rng.choice([0.0, 0.5, 0.99])), delayed=trial % 3 != 0)
+        x = random_input(rng, dtype, shape, special=trial % 3, unsigned=unsigned)
+        lo, hi = (v.astype(np.float32) for v in random_range(rng, "float32", depth, unsigned))
+        updates = rng.integers(0, 3, depth).astype(np.int64) if trial % 2 else np.full(depth, 2, np.int64)
+        want = _core.tracked_quantize(x, lo, hi, updates, axis=axis, **attrs)
+        out = device_buffer(x.size, dtype, trial % 4)
+        out = out.view(*x.shape) if torch is not None else out.reshape(x.shape)
+        got = db.tracked_quantize(upload(x, trial % 3), upload_vector(lo), upload_vector(hi), upload_vector(updates),
+                                  axis=axis, out=out, **attrs)
+        label = f"trial {trial} {attrs}"
+        np.testing.assert_array_equal(bits(download(out, dtype).reshape(x.shape)), bits(want[0]), err_msg=label)
+        for name, dev, host in zip(("new_min", "new_max", "new_updates", "used_min", "used_max"), got[1:], want[1:]):
+            np.testing.assert_array_equal(bits(download_vector(dev).reshape(-1)), bits(np.asarray(host).reshape(-1)),
+                                          err_msg=f"{label} {name}")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])

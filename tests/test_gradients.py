@@ -1,4 +1,4 @@
-"""Gradients (SPEC §5): V2/V3 identity; V4 masked — given ranges bit-identical to TF's
+"""Gradients (SEMANTICS §5): V2/V3 identity; V4 masked — given ranges bit-identical to TF's
 V4Grad, auto ranges masked with the measured range; V4Grad itself; numeric checks;
 second order; eager, tf.function, GradientTape and tf.gradients."""
 import numpy as np
@@ -108,7 +108,7 @@ def test_v4_given_per_channel_matches_tf_v4grad(dtype, function):
 @pytest.mark.parametrize("function", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
 def test_v4_auto_masks_with_measured_range(per_channel, function):
-    """FIX (SPEC §5): auto ranges mask with the range the forward pass measured, which
+    """FIX (SEMANTICS §5): auto ranges mask with the range the forward pass measured, which
     holds every non-NaN element of its slice: the gradient passes everywhere but at NaN.
     That equals TF's own V4Grad kernel fed the measured range (TF is right there)."""
     rng = np.random.default_rng(4)
@@ -213,7 +213,7 @@ def test_numeric_gradient_of_v4grad_wrt_gradients():
 
 @pytest.mark.parametrize("function", [False, True], ids=["eager", "tf.function"])
 def test_second_order_gradient(function):
-    """FIX (SPEC §5): d/dg of (dV4/dx · w) is w·mask; d/dx of the mask is zero (TF raises TypeError)."""
+    """FIX (SEMANTICS §5): d/dg of (dV4/dx · w) is w·mask; d/dx of the mask is zero (TF raises TypeError)."""
     x_np = np.array([-2.0, -1.0, -0.3, 0.0, 0.4, 1.0, 1.5], np.float32)
     w_np = np.arange(1, 8, dtype=np.float32)
 

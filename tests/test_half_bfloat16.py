@@ -1,4 +1,4 @@
-"""half and bfloat16 (SPEC §3.6, FIX row 1): TF has no CPU kernel for them; ours compute in
+"""half and bfloat16 (SEMANTICS §3.6, FIX row 1): TF has no CPU kernel for them; ours compute in
 float32 and round the result, bit-identical to cast_T(builtin_float32(cast_float32(x)))."""
 import ml_dtypes
 import numpy as np
@@ -101,7 +101,7 @@ def test_builtin_has_no_narrow_kernels():
 
 
 def test_unsigned_16_bit_half_does_not_overflow():
-    """SPEC §3.6: qmax = 65535 overflows half; computing in float32 keeps it finite."""
+    """SEMANTICS §3.6: qmax = 65535 overflows half; computing in float32 keeps it finite."""
     x = np.array([0.0, 0.25, 0.5, 1.0], np.float16)
     out = qdq.raw_ops.QuantizeAndDequantizeV4(input=x, input_min=np.float16(0), input_max=np.float16(1),
                                               signed_input=False, num_bits=16, range_given=True).numpy()

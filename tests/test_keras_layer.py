@@ -129,21 +129,25 @@ def test_fixed_range_matches_builtin_given(options, axis, lo, hi):
     np.testing.assert_array_equal(bits(tf.function(layer)(x).numpy()), bits(expected))
 
 
+@pytest.mark.parametrize("range_update", ["delayed", "immediate"])
 @pytest.mark.parametrize("axis", [None, 2])
-def test_tracked_range_moves_in_training_and_stays_frozen_in_inference(axis):
-    layer = QuantizeAndDequantize(range_mode="tracked", axis=axis, momentum=0.75, num_bits=6)
+def test_tracked_range_moves_in_training_and_stays_frozen_in_inference(axis, range_update):
+    layer = QuantizeAndDequantize(range_mode="tracked", axis=axis, momentum=0.75, num_bits=6,
+                                  range_update=range_update)
     batches = [data(3, 4, 5, scale=s) for s in (1.0, 4.0, 0.5)]
     probe = data(3, 4, 5, scale=10.0)
     expected_ranges = tracked_ranges(batches, 0.75, axis)
     # Before any training step the start range [-6, 6] is used as the given range.
     np.testing.assert_array_equal(layer(probe).numpy(), builtin_qdq(probe, -6.0, 6.0, axis=axis, num_bits=6))
     step = tf.function(lambda x: layer(x, training=True))
-    for batch, (lo, hi) in zip(batches, expected_ranges):
+    used = expected_ranges[:1] + (expected_ranges[:-1] if range_update == "delayed" else expected_ranges[1:])
+    for batch, (lo, hi), (used_lo, used_hi) in zip(batches, expected_ranges, used):
         out = step(batch).numpy()
         np.testing.assert_array_equal(layer.tracked_min.numpy(), lo)
         np.testing.assert_array_equal(layer.tracked_max.numpy(), hi)
-        # training output uses the range just updated
-        np.testing.assert_array_equal(bits(out), bits(builtin_qdq(batch, lo, hi, axis=axis, num_bits=6)))
+        # training output: "immediate" uses the range just updated, "delayed" the range from
+        # before the batch (the first batch has none: it sets the range first)
+        np.testing.assert_array_equal(bits(out), bits(builtin_qdq(batch, used_lo, used_hi, axis=axis, num_bits=6)))
     lo, hi = expected_ranges[-1]
     for _ in range(2):  # inference: outputs use the tracked range, variables do not move
         np.testing.assert_array_equal(bits(layer(probe, training=False).numpy()),
@@ -154,14 +158,16 @@ def test_tracked_range_moves_in_training_and_stays_frozen_in_inference(axis):
     assert all(not w.trainable for w in layer.weights) and not layer.trainable_weights
 
 
+@pytest.mark.parametrize("range_update", ["delayed", "immediate"])
 @pytest.mark.parametrize("axis", [None, 1])
-def test_tracked_range_gradient_is_the_mask_of_the_range_just_tracked(axis):
+def test_tracked_range_gradient_is_the_mask_of_the_range_used(axis, range_update):
     """In training the input's gradient is the upstream gradient where the input lies inside the
-    range just tracked (this step's moving average, not the batch's own range), 0 outside."""
-    layer = QuantizeAndDequantize(range_mode="tracked", axis=axis, momentum=0.5)
+    range the forward pass used (the moving average just tracked, or delayed, the one before this
+    batch; not the batch's own range), 0 outside."""
+    layer = QuantizeAndDequantize(range_mode="tracked", axis=axis, momentum=0.5, range_update=range_update)
     first, second = data(6, 3), data(6, 3, scale=6.0)
     layer(first, training=True)
-    lo, hi = tracked_ranges([first, second], 0.5, axis)[1]
+    lo, hi = tracked_ranges([first, second], 0.5, axis)[0 if range_update == "delayed" else 1]
     upstream = data(6, 3)
     x = tf.constant(second)
     with tf.GradientTape() as tape:
@@ -277,7 +283,7 @@ def test_straight_through_gradient_is_identity_like_builtin_v1(range_mode):
 
 
 def test_tracked_training_gradient_masks_with_the_updated_range():
-    layer = QuantizeAndDequantize(range_mode="tracked", momentum=0.5)
+    layer = QuantizeAndDequantize(range_mode="tracked", momentum=0.5, range_update="immediate")
     first, second, upstream = data(6, 3, scale=1.0), data(6, 3, scale=3.0), data(6, 3)
     layer(first, training=True)
     got = _grad(lambda t: layer(t, training=True), second, upstream)

@@ -1,5 +1,5 @@
 """Mixed precision: under mixed_bfloat16 / mixed_float16 the layers run our bfloat16/half
-kernels directly (no float32 copy of the data), keep float32 variables, match the SPEC's
+kernels directly (no float32 copy of the data), keep float32 variables, match the SEMANTICS
 half/bfloat16 reference, and quantization-aware training converges."""
 
 import keras
@@ -59,7 +59,7 @@ def test_layer_runs_the_low_precision_kernel_directly(policy, range_mode, axis):
     else:
         lo, hi = tf.cast(layer.tracked_min, dtype), tf.cast(layer.tracked_max, dtype)
         assert layer.tracked_updates.numpy().min() == 1
-    # SPEC §3.6: half/bfloat16 = cast_T(TF's float32 kernel on the upcast input and range)
+    # SEMANTICS §3.6: half/bfloat16 = cast_T(TF's float32 kernel on the upcast input and range)
     f32 = lambda t: None if t is None else tf.cast(t, tf.float32).numpy()  # noqa: E731
     expected = tf.cast(builtin_qdq(f32(x), f32(lo), f32(hi), axis=axis, num_bits=6), dtype).numpy()
     np.testing.assert_array_equal(bits(out.numpy()), bits(expected))

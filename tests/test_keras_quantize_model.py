@@ -119,8 +119,12 @@ def test_default_placement_quantizes_inputs_and_fused_outputs_once_per_tensor():
     assert producer(q, "add", 1) is qz["b_output_quantizer"] and not qz["b_output_quantizer"].signed
     assert producer(q, "pool") is qz["add_output_quantizer"]
     # Concatenate: inputs and output quantized (ONNX Runtime's QLinearConcat needs a
-    # DequantizeLinear on each input, even after a max pooling of a quantized tensor)
-    assert producer(q, "cat", 0) is qz["cat_input_quantizer"] and producer(q, "cat", 1) is qz["cat_input_quantizer_2"]
+    # DequantizeLinear on each input). Its inputs are max poolings of quantized tensors, on
+    # their grids already: the owners pass them through (no second range) and export their
+    # scales again.
+    assert producer(q, "cat", 0) is qz["add_output_quantizer"] and producer(q, "cat", 1) is shared
+    assert "cat_input_quantizer" not in qz and "cat_input_quantizer_2" not in qz
+    assert [node.arguments.kwargs.get("passthrough", False) for node in shared._inbound_nodes] == [False, True]
     assert producer(q, "gap") is qz["cat_output_quantizer"]
     # Dense with softmax: the logits are quantized inside the wrapper, before the softmax
     head = q.get_layer("head")

@@ -18,15 +18,19 @@ def _bits(t):
     return tf.bitcast(t, UINT[t.dtype.size]).numpy()
 
 
+@pytest.mark.parametrize("range_update", ["delayed", "immediate"])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
-def test_fused_tracked_step_equals_the_standard_ops_update(dtype, monkeypatch):
-    rng = np.random.default_rng(abs(hash(dtype)) % 2**32)
+def test_fused_tracked_step_equals_the_standard_ops_update(dtype, range_update, monkeypatch):
+    rng = np.random.default_rng(abs(hash((dtype, range_update))) % 2**32)
     for trial in range(12):
         axis = [None, -1, 0][trial % 3]
         kw = dict(num_bits=int(rng.choice([2, 4, 8])), signed=bool(trial % 5), narrow_range=trial % 7 == 0,
-                  round_mode=["HALF_TO_EVEN", "HALF_UP"][trial % 2], momentum=0.9, axis=axis, range_mode="tracked")
+                  round_mode=["HALF_TO_EVEN", "HALF_UP"][trial % 2], momentum=0.9, axis=axis, range_mode="tracked",
+                  range_update=range_update)
         fused, standard = QuantizeAndDequantize(dtype=dtype, **kw), QuantizeAndDequantize(dtype=dtype, **kw)
-        shape = (int(rng.integers(1, 6)), 7)
+        # Short rows (the kernels' row loops) and long runs (the delayed step's one-pass loop,
+        # with vector bodies and scalar heads and tails).
+        shape = (int(rng.integers(1, 6)), 7) if trial % 2 else (int(rng.integers(1, 4)), int(rng.integers(64, 300)))
         for step in range(4):
             x = (rng.standard_normal(shape) * 3).astype(np.float32)
             if step == 2 and trial % 3 == 0:
@@ -35,6 +39,9 @@ def test_fused_tracked_step_equals_the_standard_ops_update(dtype, monkeypatch):
                 x[0, 1] = np.inf
             if trial % 6 == 5:
                 x = np.abs(x)
+            if trial % 4 == 3:  # ReLU-like: the minimum is a zero, some of them negative zeros
+                x = np.maximum(x, 0.0)
+                x.flat[rng.integers(0, x.size, 3)] = -0.0
             xt = tf.cast(tf.constant(x), dtype)
             g = tf.cast(tf.constant(rng.standard_normal(shape).astype(np.float32)), dtype)
             with tf.GradientTape(persistent=True) as tape:
@@ -63,3 +70,24 @@ def test_fused_op_is_used_in_training_and_validates_its_inputs():
                                                 axis=1, momentum=0.9)
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="momentum"):
         ops.qdq_quantize_and_dequantize_tracked([1.0], 0.0, 1.0, tf.constant(0, tf.int64), momentum=1.5)
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+def test_fused_op_rejects_a_range_that_v4_would_reject(delayed):
+    """A tracked range is only ever ordered, but one assigned by hand may not be: the fused op
+    raises as V4 does on the standard path (which names input_min/input_max) instead of
+    quantizing with NaN bounds."""
+    from tensorflow_qdq._loader import ops
+
+    x = tf.constant(np.linspace(-1, 1, 300, dtype=np.float32))
+    count = tf.constant([1, 1], tf.int64)
+    for lo, hi in (([0.0, 2.0], [1.0, 1.0]), ([np.nan, 0.0], [1.0, 1.0])):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="tracked_min must be <= tracked_max.*channel 1"
+                           if lo[1] > hi[1] else "tracked_min must be <= tracked_max.*channel 0"):
+            ops.qdq_quantize_and_dequantize_tracked(tf.reshape(x, [2, 150]), lo, hi, count, axis=0, momentum=0.9,
+                                                    delayed=delayed)
+    layer = QuantizeAndDequantize(range_mode="tracked", range_update="delayed" if delayed else "immediate")
+    layer(x[:4], training=True)
+    layer.tracked_min.assign(2.0)  # above tracked_max
+    with pytest.raises(tf.errors.InvalidArgumentError, match="tracked_min must be <= tracked_max"):
+        layer(x, training=True)

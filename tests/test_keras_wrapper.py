@@ -29,6 +29,8 @@ FAMILIES = {
                          lambda w: np.moveaxis(w, -2, -1).reshape(-1, w.shape[-2])),
     "depthwise2d": (lambda: L.DepthwiseConv2D(3, depth_multiplier=2), (2, 6, 6, 3), "kernel",
                     lambda w: w.reshape(-1, w.shape[-2] * w.shape[-1])),
+    "depthwise2d_multiplier_1": (lambda: L.DepthwiseConv2D(3), (2, 6, 6, 3), "kernel",
+                                 lambda w: w.reshape(-1, w.shape[-2] * w.shape[-1])),
     "einsum": (lambda: L.EinsumDense("abc,cde->abde", output_shape=(None, 2, 3)), (2, 4, 5), "kernel",
                lambda w: w.reshape(w.shape[0], -1)),
     "embedding": (lambda: L.Embedding(9, 4), None, "embeddings", lambda w: w.T),

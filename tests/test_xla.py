@@ -1,4 +1,4 @@
-"""jit_compile: our ops lower to the composite, bit-identical to our kernels (SPEC §3, §5).
+"""jit_compile: our ops lower to the composite, bit-identical to our kernels (SEMANTICS §3, §5).
 
 The reference is the same Python function run eagerly, i.e. on the custom kernels
 (whose agreement with TensorFlow's kernels is tested elsewhere). Many random cases

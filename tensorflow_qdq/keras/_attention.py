@@ -21,18 +21,19 @@ _PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
 class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
     """``keras.layers.MultiHeadAttention`` with quantized projection weights and context."""
 
-    def __init__(self, *args, weight_bits=8, activation_bits=8, activation_range="tracked", **kwargs):
+    def __init__(self, *args, weight_bits=8, activation_bits=8, activation_range="tracked", range_update="delayed",
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.weight_bits = _check_num_bits(weight_bits, _weights.WEIGHT_SIGNED)
         self.activation_bits = _check_num_bits(activation_bits, True)
-        self.activation_range = activation_range
+        self.activation_range, self.range_update = activation_range, range_update
         self.context_quantizer = QuantizeAndDequantize(num_bits=self.activation_bits, range_mode=activation_range,
-                                                       name="context_quantizer")
+                                                       range_update=range_update, name="context_quantizer")
 
     @classmethod
-    def from_float(cls, layer, weight_bits=8, activation_bits=8, activation_range="tracked"):
+    def from_float(cls, layer, weight_bits=8, activation_bits=8, activation_range="tracked", range_update="delayed"):
         return cls.from_config({**layer.get_config(), "weight_bits": weight_bits, "activation_bits": activation_bits,
-                                "activation_range": activation_range})
+                                "activation_range": activation_range, "range_update": range_update})
 
     def build(self, query_shape, value_shape, key_shape=None):
         super().build(query_shape, value_shape, key_shape)
@@ -68,4 +69,4 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
 
     def get_config(self):
         return {**super().get_config(), "weight_bits": self.weight_bits, "activation_bits": self.activation_bits,
-                "activation_range": self.activation_range}
+                "activation_range": self.activation_range, "range_update": self.range_update}

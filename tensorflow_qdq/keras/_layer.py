@@ -15,6 +15,7 @@ from tensorflow_qdq.keras import _deploy
 
 RANGE_MODES = ("fixed", "batch", "tracked", "learned")
 GRADIENTS = ("masked", "straight_through")
+RANGE_UPDATES = ("delayed", "immediate")
 ROUND_MODES = ("HALF_TO_EVEN", "HALF_UP")
 
 # Tracked ranges start here when no min_value/max_value is given (the same start as
@@ -81,6 +82,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
         range otherwise; a slice whose batch holds NaN or +-inf keeps its range.
         ``min_value``/``max_value`` optionally set the range used before the first training
         step (default [-6, 6]); the first training batch replaces it.
+        ``range_update`` says which range a training step quantizes with.
         ``"learned"`` - a trainable step per slice (LSQ, Esser et al. 2020); the range is
         ``(qmin * step, qmax * step)`` and the step's gradient is LSQ's (the rounding
         residual inside the range, the clip bound outside, times 1/sqrt(n * Qp)), computed
@@ -96,6 +98,12 @@ class QuantizeAndDequantize(keras.layers.Layer):
         lies inside the range, 0 outside) or ``"straight_through"`` (identity gradient);
         ``"learned"`` ranges always use the masked input gradient.
       momentum: decay of the tracked moving averages, in [0, 1).
+      range_update: for ``"tracked"`` ranges in training: ``"delayed"`` (default) quantizes
+        with the range from before this batch and updates it from the same pass over the
+        input (delayed scaling, as FP8 training does; one read of the activation instead of
+        three); ``"immediate"`` updates the range first and quantizes with the updated one
+        (TF Model Optimization's order). A range never updated (no calibration, first step)
+        is set from the batch first either way. See docs/KERAS.md.
 
     Under ``tf.distribute`` each training step gathers the per-replica batch min/max across all
     replicas and reduces them, so every replica applies the same update: the tracked range equals
@@ -116,12 +124,15 @@ class QuantizeAndDequantize(keras.layers.Layer):
         round_mode="HALF_TO_EVEN",
         gradient="masked",
         momentum=0.99,
+        range_update="delayed",
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check_choice("range_mode", range_mode, RANGE_MODES)
         _check_choice("round_mode", round_mode, ROUND_MODES)
         _check_choice("gradient", gradient, GRADIENTS)
+        _check_choice("range_update", range_update, RANGE_UPDATES)
+        self.range_update = range_update
         self.signed = bool(signed)
         self.num_bits = _check_num_bits(num_bits, self.signed)
         if axis is not None:
@@ -243,11 +254,19 @@ class QuantizeAndDequantize(keras.layers.Layer):
 
     # -- calling ----------------------------------------------------------------------------
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, passthrough=False):
+        """``passthrough=True``: the input is already on this quantizer's grid (it is this
+        layer's output moved by layers that keep values, e.g. ZeroPadding2D or MaxPooling2D;
+        ``quantize_model`` calls a quantizer so). It passes through unchanged and unobserved;
+        an export emits this quantizer's range again, so the runtime sees the same scale on
+        both sides of the moving layer."""
         x = tf.convert_to_tensor(inputs)
         if not x.dtype.is_floating:  # else TF's op-level error names the attr T, not the argument
             raise TypeError(f"{type(self).__name__}: inputs must be bfloat16, float16, float32 or float64, "
                             f"got {x.dtype.name}")
+        if passthrough:
+            target = _deploy.current_target()
+            return x if target is None else target.activation(x, self, *self.constant_range())
         observe = _deploy.calibration_observer()
         if observe is not None and self.range_mode in ("tracked", "learned"):
             observe(self, x)  # calibration sees the float activations, unquantized
@@ -266,7 +285,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
         elif training:
             if self._fused_tracking():
                 return self._tracked_step(x)
-            lo, hi = self._update_tracked(x)
+            lo, hi = self._update_tracked(x, delayed=self.range_update == "delayed")
         else:
             lo, hi = tf.convert_to_tensor(self.tracked_min), tf.convert_to_tensor(self.tracked_max)
         return self._qdq(x, tf.cast(lo, x.dtype), tf.cast(hi, x.dtype), range_given=True)
@@ -383,8 +402,8 @@ class QuantizeAndDequantize(keras.layers.Layer):
         _update_tracked + _qdq: the bounds may differ only in the sign of a zero)."""
         attrs = dict(signed_input=self.signed, num_bits=self.num_bits, round_mode=self.round_mode,
                      narrow_range=self.narrow_range, axis=-1 if self.axis is None else self._axis,
-                     momentum=self.momentum)
-        y, lo, hi, count = _ops.qdq_quantize_and_dequantize_tracked(
+                     momentum=self.momentum, delayed=self.range_update == "delayed")
+        y, lo, hi, count, _, _ = _ops.qdq_quantize_and_dequantize_tracked(
             x, self.tracked_min, self.tracked_max, self.tracked_updates, **attrs)
         self.tracked_min.assign(lo)
         self.tracked_max.assign(hi)
@@ -393,8 +412,10 @@ class QuantizeAndDequantize(keras.layers.Layer):
             return _straight_through(x, y)
         return y
 
-    def _update_tracked(self, x):
-        """Moves the tracked range towards this batch's range (widened to include 0); returns it.
+    def _update_tracked(self, x, delayed=False):
+        """Moves the tracked range towards this batch's range (widened to include 0); returns
+        the range to quantize with: the updated one, or, ``delayed``, the one from before this
+        batch where the slice has been updated before.
 
         Slices whose batch holds a NaN or an infinity (on any replica), or no element at all,
         keep their range. The first update of a slice replaces its start range.
@@ -410,6 +431,8 @@ class QuantizeAndDequantize(keras.layers.Layer):
         self.tracked_min.assign(new_lo)
         self.tracked_max.assign(new_hi)
         self.tracked_updates.assign(count + tf.cast(valid, tf.int64))
+        if delayed:
+            return tf.where(count > 0, old_lo, new_lo), tf.where(count > 0, old_hi, new_hi)
         return new_lo, new_hi
 
     def get_config(self):
@@ -425,5 +448,6 @@ class QuantizeAndDequantize(keras.layers.Layer):
             round_mode=self.round_mode,
             gradient=self.gradient,
             momentum=self.momentum,
+            range_update=self.range_update,
         )
         return config

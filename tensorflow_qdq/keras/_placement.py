@@ -40,6 +40,14 @@ PASSTHROUGH_LAYERS = (
     _L.Cropping3D, _L.UpSampling1D, _L.RepeatVector, _L.Identity, _L.ActivityRegularization,
     _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D, _L.GlobalMaxPooling3D,
 )
+# Passthrough layers whose every output value is one of their input's values or a zero, so an
+# input on a quantizer's grid gives an output on it (dropouts scale in training: not here).
+GRID_KEEPING_LAYERS = (
+    _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D, _L.Reshape, _L.Flatten, _L.Permute,
+    _L.ZeroPadding1D, _L.ZeroPadding2D, _L.ZeroPadding3D, _L.Cropping1D, _L.Cropping2D, _L.Cropping3D,
+    _L.UpSampling1D, _L.RepeatVector, _L.Identity, _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D,
+    _L.GlobalMaxPooling3D,
+)
 # Activations whose output is never negative (an unsigned grid is exact).
 NON_NEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "softmax", "hard_sigmoid", "exponential")
 # Activations that ONNX Runtime and TFLite fuse into the op before them.
@@ -100,6 +108,10 @@ def is_non_negative(layer):
 
 def is_passthrough(layer):
     return isinstance(layer, PASSTHROUGH_LAYERS)
+
+
+def keeps_grid(layer):
+    return isinstance(layer, GRID_KEEPING_LAYERS)
 
 
 def quantizes_inputs(layer, scheme):

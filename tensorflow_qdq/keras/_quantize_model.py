@@ -13,7 +13,7 @@ import keras
 
 from tensorflow_qdq.keras import _placement, _report
 from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
-from tensorflow_qdq.keras._layer import QuantizeAndDequantize, _check_num_bits
+from tensorflow_qdq.keras._layer import RANGE_UPDATES, QuantizeAndDequantize, _check_num_bits
 from tensorflow_qdq.keras._weights import output_channel_axis, weight_specs
 from tensorflow_qdq.keras._wrapper import QuantizeWrapper
 
@@ -27,6 +27,7 @@ def quantize_model(
     *,
     momentum=0.99,
     activation_range="tracked",
+    range_update="delayed",
     scheme="default",
     fold_batch_norm=True,
     freeze_bn_delay=None,
@@ -61,6 +62,9 @@ def quantize_model(
       momentum: decay of the tracked activation ranges, in [0, 1).
       activation_range: ``"tracked"`` (moving averages of the batch ranges) or ``"learned"``
         (a trainable step per quantizer with LSQ's gradient; see ``QuantizeAndDequantize``).
+      range_update: which range a tracked quantizer's training step quantizes with:
+        ``"delayed"`` (default; the range from before the batch, updated from the same pass)
+        or ``"immediate"`` (updated first); see ``QuantizeAndDequantize``.
       scheme: ``"default"`` or ``"tensorrt"``.
       fold_batch_norm: fold BatchNormalization into the layer before it.
       freeze_bn_delay: training steps after which folded BatchNorms use moving statistics.
@@ -74,6 +78,7 @@ def quantize_model(
         activation_bits=_check_num_bits(activation_bits, True),
         momentum=_check_momentum(momentum),
         activation_range=_check_activation_range(activation_range),
+        range_update=_check_range_update(range_update),
         scheme=_placement.check_scheme(scheme),
         fold_batch_norm=bool(fold_batch_norm),
         freeze_bn_delay=freeze_bn_delay,
@@ -101,6 +106,12 @@ def _check_activation_range(activation_range):
     if activation_range not in ("tracked", "learned"):
         raise ValueError(f"activation_range={activation_range!r} is not one of 'tracked', 'learned'")
     return activation_range
+
+
+def _check_range_update(range_update):
+    if range_update not in RANGE_UPDATES:
+        raise ValueError(f"range_update={range_update!r} is not one of {', '.join(map(repr, RANGE_UPDATES))}")
+    return range_update
 
 
 def _check_momentum(momentum):
@@ -236,14 +247,35 @@ class _Rebuild:
                 return False
             return _placement.is_non_negative(source)
 
+        def grid_owner(tensor):
+            """The quantizer whose output reaches ``tensor`` through grid-keeping layers only
+            (padding, max pooling, reshapes), or None."""
+            while True:
+                layer = tensor._keras_history.operation
+                if isinstance(layer, QuantizeAndDequantize):
+                    return layer
+                source = original_of.get(id(layer))
+                args = _node_of(tensor).arguments.keras_tensors
+                if source is None or not _placement.keeps_grid(source) or len(args) != 1:
+                    return None
+                tensor = args[0]
+
         def quantize(tensor, name):
             if id(tensor) in memo or not _is_float(tensor):
                 return memo.get(id(tensor), tensor)
             if isinstance(tensor._keras_history.operation, QuantizeAndDequantize):
                 return tensor  # the model quantizes it already
+            owner = grid_owner(tensor)
+            if owner is not None:
+                # Already on owner's grid: a second quantizer would add a range, a pass over
+                # the tensor in training and a rescale at run time; the owner passes it through
+                # and gives the export its scale again.
+                out = owner(tensor, passthrough=True)
+                memo[id(tensor)] = memo[id(out)] = out
+                return out
             quantizer = QuantizeAndDequantize(
                 num_bits=self.options["activation_bits"], range_mode=self.options["activation_range"],
-                momentum=self.options["momentum"],
+                momentum=self.options["momentum"], range_update=self.options["range_update"],
                 # TensorRT has int8 activations only; elsewhere a non-negative tensor gets the finer unsigned grid
                 signed=scheme == "tensorrt" or not non_negative(tensor), name=_unique(name, model_names),
                 dtype=_policy_of(tensor),
@@ -280,7 +312,8 @@ class _Rebuild:
         if isinstance(layer, _L.MultiHeadAttention):
             return QuantizedMultiHeadAttention.from_float(fresh, weight_bits=bits,
                                                           activation_bits=self.options["activation_bits"],
-                                                          activation_range=self.options["activation_range"])
+                                                          activation_range=self.options["activation_range"],
+                                                          range_update=self.options["range_update"])
         unfused = (self.options["scheme"] == "default"
                    and _placement.activation_of(layer) not in (None, *_placement.FUSABLE_ACTIVATIONS))
         return QuantizeWrapper(
@@ -288,6 +321,7 @@ class _Rebuild:
             freeze_bn_delay=self.options["freeze_bn_delay"], name=layer.name,
             output_bits=self.options["activation_bits"] if unfused and not isinstance(layer, _L.Embedding) else None,
             momentum=self.options["momentum"], activation_range=self.options["activation_range"],
+            range_update=self.options["range_update"],
         )
 
     @staticmethod

@@ -80,26 +80,37 @@ def output_channel_axis(layer):
 def quantize_weight(weight, channel_axes, num_bits):
     """Fake-quantizes ``weight`` per output channel, the channels being the given axes.
 
-    Several channel axes (a depthwise kernel's (in, multiplier), an einsum kernel's output
-    letters) are moved last and merged into one, so the op sees one channel axis.
+    One channel axis goes to the op as its ``axis`` (it quantizes along any axis). Several
+    (a depthwise kernel's (in, multiplier), an einsum kernel's output letters) are moved last
+    and merged into one, so the op sees one channel axis; axes of size 1 among them do not
+    count (a depthwise multiplier of 1 is the common case).
     """
     rank = len(weight.shape)
     axes = tuple(a % rank for a in channel_axes)
+    wide = [a for a in axes if weight.shape[a] != 1]
+    if len(wide) <= 1:
+        axis = wide[0] if wide else axes[-1]
+        zero = ops.zeros((int(weight.shape[axis]),), dtype=weight.dtype)
+        return _quantize_channels(weight, zero, axis, num_bits)
     others = [a for a in range(rank) if a not in axes]
     perm = others + list(axes)
     moved = weight if perm == list(range(rank)) else ops.transpose(weight, perm)
     shape = ops.shape(moved)
     flat = ops.reshape(moved, (-1, _product(moved.shape[len(others):])))
     zero = ops.zeros((flat.shape[-1],), dtype=flat.dtype)
-    flat = _qdq.quantize_and_dequantize_v2(
-        flat, zero, zero, signed_input=WEIGHT_SIGNED, num_bits=num_bits, range_given=False,
-        narrow_range=WEIGHT_NARROW_RANGE, axis=-1,
-    )
-    moved = ops.reshape(flat, shape)
+    moved = ops.reshape(_quantize_channels(flat, zero, 1, num_bits), shape)
     if perm == list(range(rank)):
         return moved
     inverse = [perm.index(a) for a in range(rank)]
     return ops.transpose(moved, inverse)
+
+
+def _quantize_channels(weight, zero, axis, num_bits):
+    """The weight grid (measured range, per slice along ``axis``) applied to ``weight``."""
+    return _qdq.quantize_and_dequantize_v2(
+        weight, zero, zero, signed_input=WEIGHT_SIGNED, num_bits=num_bits, range_given=False,
+        narrow_range=WEIGHT_NARROW_RANGE, axis=axis,
+    )
 
 
 def _product(dims):

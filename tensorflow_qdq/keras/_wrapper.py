@@ -52,7 +52,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, weight_bits=8, batch_norm=None, freeze_bn_delay=None, input_bits=None,
-                 output_bits=None, momentum=0.99, activation_range="tracked", **kwargs):
+                 output_bits=None, momentum=0.99, activation_range="tracked", range_update="delayed", **kwargs):
         kwargs.setdefault("name", f"{layer.name}")
         super().__init__(layer, **kwargs)
         self.specs = _weights.weight_specs(layer)
@@ -74,21 +74,19 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 raise ValueError(f"QuantizeWrapper: {layer.name!r} has an activation; a BatchNorm after it cannot fold")
             self.batch_norm = keras.layers.BatchNormalization.from_config(dict(batch_norm))
         self.input_bits, self.output_bits, self.momentum = input_bits, output_bits, momentum
-        self.activation_range = activation_range
+        self.activation_range, self.range_update = activation_range, range_update
+        common = dict(range_mode=activation_range, momentum=momentum, range_update=range_update)
         self.input_quantizer = self.output_quantizer = None
         if input_bits is not None:
-            self.input_quantizer = QuantizeAndDequantize(num_bits=input_bits, range_mode=activation_range,
-                                                         momentum=momentum, name="input_quantizer")
+            self.input_quantizer = QuantizeAndDequantize(num_bits=input_bits, name="input_quantizer", **common)
         if output_bits is not None:
-            self.output_quantizer = QuantizeAndDequantize(num_bits=output_bits, range_mode=activation_range,
-                                                          momentum=momentum, name="output_quantizer")
+            self.output_quantizer = QuantizeAndDequantize(num_bits=output_bits, name="output_quantizer", **common)
         # A separable conv is a depthwise and a pointwise conv: the tensor between them needs a
         # range too, or no runtime keeps the pair in integer arithmetic.
         self.intermediate_quantizer = None
         if isinstance(layer, _SEPARABLE) and self.weight_bits is not None:
             self.intermediate_quantizer = QuantizeAndDequantize(
-                num_bits=8 if input_bits is None else input_bits, range_mode=activation_range, momentum=momentum,
-                name="intermediate_quantizer")
+                num_bits=8 if input_bits is None else input_bits, name="intermediate_quantizer", **common)
 
     # -- building ---------------------------------------------------------------------------
 
@@ -268,6 +266,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             output_bits=self.output_bits,
             momentum=self.momentum,
             activation_range=self.activation_range,
+            range_update=self.range_update,
         )
         return config
 

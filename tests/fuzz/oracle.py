@@ -1,8 +1,8 @@
 """What a case must do: the errors it must raise (and the words the message must contain),
-or the outputs it must return, derived from SPEC §2-§5 and the reference model alone.
+or the outputs it must return, derived from SEMANTICS §2-§5 and the reference model alone.
 
 ``expect(case)`` returns a list of acceptable outcomes. Usually there is one; a call whose
-validity or result hinges on denormals (read as zero on TensorFlow's threads, SPEC §3.8)
+validity or result hinges on denormals (read as zero on TensorFlow's threads, SEMANTICS §3.8)
 gets one outcome per denormal mode.
 """
 
@@ -63,7 +63,7 @@ def _has_round_mode(op):
 
 
 def _range_shape_problem(shape, axis, input_shape):
-    """The kernels' min/max shape rule (SPEC §4): one element per-tensor, [dim(axis)] per-channel."""
+    """The kernels' min/max shape rule (SEMANTICS §4): one element per-tensor, [dim(axis)] per-channel."""
     if axis == -1:
         return len(shape) > 1 or int(np.prod(shape, dtype=np.int64)) != 1
     return len(shape) != 1 or shape[0] != input_shape[axis]

@@ -1,18 +1,18 @@
 """The fuzz suite's own float64 reference model of the quantize-and-dequantize family.
 
-Independent of the library and of TensorFlow: NumPy only. It follows SPEC §3-§5. Every
+Independent of the library and of TensorFlow: NumPy only. It follows SEMANTICS §3-§5. Every
 arithmetic step is done in float64 and then rounded to the compute type C (float32 for
 bfloat16/half/float32, float64 for float64). For C = float32 this is exact: a product or
 quotient of two float32 values rounded once to float64 and again to float32 equals the
 correctly rounded float32 result (53 >= 2*24 + 2), so the model is bit-exact without
 ever doing float32 arithmetic.
 
-Denormals (SPEC §3.8): TensorFlow runs kernels with flush-to-zero / denormals-are-zero
+Denormals (SEMANTICS §3.8): TensorFlow runs kernels with flush-to-zero / denormals-are-zero
 on its own threads but not necessarily on the caller's thread, so the model has two
 modes: ``daz=False`` (IEEE) and ``daz=True`` (every input denormal read as a signed zero,
 every denormal result flushed). The oracle accepts, element by element, either mode.
 
-Validation: :func:`violations` lists the arguments a call breaks (SPEC §4); a call with no
+Validation: :func:`violations` lists the arguments a call breaks (SEMANTICS §4); a call with no
 violation must succeed, a call with some must raise an error naming one of them.
 """
 
@@ -40,7 +40,7 @@ def max_bits(signed_input):
 
 
 def int_range(signed_input, num_bits, narrow_range):
-    """qmin, qmax as exact Python ints (SPEC §3.1)."""
+    """qmin, qmax as exact Python ints (SEMANTICS §3.1)."""
     if not signed_input:
         return 0, 2**num_bits - 1
     half = 2 ** (num_bits - 1)
@@ -100,7 +100,7 @@ def channel_view(a, axis):
 
 
 def slice_params(lo, hi, qmin, qmax, ar):
-    """SPEC §3.4 on arrays of per-channel bounds (compute values)."""
+    """SEMANTICS §3.4 on arrays of per-channel bounds (compute values)."""
     cq_min = float(ar.r(np.float64(np.array(qmin, np.int64).astype(ar.c))))
     cq_max = float(ar.r(np.float64(np.array(qmax, np.int64).astype(ar.c))))
     lo_usable = ar.mul(cq_min, lo) > 0
@@ -165,7 +165,7 @@ def quantize(x, dtype, lo_given, hi_given, *, signed_input, num_bits, range_give
     else:
         rounded = np.rint(y)
     out = ar.mul(rounded, b(inv))
-    # Degenerate slices (SPEC §3.4 FIX): zeros, signed as TF's own zero round(v * T_MAX) * inv
+    # Degenerate slices (SEMANTICS §3.4 FIX): zeros, signed as TF's own zero round(v * T_MAX) * inv
     # would be: round(v) for v = +-0, else v's sign; times inv where inv is finite.
     zero_round = np.floor(ar.add(v, 0.5)) if round_half_up else np.rint(v)
     r = np.where(v == 0, zero_round, np.copysign(0.0, v))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tensorflow_qdq  # noqa: F401
+import tensorflow_qdq
 from tensorflow_qdq.keras import QuantizeAndDequantize
 from tensorflow_qdq.keras import _layer
 
@@ -91,3 +91,36 @@ def test_fused_op_rejects_a_range_that_v4_would_reject(delayed):
     layer.tracked_min.assign(2.0)  # above tracked_max
     with pytest.raises(tf.errors.InvalidArgumentError, match="tracked_min must be <= tracked_max"):
         layer(x, training=True)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_one_pass_delayed_step_on_a_tensor_that_streams(axis):
+    """Big enough (16 MB) for non-temporal stores and every shard of the pool: the one-pass
+    delayed step equals V4 with the old range, and its new range the NumPy update of the batch
+    min/max (zeros of both signs at the minimum, as after a ReLU)."""
+    from tensorflow_qdq._loader import ops
+
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.standard_normal((2, 1 << 21)).astype(np.float32), 0.0)
+    x[:, 1000:1010] = -0.0
+    x[1, 5] = np.nan if axis == 0 else x[1, 5]  # channel 1 keeps its range
+    depth = 1 if axis == -1 else 2
+    lo, hi = np.full(depth, -0.5, np.float32), np.full(depth, 2.5, np.float32)
+    count = np.full(depth, 3, np.int64)
+    shape = () if axis == -1 else (depth,)
+    y, new_lo, new_hi, new_count, used_lo, used_hi = ops.qdq_quantize_and_dequantize_tracked(
+        x, lo.reshape(shape), hi.reshape(shape), count.reshape(shape), axis=axis, momentum=0.9, delayed=True)
+    want = tensorflow_qdq.quantize_and_dequantize_v2(x, lo.reshape(shape), hi.reshape(shape), range_given=True,
+                                                      axis=None if axis == -1 else 0)
+    np.testing.assert_array_equal(_bits(y), _bits(want))
+    np.testing.assert_array_equal(used_lo.numpy().reshape(-1), lo)
+    batch = x.reshape(depth, -1)
+    finite = ~np.isnan(batch).any(axis=1)
+    b_lo = np.minimum(np.nanmin(batch, axis=1), 0).astype(np.float32)
+    b_hi = np.maximum(np.nanmax(batch, axis=1), 0).astype(np.float32)
+    m = np.float32(0.9)
+    exp_lo = np.where(finite, lo * m + b_lo * (np.float32(1) - m), lo)
+    exp_hi = np.where(finite, hi * m + b_hi * (np.float32(1) - m), hi)
+    np.testing.assert_array_equal(new_lo.numpy().reshape(-1), exp_lo)
+    np.testing.assert_array_equal(new_hi.numpy().reshape(-1), exp_hi)
+    np.testing.assert_array_equal(new_count.numpy().reshape(-1), count + finite)

@@ -186,7 +186,7 @@ def build_core_module(cmd, ext):
         import pybind11
     except ImportError:
         if core_only():
-            raise SystemExit("QDQ_CORE_ONLY=1 needs pybind11: pip install pybind11")
+            raise SystemExit("QDQ_CORE_ONLY=1 needs pybind11: pip install pybind11") from None
         log("pybind11 not found: skipping tensorflow_qdq._core")
         return
     nvcc = find_nvcc()

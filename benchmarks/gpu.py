@@ -179,7 +179,7 @@ def run(args):
             nbytes = n * base.element_size()
             host_dtype = host_copy(torch, base[:1]).dtype
             copy_dst = torch.empty_like(base)
-            t_copy = timer(lambda: copy_dst.copy_(base))
+            t_copy = timer(lambda dst=copy_dst, src=base: dst.copy_(src))
             copy_bw = 2 * nbytes / t_copy
             for label, shape, axis in layouts(n):
                 x, g, o = base.view(shape), grad.view(shape), out.view(shape)

@@ -100,8 +100,8 @@ template <>
 struct Lanes<half_t> : F32x8 {
   static V load(const half_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static __m128i pack(V v) {
-    const V quiet = _mm256_or_ps(_mm256_and_ps(v, _mm256_set1_ps(-0.0f)),
-                                 _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)));
+    const V quiet =
+        _mm256_or_ps(_mm256_and_ps(v, _mm256_set1_ps(-0.0f)), _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)));
     return _mm256_cvtps_ph(select(is_nan(v), quiet, v), _MM_FROUND_TO_NEAREST_INT);
   }
   static void store(half_t* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), pack(v)); }
@@ -120,7 +120,8 @@ struct Lanes<bf16_t> : F32x8 {
     const __m256i x = _mm256_castps_si256(v);
     const __m256i high = _mm256_srli_epi32(x, 16);
     const __m256i odd = _mm256_and_si256(high, _mm256_set1_epi32(1));
-    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), odd), 16);
+    const __m256i rounded =
+        _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), odd), 16);
     const V nan = is_nan(v);
     __m256i bits = rounded;
     if (!_mm256_testz_ps(nan, nan)) {  // rare: only NaN lanes need the canonical quiet NaN

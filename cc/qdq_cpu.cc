@@ -172,8 +172,8 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
   const int64_t positions = plan.row ? plan.period : l.depth;  // partial slots per shard
   if (positions <= kMaxPartialPositions) {
     // Flat shards, each with its own partial ranges, merged afterwards.
-    const int64_t shards = std::max<int64_t>(
-        1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
+    const int64_t shards =
+        std::max<int64_t>(1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
     std::vector<C> part(static_cast<size_t>(2 * shards * positions));
     for (int64_t s = 0; s < shards; ++s) {
       std::fill_n(part.begin() + 2 * s * positions, positions, inf);
@@ -241,8 +241,8 @@ void load_bounds(const T* lo, const T* hi, int64_t depth, compute_t<T>* clo, com
 template <typename T>
 std::vector<char> channels_not_finite(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, const Layout& l) {
   const int64_t n = l.size();
-  const int64_t shards = std::max<int64_t>(
-      1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
+  const int64_t shards =
+      std::max<int64_t>(1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
   std::vector<char> flags(static_cast<size_t>(shards * l.depth), 0);
   pool.parallel_for(shards, (n / shards + 1) * kCyclesPerElement, [&](int64_t first, int64_t last) {
     for (int64_t s = first; s < last; ++s) {
@@ -271,8 +271,8 @@ const char* set_cpu_isa(const char* name) {
 }
 
 template <typename T>
-void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const T* given_lo,
-                  const T* given_hi, const QuantizeAttrs& attrs) {
+void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const T* given_lo, const T* given_hi,
+                  const QuantizeAttrs& attrs) {
   using C = compute_t<T>;
   const Plan plan = make_plan(layout);
   const Layout& l = plan.l;
@@ -350,14 +350,13 @@ namespace {
 // measure_ranges merges (shard order keeps the zero signs of memory order).
 template <typename T, typename C = compute_t<T>>
 void quantize_and_measure(const ThreadPool& pool, const CpuLoops<T>& k, const T* in, T* out, const Plan& plan,
-                          const std::vector<SliceParams<C>>& params, RoundMode mode, C* lo, C* hi,
-                          char* not_finite) {
+                          const std::vector<SliceParams<C>>& params, RoundMode mode, C* lo, C* hi, char* not_finite) {
   const Layout& l = plan.l;
   const int64_t n = l.size();
   const int64_t depth = l.depth;
   const C inf = std::numeric_limits<C>::infinity();
-  const int64_t shards = std::max<int64_t>(
-      1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
+  const int64_t shards =
+      std::max<int64_t>(1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
   std::vector<C> part(static_cast<size_t>(2 * shards * depth));
   std::vector<char> nan(static_cast<size_t>(shards * depth), 0);
   for (int64_t s = 0; s < shards; ++s) {
@@ -405,11 +404,12 @@ void tracked_quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout la
   std::vector<C> lo(static_cast<size_t>(l.depth)), hi(static_cast<size_t>(l.depth));
   std::vector<char> not_finite(static_cast<size_t>(l.depth), 1);  // an empty slice has no range
   const bool one_pass = tracked.delayed && l.size() > 0 && !plan.row && l.depth == depth &&
-                        depth <= kMaxPartialPositions && std::all_of(old_updates, old_updates + depth,
-                                                                     [](int64_t u) { return u > 0; });
+                        depth <= kMaxPartialPositions &&
+                        std::all_of(old_updates, old_updates + depth, [](int64_t u) { return u > 0; });
   if (one_pass) {
     std::vector<SliceParams<C>> params(static_cast<size_t>(depth));
-    for (int64_t c = 0; c < depth; ++c) params[c] = compute_params(as_given(old_lo[c]), as_given(old_hi[c]), attrs.range);
+    for (int64_t c = 0; c < depth; ++c)
+      params[c] = compute_params(as_given(old_lo[c]), as_given(old_hi[c]), attrs.range);
     quantize_and_measure(pool, loops<T>(), in, out, plan, params, attrs.round_mode, lo.data(), hi.data(),
                          not_finite.data());
   } else if (l.size() > 0) {
@@ -420,8 +420,8 @@ void tracked_quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout la
   for (int64_t c = 0; c < depth; ++c) {
     // The layer casts the batch min/max (reduced in T) to float32.
     const TrackedRange old{old_lo[c], old_hi[c], old_updates[c]};
-    const TrackedRange r = tracked_update(old, static_cast<float>(lo[c]), static_cast<float>(hi[c]), !not_finite[c],
-                                          tracked.momentum);
+    const TrackedRange r =
+        tracked_update(old, static_cast<float>(lo[c]), static_cast<float>(hi[c]), !not_finite[c], tracked.momentum);
     const TrackedRange used = tracked_quantize_range(old, r, tracked.delayed);
     out_range.lo[c] = r.lo;
     out_range.hi[c] = r.hi;
@@ -437,11 +437,10 @@ void tracked_quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout la
   quantize_cpu(pool, in, out, layout, given_lo.data(), given_hi.data(), given);
 }
 
-#define QDQ_INSTANTIATE(T)                                                                                   \
-  template void tracked_quantize_cpu<T>(const ThreadPool&, const T*, T*, Layout, const float*, const float*, \
-                                        const int64_t*, TrackedAttrs, const QuantizeAttrs&, TrackedOutputs); \
-  template void quantize_cpu<T>(const ThreadPool&, const T*, T*, Layout, const T*, const T*,               \
-                                const QuantizeAttrs&);                                                      \
+#define QDQ_INSTANTIATE(T)                                                                                          \
+  template void tracked_quantize_cpu<T>(const ThreadPool&, const T*, T*, Layout, const float*, const float*,        \
+                                        const int64_t*, TrackedAttrs, const QuantizeAttrs&, TrackedOutputs);        \
+  template void quantize_cpu<T>(const ThreadPool&, const T*, T*, Layout, const T*, const T*, const QuantizeAttrs&); \
   template void masked_gradient_cpu<T>(const ThreadPool&, const T*, const T*, T*, Layout, const T*, const T*);
 QDQ_FOR_EACH_TYPE(QDQ_INSTANTIATE)
 #undef QDQ_INSTANTIATE

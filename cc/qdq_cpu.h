@@ -10,13 +10,13 @@ namespace qdq {
 // given_lo/given_hi hold layout.depth values (validated by the caller: lo <= hi);
 // otherwise they are ignored and each slice's range is its NaN-free min/max.
 template <typename T>
-void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const T* given_lo,
-                  const T* given_hi, const QuantizeAttrs& attrs);
+void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const T* given_lo, const T* given_hi,
+                  const QuantizeAttrs& attrs);
 
 // V4Grad: out = grad * (lo[c] <= x <= hi[c]); lo/hi hold layout.depth values.
 template <typename T>
-void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* out, Layout layout,
-                         const T* lo, const T* hi);
+void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* out, Layout layout, const T* lo,
+                         const T* hi);
 
 // A tracked quantizer's training step in one call: measures each slice's NaN-free
 // min/max and whether it holds a NaN, updates the tracked ranges (tracked_update in
@@ -24,8 +24,8 @@ void masked_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* o
 // `in` with the new range cast to T as a given range (attrs.range_given is ignored).
 template <typename T>
 void tracked_quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, const float* old_lo,
-                          const float* old_hi, const int64_t* old_updates, TrackedAttrs tracked, const QuantizeAttrs& attrs,
-                          TrackedOutputs out_range);
+                          const float* old_hi, const int64_t* old_updates, TrackedAttrs tracked,
+                          const QuantizeAttrs& attrs, TrackedOutputs out_range);
 
 // The fused gradient of learned ranges (LSQ) for a forward pass with given range
 // lo/hi (layout.depth values): input_out = grad * (lo[c] <= x <= hi[c]) (V4Grad's

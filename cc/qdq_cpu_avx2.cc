@@ -75,8 +75,8 @@ struct Avx2 {
   // plus a NaN flag. Head and tail elements go through the baseline, which folds them into
   // lo[c]/hi[c] directly; a bound that ends at zero is re-read in order (see order_zero_signs).
   template <RoundMode kMode>
-  static void quantize_measure_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r,
-                                    const SliceParams<C>* params, bool stream, C* lo, C* hi, char* nan) {
+  static void quantize_measure_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C>* params,
+                                    bool stream, C* lo, C* hi, char* nan) {
     const auto tail = base().quantize_measure_runs[static_cast<int>(kMode)];
     for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
       const SliceParams<C>& p = params[c];
@@ -275,17 +275,17 @@ struct Avx2 {
   static CpuLoops<T> table() {
     constexpr RoundMode kEven = RoundMode::kHalfToEven;
     constexpr RoundMode kUp = RoundMode::kHalfUp;
-    return CpuLoops<T>{"avx2",
-                       {{quantize_runs<kEven, false>, quantize_runs<kEven, true>},
-                        {quantize_runs<kUp, false>, quantize_runs<kUp, true>}},
-                       {{quantize_row<kEven, false>, quantize_row<kEven, true>},
-                        {quantize_row<kUp, false>, quantize_row<kUp, true>}},
-                       reduce_runs,
-                       reduce_rows,
-                       all_finite,
-                       {quantize_measure_runs<kEven>, quantize_measure_runs<kUp>},
-                       gradient_runs,
-                       gradient_row};
+    return CpuLoops<T>{
+        "avx2",
+        {{quantize_runs<kEven, false>, quantize_runs<kEven, true>},
+         {quantize_runs<kUp, false>, quantize_runs<kUp, true>}},
+        {{quantize_row<kEven, false>, quantize_row<kEven, true>}, {quantize_row<kUp, false>, quantize_row<kUp, true>}},
+        reduce_runs,
+        reduce_rows,
+        all_finite,
+        {quantize_measure_runs<kEven>, quantize_measure_runs<kUp>},
+        gradient_runs,
+        gradient_row};
   }
 };
 

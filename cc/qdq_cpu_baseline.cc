@@ -31,11 +31,9 @@ void quantize_run(const T* x, T* y, int64_t n, const SliceParams<C_t<T>>& p) {
 }
 
 template <RoundMode kMode, bool kClamp, typename T>
-void quantize_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C_t<T>>* params,
-                   bool) {
-  for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
-    quantize_run<kMode, kClamp>(x + b, y + b, len, params[c]);
-  });
+void quantize_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C_t<T>>* params, bool) {
+  for_each_run(f, n, r,
+               [&](int64_t c, int64_t b, int64_t len) { quantize_run<kMode, kClamp>(x + b, y + b, len, params[c]); });
 }
 
 template <RoundMode kMode, bool kClamp, typename T>

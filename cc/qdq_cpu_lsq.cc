@@ -80,7 +80,7 @@ void lsq_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* inpu
   }
 }
 
-#define QDQ_INSTANTIATE(T)                                                                                 \
+#define QDQ_INSTANTIATE(T)                                                                                     \
   template void lsq_gradient_cpu<T>(const ThreadPool&, const T*, const T*, T*, T*, Layout, const T*, const T*, \
                                     IntRange, RoundMode);
 QDQ_FOR_EACH_TYPE(QDQ_INSTANTIATE)

@@ -35,8 +35,8 @@ size_t gradient_cuda_workspace(Layout layout);
 // V4Grad on the device: out = grad * (lo[c] <= x <= hi[c]). grad/x/out are
 // device pointers; lo/hi are HOST pointers to layout.depth values.
 template <typename T>
-int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, Layout layout, const T* lo,
-                         const T* hi, void* workspace);
+int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, Layout layout, const T* lo, const T* hi,
+                         void* workspace);
 
 // Device scratch bytes tracked_quantize_cuda needs (16-byte aligned, as above).
 template <typename T>
@@ -46,8 +46,8 @@ size_t tracked_cuda_workspace(Layout layout);
 // ranges and counts stay where the variables live); no host round trip.
 template <typename T>
 int tracked_quantize_cuda(CudaStream stream, const T* in, T* out, Layout layout, const float* old_lo,
-                          const float* old_hi, const int64_t* old_updates, TrackedAttrs tracked, const QuantizeAttrs& attrs,
-                          TrackedOutputs out_range, void* workspace);
+                          const float* old_hi, const int64_t* old_updates, TrackedAttrs tracked,
+                          const QuantizeAttrs& attrs, TrackedOutputs out_range, void* workspace);
 
 // Device scratch bytes lsq_gradient_cuda needs (16-byte aligned, as above).
 template <typename T>

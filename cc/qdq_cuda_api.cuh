@@ -25,8 +25,8 @@ size_t gradient_cuda_workspace(Layout layout) {
 }
 
 template <typename T>
-int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, Layout layout, const T* lo,
-                         const T* hi, void* workspace) {
+int masked_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* out, Layout layout, const T* lo, const T* hi,
+                         void* workspace) {
   return cuda_impl::masked_gradient<T>(stream, grad, x, out, layout, lo, hi, workspace);
 }
 
@@ -37,8 +37,8 @@ size_t tracked_cuda_workspace(Layout layout) {
 
 template <typename T>
 int tracked_quantize_cuda(CudaStream stream, const T* in, T* out, Layout layout, const float* old_lo,
-                          const float* old_hi, const int64_t* old_updates, TrackedAttrs tracked, const QuantizeAttrs& attrs,
-                          TrackedOutputs out_range, void* workspace) {
+                          const float* old_hi, const int64_t* old_updates, TrackedAttrs tracked,
+                          const QuantizeAttrs& attrs, TrackedOutputs out_range, void* workspace) {
   return cuda_impl::tracked_quantize<T>(stream, in, out, layout, old_lo, old_hi, old_updates, tracked, attrs, out_range,
                                         workspace);
 }
@@ -51,22 +51,20 @@ size_t lsq_gradient_cuda_workspace(Layout layout) {
 template <typename T>
 int lsq_gradient_cuda(CudaStream stream, const T* grad, const T* x, T* input_out, T* step_out, Layout layout,
                       const T* lo, const T* hi, IntRange range, RoundMode round_mode, void* workspace) {
-  return cuda_impl::lsq_gradient<T>(stream, grad, x, input_out, step_out, layout, lo, hi, range, round_mode,
-                                    workspace);
+  return cuda_impl::lsq_gradient<T>(stream, grad, x, input_out, step_out, layout, lo, hi, range, round_mode, workspace);
 }
 
-#define QDQ_INSTANTIATE(T)                                                                                    \
-  template size_t quantize_cuda_workspace<T>(Layout, bool);                                                  \
-  template int quantize_cuda<T>(CudaStream, const T*, T*, Layout, const T*, const T*, const QuantizeAttrs&, \
-                                void*);                                                                      \
-  template size_t gradient_cuda_workspace<T>(Layout);                                                        \
-  template int masked_gradient_cuda<T>(CudaStream, const T*, const T*, T*, Layout, const T*, const T*, void*); \
-  template size_t tracked_cuda_workspace<T>(Layout);                                                         \
-  template int tracked_quantize_cuda<T>(CudaStream, const T*, T*, Layout, const float*, const float*,           \
-                                        const int64_t*, TrackedAttrs, const QuantizeAttrs&, TrackedOutputs, void*); \
-  template size_t lsq_gradient_cuda_workspace<T>(Layout);                                                    \
-  template int lsq_gradient_cuda<T>(CudaStream, const T*, const T*, T*, T*, Layout, const T*, const T*,     \
-                                    IntRange, RoundMode, void*);
+#define QDQ_INSTANTIATE(T)                                                                                            \
+  template size_t quantize_cuda_workspace<T>(Layout, bool);                                                           \
+  template int quantize_cuda<T>(CudaStream, const T*, T*, Layout, const T*, const T*, const QuantizeAttrs&, void*);   \
+  template size_t gradient_cuda_workspace<T>(Layout);                                                                 \
+  template int masked_gradient_cuda<T>(CudaStream, const T*, const T*, T*, Layout, const T*, const T*, void*);        \
+  template size_t tracked_cuda_workspace<T>(Layout);                                                                  \
+  template int tracked_quantize_cuda<T>(CudaStream, const T*, T*, Layout, const float*, const float*, const int64_t*, \
+                                        TrackedAttrs, const QuantizeAttrs&, TrackedOutputs, void*);                   \
+  template size_t lsq_gradient_cuda_workspace<T>(Layout);                                                             \
+  template int lsq_gradient_cuda<T>(CudaStream, const T*, const T*, T*, T*, Layout, const T*, const T*, IntRange,     \
+                                    RoundMode, void*);
 QDQ_FOR_EACH_TYPE(QDQ_INSTANTIATE)
 #undef QDQ_INSTANTIATE
 

@@ -24,9 +24,9 @@
 namespace qdq {
 namespace cuda_impl {
 
-constexpr int kBlock = 256;          // threads per block, every kernel
-constexpr int kUnroll = 4;           // vectors per thread per tile (reduction)
-constexpr int64_t kRunMin = 2048;    // inner extent from which rows are reduced as runs
+constexpr int kBlock = 256;             // threads per block, every kernel
+constexpr int kUnroll = 4;              // vectors per thread per tile (reduction)
+constexpr int64_t kRunMin = 2048;       // inner extent from which rows are reduced as runs
 constexpr int64_t kMinColumnRows = 16;  // rows each thread reduces (at least) on the column path
 // Tensors below this many elements find channels with 32-bit FastDiv; the emulation
 // tests lower it to 0 to run the 64-bit path on small tensors.
@@ -139,12 +139,12 @@ QDQ_KERNEL void reduce_runs_kernel(const T* x, RunGeom g, Key* lo_acc, Key* hi_a
     }
     const Pack<T>* packs = reinterpret_cast<const Pack<T>*>(base + head);
     const int64_t v_end = nv < (k + 1) * kBlock * kUnroll ? nv : (k + 1) * kBlock * kUnroll;
-QDQ_UNROLL
+    QDQ_UNROLL
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t v = k * kBlock * kUnroll + u * kBlock + t;
       if (v < v_end) {
         const Pack<T> p = packs[v];
-QDQ_UNROLL
+        QDQ_UNROLL
         for (int j = 0; j < V; ++j) r.add(Compute<T>::load(p.v[j]));
       }
     }
@@ -185,7 +185,7 @@ QDQ_KERNEL void reduce_columns_kernel(const T* x, ColGeom g, Key* lo_acc, Key* h
     const int64_t begin = chunk * g.rows_per_chunk;
     const int64_t end = g.rows < begin + g.rows_per_chunk ? g.rows : begin + g.rows_per_chunk;
     const T* p = x + col;
-QDQ_UNROLL_4
+    QDQ_UNROLL_4
     for (int64_t row = begin + r0; row < end; row += g.rows_per_step) r.add(Compute<T>::load(p[row * g.width]));
   }
   flush(r, active ? col / g.inner : int64_t{-1}, lo_acc, hi_acc);
@@ -225,8 +225,7 @@ QDQ_DEV void measured_bounds(const Key* lo_acc, const Key* hi_acc, int64_t c, C*
 
 // ---- Scales: one thread per channel turns the measured keys into parameters. ----
 template <typename C, typename Key = typename KeyOf<C>::type>
-QDQ_KERNEL void params_kernel(const Key* lo_acc, const Key* hi_acc, int64_t depth, IntRange range,
-                              Scales<C>* params) {
+QDQ_KERNEL void params_kernel(const Key* lo_acc, const Key* hi_acc, int64_t depth, IntRange range, Scales<C>* params) {
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (c >= depth) return;
   C lo, hi;
@@ -372,7 +371,7 @@ QDQ_KERNEL void element_kernel(const T* a, const T* b, T* out, ElemGeom g, typen
     Pack<T> pb;
     if (Op::kTwoInputs) pb = *reinterpret_cast<const Pack<T>*>(b + i);
     Pack<T> po;
-QDQ_UNROLL
+    QDQ_UNROLL
     for (int j = 0; j < V; ++j) {
       po.v[j] = Op::apply(pa.v[j], Op::kTwoInputs ? pb.v[j] : pa.v[j], p);
       if (kPerChannel && ++rem == g.inner && j + 1 < V) {  // next element starts a new channel
@@ -455,8 +454,8 @@ struct NoDeduce {
 };
 
 template <typename Op, typename T>
-int launch_elements(CudaStream s, const T* a, const typename NoDeduce<T>::type* b, T* out, const Layout& l, typename Op::Param one,
-                    const typename Op::Param* per) {
+int launch_elements(CudaStream s, const T* a, const typename NoDeduce<T>::type* b, T* out, const Layout& l,
+                    typename Op::Param one, const typename Op::Param* per) {
   const ElemGeom g = element_geom(l, a, b, out);
   const int64_t grid = std::max<int64_t>(1, std::min(ceil_div(g.units, kBlock), 4 * port::resident_blocks()));
   if (l.depth > 1)
@@ -467,8 +466,8 @@ int launch_elements(CudaStream s, const T* a, const typename NoDeduce<T>::type* 
 }
 
 template <typename T, typename Param = Scales<compute_t<T>>>
-int launch_quantize_pass(CudaStream s, const T* in, T* out, const Layout& l, const QuantizeAttrs& attrs,
-                         Param one, const typename NoDeduce<Param>::type* per) {
+int launch_quantize_pass(CudaStream s, const T* in, T* out, const Layout& l, const QuantizeAttrs& attrs, Param one,
+                         const typename NoDeduce<Param>::type* per) {
   const bool up = attrs.round_mode == RoundMode::kHalfUp;
   if (attrs.range_given) {
     return up ? launch_elements<QuantizeOp<T, RoundMode::kHalfUp, true>>(s, in, nullptr, out, l, one, per)
@@ -535,8 +534,7 @@ int quantize(CudaStream s, const T* in, T* out, Layout layout, const T* given_lo
     // Host-side ranges: the scales are computed here, with the same function.
     std::vector<Scales<C>> p(static_cast<size_t>(l.depth));
     for (int64_t c = 0; c < l.depth; ++c) {
-      p[c] = Scales<C>::pack(
-          compute_params(Compute<T>::load(given_lo[c]), Compute<T>::load(given_hi[c]), attrs.range));
+      p[c] = Scales<C>::pack(compute_params(Compute<T>::load(given_lo[c]), Compute<T>::load(given_hi[c]), attrs.range));
     }
     if (l.depth == 1) return launch_quantize_pass<T>(s, in, out, l, attrs, p[0], nullptr);
     auto* dev = reinterpret_cast<Scales<C>*>(ws);
@@ -549,8 +547,7 @@ int quantize(CudaStream s, const T* in, T* out, Layout layout, const T* given_lo
   auto* params = reinterpret_cast<Scales<C>*>(ws + 2 * kb);
   if (int err = port::memset_async(ws, 0xff, 2 * kb, s)) return err;
   if (int err = launch_reduce<T>(s, in, l, lo_acc, hi_acc)) return err;
-  QDQ_LAUNCH((params_kernel<C>), ceil_div(l.depth, kBlock), kBlock, s, lo_acc, hi_acc, l.depth, attrs.range,
-             params);
+  QDQ_LAUNCH((params_kernel<C>), ceil_div(l.depth, kBlock), kBlock, s, lo_acc, hi_acc, l.depth, attrs.range, params);
   if (int err = port::last_error()) return err;
   return launch_quantize_pass<T>(s, in, out, l, attrs, Scales<C>{}, params);
 }
@@ -650,8 +647,8 @@ int lsq_gradient(CudaStream s, const T* grad, const T* x, T* input_out, T* step_
       QDQ_LAUNCH((lsq_kernel<T, RoundMode::kHalfUp>), grid, kBlock, s, grad, x, input_out, n, l.inner, l.depth, dev,
                  range, acc);
     } else {
-      QDQ_LAUNCH((lsq_kernel<T, RoundMode::kHalfToEven>), grid, kBlock, s, grad, x, input_out, n, l.inner, l.depth,
-                 dev, range, acc);
+      QDQ_LAUNCH((lsq_kernel<T, RoundMode::kHalfToEven>), grid, kBlock, s, grad, x, input_out, n, l.inner, l.depth, dev,
+                 range, acc);
     }
     if (int err = port::last_error()) return err;
   }

@@ -57,7 +57,7 @@ QDQ_HD half_t float_to_half(float f) {
   const uint32_t ax = x & 0x7fffffffu;
   if (ax >= 0x7f800000u) return half_t{static_cast<uint16_t>(sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u))};
   if (ax >= 0x477ff000u) return half_t{static_cast<uint16_t>(sign | 0x7c00u)};  // >= 65520 rounds to inf
-  if (ax >= 0x38800000u) {                                                       // normal half
+  if (ax >= 0x38800000u) {                                                      // normal half
     const uint32_t odd = (ax >> 13) & 1u;
     return half_t{static_cast<uint16_t>(sign | ((ax + 0xc8000fffu + odd) >> 13))};
   }

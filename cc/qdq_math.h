@@ -30,9 +30,13 @@ QDQ_HD IntRange int_range(bool signed_input, int num_bits, bool narrow_range) {
 template <typename C>
 QDQ_HD C max_finite();
 template <>
-QDQ_HD float max_finite<float>() { return FLT_MAX; }
+QDQ_HD float max_finite<float>() {
+  return FLT_MAX;
+}
 template <>
-QDQ_HD double max_finite<double>() { return DBL_MAX; }
+QDQ_HD double max_finite<double>() {
+  return DBL_MAX;
+}
 
 // Plain IEEE multiply/add. On the device they are spelled as _rn intrinsics so
 // nvcc can never contract them into an FMA (TensorFlow's CPU kernel rounds each).
@@ -88,7 +92,7 @@ inline double signed_zero(double v) { return std::copysign(0.0, v); }
 // What one slice (the whole tensor, or one channel) needs for the element pass.
 template <typename C>
 struct SliceParams {
-  C lo;         // clamp bounds after the range adjustment (given ranges only)
+  C lo;  // clamp bounds after the range adjustment (given ranges only)
   C hi;
   C scale;      // value -> grid
   C inv_scale;  // grid -> value
@@ -211,16 +215,14 @@ struct TrackedOutputs {
   float* used_hi;
 };
 
-QDQ_HD TrackedRange tracked_update(TrackedRange old, float batch_lo, float batch_hi, bool all_finite,
-                                   float momentum) {
+QDQ_HD TrackedRange tracked_update(TrackedRange old, float batch_lo, float batch_hi, bool all_finite, float momentum) {
   const bool valid = all_finite && batch_lo - batch_lo == 0.0f && batch_hi - batch_hi == 0.0f;
   if (!valid) return old;
   const float lo = (0.0f < batch_lo) ? 0.0f : batch_lo;
   const float hi = (batch_hi < 0.0f) ? 0.0f : batch_hi;
   const float decay = old.updates > 0 ? momentum : 0.0f;
   const float keep = 1.0f - decay;
-  return TrackedRange{add(mul(old.lo, decay), mul(lo, keep)), add(mul(old.hi, decay), mul(hi, keep)),
-                      old.updates + 1};
+  return TrackedRange{add(mul(old.lo, decay), mul(lo, keep)), add(mul(old.hi, decay), mul(hi, keep)), old.updates + 1};
 }
 
 // The range a tracked step quantizes with (see TrackedAttrs).

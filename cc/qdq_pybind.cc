@@ -63,9 +63,7 @@ qdq::QuantizeAttrs attrs_of(bool signed_input, int num_bits, bool range_given, c
                             round_mode_of(round_mode)};
 }
 
-std::vector<int64_t> shape_of(const py::array& a) {
-  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
-}
+std::vector<int64_t> shape_of(const py::array& a) { return std::vector<int64_t>(a.shape(), a.shape() + a.ndim()); }
 
 void require_c_contiguous(const py::array& a, const char* name) {
   if (!(a.flags() & py::array::c_style)) fail(std::string(name) + " must be C-contiguous");
@@ -92,8 +90,8 @@ void check_ranges(const py::array& lo, const py::array& hi, const std::string& d
   }
 }
 
-py::array quantize_cpu(const py::array& x, const py::array& lo, const py::array& hi, bool signed_input,
-                       int num_bits, bool range_given, const std::string& round_mode, bool narrow_range, int axis) {
+py::array quantize_cpu(const py::array& x, const py::array& lo, const py::array& hi, bool signed_input, int num_bits,
+                       bool range_given, const std::string& round_mode, bool narrow_range, int axis) {
   require_c_contiguous(x, "input");
   const std::string dtype = dtype_name(x);
   const qdq::Layout l = layout_of(shape_of(x), axis);
@@ -181,9 +179,9 @@ qdq::TrackedAttrs tracked_attrs_of(float momentum, bool delayed) {
   return qdq::TrackedAttrs{momentum, delayed};
 }
 
-py::tuple tracked_quantize_cpu(const py::array& x, const py::array& lo, const py::array& hi,
-                               const py::array& updates, float momentum, bool delayed, bool signed_input,
-                               int num_bits, const std::string& round_mode, bool narrow_range, int axis) {
+py::tuple tracked_quantize_cpu(const py::array& x, const py::array& lo, const py::array& hi, const py::array& updates,
+                               float momentum, bool delayed, bool signed_input, int num_bits,
+                               const std::string& round_mode, bool narrow_range, int axis) {
   require_c_contiguous(x, "input");
   const std::string dtype = dtype_name(x);
   const qdq::Layout l = layout_of(shape_of(x), axis);
@@ -272,10 +270,10 @@ void quantize_cuda(const std::string& dtype, uintptr_t in, uintptr_t out, const 
 #ifdef QDQ_WITH_CUDA
     require_workspace(qdq::quantize_cuda_workspace<T>(l, range_given), workspace, workspace_bytes);
     if (l.size() > 0 && (in == 0 || out == 0)) fail("input and output must be device pointers");
-    check_cuda(qdq::quantize_cuda(ptr<CUstream_st>(stream), ptr<const T>(in), ptr<T>(out), l,
-                                  static_cast<const T*>(lo.data()), static_cast<const T*>(hi.data()), attrs,
-                                  ptr<void>(workspace)),
-               "quantize_cuda");
+    check_cuda(
+        qdq::quantize_cuda(ptr<CUstream_st>(stream), ptr<const T>(in), ptr<T>(out), l, static_cast<const T*>(lo.data()),
+                           static_cast<const T*>(hi.data()), attrs, ptr<void>(workspace)),
+        "quantize_cuda");
 #else
     (void)in, (void)out, (void)workspace, (void)workspace_bytes, (void)stream, (void)attrs;
     no_cuda();
@@ -293,8 +291,8 @@ void masked_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x,
 #ifdef QDQ_WITH_CUDA
     require_workspace(qdq::gradient_cuda_workspace<T>(l), workspace, workspace_bytes);
     if (l.size() > 0 && (grad == 0 || x == 0 || out == 0)) fail("gradients, input and output must be device pointers");
-    check_cuda(qdq::masked_gradient_cuda(ptr<CUstream_st>(stream), ptr<const T>(grad), ptr<const T>(x), ptr<T>(out),
-                                         l, static_cast<const T*>(lo.data()), static_cast<const T*>(hi.data()),
+    check_cuda(qdq::masked_gradient_cuda(ptr<CUstream_st>(stream), ptr<const T>(grad), ptr<const T>(x), ptr<T>(out), l,
+                                         static_cast<const T*>(lo.data()), static_cast<const T*>(hi.data()),
                                          ptr<void>(workspace)),
                "masked_gradient_cuda");
 #else
@@ -330,11 +328,11 @@ void lsq_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x, ui
     require_workspace(qdq::lsq_gradient_cuda_workspace<T>(l), workspace, workspace_bytes);
     if (step == 0 || (l.size() > 0 && (grad == 0 || x == 0 || out == 0)))
       fail("gradients, input, output and step output must be device pointers");
-    check_cuda(qdq::lsq_gradient_cuda(ptr<CUstream_st>(stream), ptr<const T>(grad), ptr<const T>(x), ptr<T>(out),
-                                      ptr<T>(step), l, static_cast<const T*>(lo.data()),
-                                      static_cast<const T*>(hi.data()), attrs.range, attrs.round_mode,
-                                      ptr<void>(workspace)),
-               "lsq_gradient_cuda");
+    check_cuda(
+        qdq::lsq_gradient_cuda(ptr<CUstream_st>(stream), ptr<const T>(grad), ptr<const T>(x), ptr<T>(out), ptr<T>(step),
+                               l, static_cast<const T*>(lo.data()), static_cast<const T*>(hi.data()), attrs.range,
+                               attrs.round_mode, ptr<void>(workspace)),
+        "lsq_gradient_cuda");
 #else
     (void)grad, (void)x, (void)out, (void)step, (void)workspace, (void)workspace_bytes, (void)stream, (void)attrs;
     no_cuda();
@@ -358,8 +356,8 @@ size_t tracked_workspace_bytes(const std::string& dtype, const std::vector<int64
 // The tracked state (old_*, new_*, used_*) is on the device, as TensorFlow's variables are.
 void tracked_quantize_cuda(const std::string& dtype, uintptr_t x, uintptr_t out, const std::vector<int64_t>& shape,
                            uintptr_t old_lo, uintptr_t old_hi, uintptr_t old_updates, float momentum, bool delayed,
-                           bool signed_input, int num_bits, const std::string& round_mode, bool narrow_range,
-                           int axis, uintptr_t new_lo, uintptr_t new_hi, uintptr_t new_updates, uintptr_t used_lo,
+                           bool signed_input, int num_bits, const std::string& round_mode, bool narrow_range, int axis,
+                           uintptr_t new_lo, uintptr_t new_hi, uintptr_t new_updates, uintptr_t used_lo,
                            uintptr_t used_hi, uintptr_t workspace, size_t workspace_bytes, uintptr_t stream) {
   const qdq::Layout l = layout_of(shape, axis);
   const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, true, round_mode, narrow_range);
@@ -375,8 +373,7 @@ void tracked_quantize_cuda(const std::string& dtype, uintptr_t x, uintptr_t out,
                                    ptr<float>(used_lo), ptr<float>(used_hi)};
     check_cuda(qdq::tracked_quantize_cuda(ptr<CUstream_st>(stream), ptr<const T>(x), ptr<T>(out), l,
                                           ptr<const float>(old_lo), ptr<const float>(old_hi),
-                                          ptr<const int64_t>(old_updates), tracked, attrs, outs,
-                                          ptr<void>(workspace)),
+                                          ptr<const int64_t>(old_updates), tracked, attrs, outs, ptr<void>(workspace)),
                "tracked_quantize_cuda");
 #else
     (void)x, (void)out, (void)old_lo, (void)old_hi, (void)old_updates, (void)new_lo, (void)new_hi,
@@ -410,14 +407,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("input_max"), py::arg("signed_input") = true, py::arg("num_bits") = 8,
         py::arg("round_mode") = "HALF_TO_EVEN", py::arg("narrow_range") = false, py::arg("axis") = -1,
         "QuantizeAndDequantizeLsqGrad on the CPU: (input_backprop, step_backprop).");
-  m.def("tracked_quantize", &tracked_quantize_cpu, py::arg("input"), py::arg("tracked_min"),
-        py::arg("tracked_max"), py::arg("tracked_updates"), py::arg("momentum"), py::arg("delayed") = false,
-        py::arg("signed_input") = true, py::arg("num_bits") = 8, py::arg("round_mode") = "HALF_TO_EVEN",
-        py::arg("narrow_range") = false, py::arg("axis") = -1,
+  m.def("tracked_quantize", &tracked_quantize_cpu, py::arg("input"), py::arg("tracked_min"), py::arg("tracked_max"),
+        py::arg("tracked_updates"), py::arg("momentum"), py::arg("delayed") = false, py::arg("signed_input") = true,
+        py::arg("num_bits") = 8, py::arg("round_mode") = "HALF_TO_EVEN", py::arg("narrow_range") = false,
+        py::arg("axis") = -1,
         "QuantizeAndDequantizeTracked on the CPU: (output, new_min, new_max, new_updates, used_min, used_max).");
   m.def("cpu_isa", [] { return std::string(qdq::cpu_isa()); }, "Instruction set of the CPU loops (avx2/baseline).");
-  m.def("set_cpu_isa", [](const std::string& name) { return std::string(qdq::set_cpu_isa(name.c_str())); },
-        py::arg("name"), "Selects the CPU loops: baseline, avx2 (when supported) or best; returns the one in use.");
+  m.def(
+      "set_cpu_isa", [](const std::string& name) { return std::string(qdq::set_cpu_isa(name.c_str())); },
+      py::arg("name"), "Selects the CPU loops: baseline, avx2 (when supported) or best; returns the one in use.");
   m.def("cuda_device_count", &cuda_device_count, "Visible CUDA devices (0 without CUDA, driver or GPU).");
   m.def("quantize_workspace_bytes", &quantize_workspace_bytes, py::arg("dtype"), py::arg("shape"), py::arg("axis"),
         py::arg("range_given"));
@@ -427,23 +425,23 @@ PYBIND11_MODULE(_core, m) {
         py::arg("range_given"), py::arg("round_mode"), py::arg("narrow_range"), py::arg("axis"),
         py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
         "Asynchronous forward on `stream`; input_min/input_max are host NumPy arrays.");
-  m.def("masked_gradient_cuda", &masked_gradient_cuda, py::arg("dtype"), py::arg("gradients_ptr"),
-        py::arg("input_ptr"), py::arg("output_ptr"), py::arg("shape"), py::arg("input_min"), py::arg("input_max"),
-        py::arg("axis"), py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
+  m.def("masked_gradient_cuda", &masked_gradient_cuda, py::arg("dtype"), py::arg("gradients_ptr"), py::arg("input_ptr"),
+        py::arg("output_ptr"), py::arg("shape"), py::arg("input_min"), py::arg("input_max"), py::arg("axis"),
+        py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
         "Asynchronous V4Grad on `stream`; input_min/input_max are host NumPy arrays.");
   m.def("lsq_gradient_workspace_bytes", &lsq_gradient_workspace_bytes, py::arg("dtype"), py::arg("shape"),
         py::arg("axis"));
   m.def("lsq_gradient_cuda", &lsq_gradient_cuda, py::arg("dtype"), py::arg("gradients_ptr"), py::arg("input_ptr"),
         py::arg("output_ptr"), py::arg("step_ptr"), py::arg("shape"), py::arg("input_min"), py::arg("input_max"),
-        py::arg("signed_input"), py::arg("num_bits"), py::arg("round_mode"), py::arg("narrow_range"),
-        py::arg("axis"), py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
+        py::arg("signed_input"), py::arg("num_bits"), py::arg("round_mode"), py::arg("narrow_range"), py::arg("axis"),
+        py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
         "Asynchronous LsqGrad on `stream`; input_min/input_max are host NumPy arrays.");
   m.def("tracked_workspace_bytes", &tracked_workspace_bytes, py::arg("dtype"), py::arg("shape"), py::arg("axis"));
-  m.def("tracked_quantize_cuda", &tracked_quantize_cuda, py::arg("dtype"), py::arg("input_ptr"),
-        py::arg("output_ptr"), py::arg("shape"), py::arg("tracked_min_ptr"), py::arg("tracked_max_ptr"),
-        py::arg("tracked_updates_ptr"), py::arg("momentum"), py::arg("delayed"), py::arg("signed_input"),
-        py::arg("num_bits"), py::arg("round_mode"), py::arg("narrow_range"), py::arg("axis"),
-        py::arg("new_min_ptr"), py::arg("new_max_ptr"), py::arg("new_updates_ptr"), py::arg("used_min_ptr"),
-        py::arg("used_max_ptr"), py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("stream"),
+  m.def("tracked_quantize_cuda", &tracked_quantize_cuda, py::arg("dtype"), py::arg("input_ptr"), py::arg("output_ptr"),
+        py::arg("shape"), py::arg("tracked_min_ptr"), py::arg("tracked_max_ptr"), py::arg("tracked_updates_ptr"),
+        py::arg("momentum"), py::arg("delayed"), py::arg("signed_input"), py::arg("num_bits"), py::arg("round_mode"),
+        py::arg("narrow_range"), py::arg("axis"), py::arg("new_min_ptr"), py::arg("new_max_ptr"),
+        py::arg("new_updates_ptr"), py::arg("used_min_ptr"), py::arg("used_max_ptr"), py::arg("workspace_ptr"),
+        py::arg("workspace_bytes"), py::arg("stream"),
         "Asynchronous tracked step on `stream`; the tracked state is on the device.");
 }

@@ -78,8 +78,8 @@ struct CpuLoops {
                              bool stream, C* lo, C* hi, char* nan);
   MeasureFn quantize_measure_runs[2];
   // V4Grad: out = g * (lo <= x <= hi).
-  void (*gradient_runs)(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C* lo,
-                        const C* hi, bool stream);
+  void (*gradient_runs)(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C* lo, const C* hi,
+                        bool stream);
   void (*gradient_row)(const T* g, const T* x, T* out, int64_t n, const C* lo, const C* hi, bool stream);
 };
 

@@ -49,8 +49,8 @@ def compare(model, data, bits, seeds, qat_epochs):
 
 
 def print_table(results, float_accuracy, seeds):
-    print(f"\n{'bits':>4} {'tracked ranges':>16} {'learned ranges':>16} {'difference':>11}   (float {100 * float_accuracy:.2f}%,"
-          f" mean +- std over {seeds} seeds)")
+    print(f"\n{'bits':>4} {'tracked ranges':>16} {'learned ranges':>16} {'difference':>11}"
+          f"   (float {100 * float_accuracy:.2f}%, mean +- std over {seeds} seeds)")
     for b in sorted({b for b, _ in results}, reverse=True):
         t, lrn = np.array(results[(b, "tracked")]), np.array(results[(b, "learned")])
         print(f"{b:>4} {100 * t.mean():>9.2f} +- {100 * t.std():.2f} {100 * lrn.mean():>9.2f} +- {100 * lrn.std():.2f}"

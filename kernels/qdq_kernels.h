@@ -262,10 +262,10 @@ class LsqGradientKernel : public OpKernel {
     Tensor* step_backprop = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, input.shape(), &backprop));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, max_t.shape(), &step_backprop));
-    QdqLaunch<Device, T>::LsqGradient(ctx, grad.flat<T>().data(), input.flat<T>().data(),
-                                      backprop->flat<T>().data(), step_backprop->flat<T>().data(),
-                                      LayoutOf(input.shape(), axis_), min_t.unaligned_flat<T>().data(),
-                                      max_t.unaligned_flat<T>().data(), range_, round_mode_);
+    QdqLaunch<Device, T>::LsqGradient(ctx, grad.flat<T>().data(), input.flat<T>().data(), backprop->flat<T>().data(),
+                                      step_backprop->flat<T>().data(), LayoutOf(input.shape(), axis_),
+                                      min_t.unaligned_flat<T>().data(), max_t.unaligned_flat<T>().data(), range_,
+                                      round_mode_);
   }
 
  private:

@@ -17,8 +17,7 @@ class IntraOpPool final : public ::qdq::ThreadPool {
  public:
   explicit IntraOpPool(OpKernelContext* ctx) : pool_(ctx->device()->tensorflow_cpu_worker_threads()->workers) {}
   int num_threads() const override { return pool_->NumThreads(); }
-  void parallel_for(int64_t n, int64_t cost_per_unit,
-                    const std::function<void(int64_t, int64_t)>& fn) const override {
+  void parallel_for(int64_t n, int64_t cost_per_unit, const std::function<void(int64_t, int64_t)>& fn) const override {
     if (n <= 0) return;
     pool_->ParallelFor(n, thread::ThreadPool::SchedulingParams::Adaptive(cost_per_unit), fn);
   }
@@ -55,16 +54,16 @@ struct QdqLaunch<Eigen::ThreadPoolDevice, T> {
 };
 
 #define QDQ_REGISTER_CPU(T)                                                                                   \
-  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV2").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
-                          QuantizeAttrKernel<Eigen::ThreadPoolDevice, T>);                                   \
-  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV3").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
-                          QuantizeV3Kernel<Eigen::ThreadPoolDevice, T>);                                     \
-  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
-                          QuantizeAttrKernel<Eigen::ThreadPoolDevice, T>);                                   \
-  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4Grad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
-                          GradientKernel<Eigen::ThreadPoolDevice, T>);                                       \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV2").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
+                          QuantizeAttrKernel<Eigen::ThreadPoolDevice, T>);                                    \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV3").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
+                          QuantizeV3Kernel<Eigen::ThreadPoolDevice, T>);                                      \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
+                          QuantizeAttrKernel<Eigen::ThreadPoolDevice, T>);                                    \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4Grad").Device(DEVICE_CPU).TypeConstraint<T>("T"),  \
+                          GradientKernel<Eigen::ThreadPoolDevice, T>);                                        \
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeTracked").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
-                          TrackedKernel<Eigen::ThreadPoolDevice, T>);                                        \
+                          TrackedKernel<Eigen::ThreadPoolDevice, T>);                                         \
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeLsqGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
                           LsqGradientKernel<Eigen::ThreadPoolDevice, T>);
 

@@ -43,11 +43,11 @@ struct QdqLaunch<Eigen::GpuDevice, T> {
                        const ::qdq::QuantizeAttrs& attrs) {
     Tensor scratch;
     void* ws = nullptr;
-    OP_REQUIRES_OK(ctx, Workspace(ctx, ::qdq::quantize_cuda_workspace<CoreT>(layout, attrs.range_given), &scratch,
-                                  &ws));
-    OP_REQUIRES_OK(ctx, CudaStatus(::qdq::quantize_cuda(StreamOf(ctx), Core(in), Core(out), layout, Core(lo),
-                                                        Core(hi), attrs, ws),
-                                   "quantize_and_dequantize"));
+    OP_REQUIRES_OK(ctx,
+                   Workspace(ctx, ::qdq::quantize_cuda_workspace<CoreT>(layout, attrs.range_given), &scratch, &ws));
+    OP_REQUIRES_OK(
+        ctx, CudaStatus(::qdq::quantize_cuda(StreamOf(ctx), Core(in), Core(out), layout, Core(lo), Core(hi), attrs, ws),
+                        "quantize_and_dequantize"));
   }
   static void Gradient(OpKernelContext* ctx, const T* grad, const T* x, T* out, ::qdq::Layout layout, const T* lo,
                        const T* hi) {
@@ -59,8 +59,8 @@ struct QdqLaunch<Eigen::GpuDevice, T> {
                                    "quantize_and_dequantize_v4_grad"));
   }
   static void Zero(OpKernelContext* ctx, T* out, int64_t n) {
-    OP_REQUIRES_OK(ctx, CudaStatus(::qdq::cuda_zero(StreamOf(ctx), out, static_cast<size_t>(n) * sizeof(T)),
-                                   "zero fill"));
+    OP_REQUIRES_OK(ctx,
+                   CudaStatus(::qdq::cuda_zero(StreamOf(ctx), out, static_cast<size_t>(n) * sizeof(T)), "zero fill"));
   }
   static void Tracked(OpKernelContext* ctx, const T* in, T* out, ::qdq::Layout layout, const float* old_lo,
                       const float* old_hi, const int64_t* old_updates, ::qdq::TrackedAttrs tracked,
@@ -78,46 +78,46 @@ struct QdqLaunch<Eigen::GpuDevice, T> {
     Tensor scratch;
     void* ws = nullptr;
     OP_REQUIRES_OK(ctx, Workspace(ctx, ::qdq::lsq_gradient_cuda_workspace<CoreT>(layout), &scratch, &ws));
-    OP_REQUIRES_OK(ctx, CudaStatus(::qdq::lsq_gradient_cuda(StreamOf(ctx), Core(grad), Core(x), Core(input_out),
-                                                            Core(step_out), layout, Core(lo), Core(hi), range,
-                                                            round_mode, ws),
-                                   "quantize_and_dequantize_lsq_grad"));
+    OP_REQUIRES_OK(
+        ctx, CudaStatus(::qdq::lsq_gradient_cuda(StreamOf(ctx), Core(grad), Core(x), Core(input_out), Core(step_out),
+                                                 layout, Core(lo), Core(hi), range, round_mode, ws),
+                        "quantize_and_dequantize_lsq_grad"));
   }
 };
 
-#define QDQ_REGISTER_GPU(T)                                                                  \
-  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV2")                                \
-                              .Device(DEVICE_GPU)                                            \
-                              .HostMemory("input_min")                                       \
-                              .HostMemory("input_max")                                       \
-                              .TypeConstraint<T>("T"),                                       \
-                          QuantizeAttrKernel<Eigen::GpuDevice, T>);                          \
-  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV3")                                \
-                              .Device(DEVICE_GPU)                                            \
-                              .HostMemory("input_min")                                       \
-                              .HostMemory("input_max")                                       \
-                              .HostMemory("num_bits")                                        \
-                              .TypeConstraint<T>("T"),                                       \
-                          QuantizeV3Kernel<Eigen::GpuDevice, T>);                            \
-  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4")                                \
-                              .Device(DEVICE_GPU)                                            \
-                              .HostMemory("input_min")                                       \
-                              .HostMemory("input_max")                                       \
-                              .TypeConstraint<T>("T"),                                       \
-                          QuantizeAttrKernel<Eigen::GpuDevice, T>);                          \
-  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4Grad")                            \
-                              .Device(DEVICE_GPU)                                            \
-                              .HostMemory("input_min")                                       \
-                              .HostMemory("input_max")                                       \
-                              .TypeConstraint<T>("T"),                                       \
-                          GradientKernel<Eigen::GpuDevice, T>);                              \
+#define QDQ_REGISTER_GPU(T)                                                                                   \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV2")                                                 \
+                              .Device(DEVICE_GPU)                                                             \
+                              .HostMemory("input_min")                                                        \
+                              .HostMemory("input_max")                                                        \
+                              .TypeConstraint<T>("T"),                                                        \
+                          QuantizeAttrKernel<Eigen::GpuDevice, T>);                                           \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV3")                                                 \
+                              .Device(DEVICE_GPU)                                                             \
+                              .HostMemory("input_min")                                                        \
+                              .HostMemory("input_max")                                                        \
+                              .HostMemory("num_bits")                                                         \
+                              .TypeConstraint<T>("T"),                                                        \
+                          QuantizeV3Kernel<Eigen::GpuDevice, T>);                                             \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4")                                                 \
+                              .Device(DEVICE_GPU)                                                             \
+                              .HostMemory("input_min")                                                        \
+                              .HostMemory("input_max")                                                        \
+                              .TypeConstraint<T>("T"),                                                        \
+                          QuantizeAttrKernel<Eigen::GpuDevice, T>);                                           \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV4Grad")                                             \
+                              .Device(DEVICE_GPU)                                                             \
+                              .HostMemory("input_min")                                                        \
+                              .HostMemory("input_max")                                                        \
+                              .TypeConstraint<T>("T"),                                                        \
+                          GradientKernel<Eigen::GpuDevice, T>);                                               \
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeTracked").Device(DEVICE_GPU).TypeConstraint<T>("T"), \
-                          TrackedKernel<Eigen::GpuDevice, T>);                               \
-  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeLsqGrad")                           \
-                              .Device(DEVICE_GPU)                                            \
-                              .HostMemory("input_min")                                       \
-                              .HostMemory("input_max")                                       \
-                              .TypeConstraint<T>("T"),                                       \
+                          TrackedKernel<Eigen::GpuDevice, T>);                                                \
+  REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeLsqGrad")                                            \
+                              .Device(DEVICE_GPU)                                                             \
+                              .HostMemory("input_min")                                                        \
+                              .HostMemory("input_max")                                                        \
+                              .TypeConstraint<T>("T"),                                                        \
                           LsqGradientKernel<Eigen::GpuDevice, T>);
 
 TF_CALL_bfloat16(QDQ_REGISTER_GPU);

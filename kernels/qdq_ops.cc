@@ -45,8 +45,7 @@ absl::Status CheckRangeShapes(InferenceContext* c, ShapeHandle input, int min_in
   ShapeHandle max_shape;
   TF_RETURN_IF_ERROR(Named(absl::StrCat("input_min", rule), c->WithRank(c->input(min_index), rank, minmax)));
   TF_RETURN_IF_ERROR(Named(absl::StrCat("input_max", rule), c->WithRank(c->input(max_index), rank, &max_shape)));
-  TF_RETURN_IF_ERROR(
-      Named("input_max must have the shape of input_min", c->Merge(max_shape, *minmax, minmax)));
+  TF_RETURN_IF_ERROR(Named("input_max must have the shape of input_min", c->Merge(max_shape, *minmax, minmax)));
   if (axis == -1) return absl::OkStatus();
   if (c->RankKnown(input)) {
     DimensionHandle depth;
@@ -106,8 +105,9 @@ register_op::OpDefBuilderWrapper QuantizeOp(const char name[], const char* doc) 
 }  // namespace
 
 // What REGISTER_OP expands to, for a builder made by a function (InitOnStartupMarker's documented use).
-static InitOnStartupMarker const register_v2 TF_ATTRIBUTE_UNUSED = InitOnStartupMarker{} << QuantizeOp(
-    "Qdq>QuantizeAndDequantizeV2", "Quantize-and-dequantize with a straight-through gradient (tensorflow-qdq).");
+static InitOnStartupMarker const register_v2 TF_ATTRIBUTE_UNUSED =
+    InitOnStartupMarker{} << QuantizeOp("Qdq>QuantizeAndDequantizeV2",
+                                        "Quantize-and-dequantize with a straight-through gradient (tensorflow-qdq).");
 
 REGISTER_OP("Qdq>QuantizeAndDequantizeV3")
     .Input("input: T")
@@ -123,8 +123,9 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeV3")
     .SetShapeFn(QuantizeV3Shape)
     .Doc("Quantize-and-dequantize with num_bits as a tensor (tensorflow-qdq).");
 
-static InitOnStartupMarker const register_v4 TF_ATTRIBUTE_UNUSED = InitOnStartupMarker{} << QuantizeOp(
-    "Qdq>QuantizeAndDequantizeV4", "Quantize-and-dequantize with a range-masked gradient (tensorflow-qdq).");
+static InitOnStartupMarker const register_v4 TF_ATTRIBUTE_UNUSED =
+    InitOnStartupMarker{} << QuantizeOp("Qdq>QuantizeAndDequantizeV4",
+                                        "Quantize-and-dequantize with a range-masked gradient (tensorflow-qdq).");
 
 REGISTER_OP("Qdq>QuantizeAndDequantizeV4Grad")
     .Input("gradients: T")
@@ -167,8 +168,8 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeTracked")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle minmax, updates;
       TF_RETURN_IF_ERROR(CheckRangeShapes(c, c->input(0), 1, 2, &minmax));
-      TF_RETURN_IF_ERROR(Named("tracked_updates must have the shape of tracked_min",
-                               c->Merge(c->input(3), minmax, &updates)));
+      TF_RETURN_IF_ERROR(
+          Named("tracked_updates must have the shape of tracked_min", c->Merge(c->input(3), minmax, &updates)));
       c->set_output(0, c->input(0));
       c->set_output(1, minmax);
       c->set_output(2, minmax);
@@ -197,8 +198,7 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeLsqGrad")
     .Attr("axis: int = -1")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle input;
-      TF_RETURN_IF_ERROR(
-          Named("gradients must have the shape of input", c->Merge(c->input(0), c->input(1), &input)));
+      TF_RETURN_IF_ERROR(Named("gradients must have the shape of input", c->Merge(c->input(0), c->input(1), &input)));
       ShapeHandle minmax;
       TF_RETURN_IF_ERROR(CheckRangeShapes(c, input, 2, 3, &minmax));
       c->set_output(0, input);

@@ -49,7 +49,8 @@ inline int64_t RangeDepth(int64_t axis, const TensorShape& input) { return axis 
 inline absl::Status CheckRangeShape(const char* name, const Tensor& t, int64_t axis, const TensorShape& input) {
   if (axis == -1) {
     if (t.dims() > 1 || t.NumElements() != 1) {
-      return Invalid(absl::StrCat(name, " must be a scalar (one element) for per-tensor quantization (axis=-1), got shape ",
+      return Invalid(absl::StrCat(name,
+                                  " must be a scalar (one element) for per-tensor quantization (axis=-1), got shape ",
                                   t.shape().DebugString()));
     }
     return absl::OkStatus();

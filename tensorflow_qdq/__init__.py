@@ -19,11 +19,13 @@ except ImportError as _exc:  # the TensorFlow-free core still imports
     _TF_IMPORT_ERROR = _exc
 else:
     _TF_IMPORT_ERROR = None
-    from tensorflow_qdq import _gradients  # noqa: F401 - registers gradients
-    from tensorflow_qdq import raw_ops
+    from tensorflow_qdq import (
+        _gradients,  # noqa: F401 - registers gradients
+        raw_ops,
+    )
     from tensorflow_qdq._api import quantize_and_dequantize, quantize_and_dequantize_v2, quantize_and_dequantize_v4
-    from tensorflow_qdq._learned import quantize_and_dequantize_learned
     from tensorflow_qdq._builtins import load_saved_model, qdq_ops_in_saved_model, restore_builtins, use_for_builtins
+    from tensorflow_qdq._learned import quantize_and_dequantize_learned
     from tensorflow_qdq._loader import LibraryError
     from tensorflow_qdq.export import export, to_tflite  # the function shadows the submodule's name
 

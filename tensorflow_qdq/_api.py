@@ -14,24 +14,9 @@ def _emit(op, input, input_min, input_max, axis, **attrs):  # noqa: A002 - TF's 
     return op(input, input_min, input_max, axis=axis(input), **attrs)
 
 
-def _tf_quantization_function(op, function_name, doc):
-    """A function with the signature of ``tf.quantization.<function_name>`` that emits ``op``.
-
-    Both such functions differ only in the op (so in the gradient) they emit.
-    """
-
-    def wrapper(input, input_min, input_max, signed_input=True, num_bits=8, range_given=False,  # noqa: A002
-                round_mode="HALF_TO_EVEN", name=None, narrow_range=False, axis=None):
-        return _emit(op, input, input_min, input_max, lambda x: _args.channel_axis(x, axis), signed_input=signed_input,
-                     num_bits=num_bits, range_given=range_given, round_mode=round_mode, narrow_range=narrow_range,
-                     name=name)
-
-    wrapper.__name__ = wrapper.__qualname__ = function_name
-    wrapper.__doc__ = doc
-    return wrapper
-
-
-quantize_and_dequantize = _tf_quantization_function(_routing.qdq_v2, "quantize_and_dequantize", """Quantizes then dequantizes a tensor, with a straight-through (identity) gradient.
+def quantize_and_dequantize(input, input_min, input_max, signed_input=True, num_bits=8,  # noqa: A002
+                            range_given=False, round_mode="HALF_TO_EVEN", name=None, narrow_range=False, axis=None):
+    """Quantizes then dequantizes a tensor, with a straight-through (identity) gradient.
 
     Drop-in for ``tf.quantization.quantize_and_dequantize``: emits
     ``Qdq>QuantizeAndDequantizeV2``. ``axis=None`` quantizes per tensor; an
@@ -43,16 +28,25 @@ quantize_and_dequantize = _tf_quantization_function(_routing.qdq_v2, "quantize_a
     >>> import tensorflow_qdq as qdq
     >>> qdq.quantize_and_dequantize([-1.0, 0.3, 0.8], 0.0, 0.0).numpy().tolist()
     [-1.0, 0.296875, 0.796875]
-    """)
+    """
+    return _emit(_routing.qdq_v2, input, input_min, input_max, lambda x: _args.channel_axis(x, axis),
+                 signed_input=signed_input, num_bits=num_bits, range_given=range_given, round_mode=round_mode,
+                 narrow_range=narrow_range, name=name)
 
-quantize_and_dequantize_v2 = _tf_quantization_function(_routing.qdq_v4, "quantize_and_dequantize_v2", """Like :func:`quantize_and_dequantize`, with a range-masked gradient.
+
+def quantize_and_dequantize_v2(input, input_min, input_max, signed_input=True, num_bits=8,  # noqa: A002
+                               range_given=False, round_mode="HALF_TO_EVEN", name=None, narrow_range=False, axis=None):
+    """Like :func:`quantize_and_dequantize`, with a range-masked gradient.
 
     Drop-in for ``tf.quantization.quantize_and_dequantize_v2``: emits
     ``Qdq>QuantizeAndDequantizeV4``, whose gradient passes ``grad`` where
     ``input`` lies inside the quantization range and 0 elsewhere. With
     ``range_given=False`` the mask uses the range actually measured (TensorFlow
     masks with the ignored ``input_min``/``input_max`` instead).
-    """)
+    """
+    return _emit(_routing.qdq_v4, input, input_min, input_max, lambda x: _args.channel_axis(x, axis),
+                 signed_input=signed_input, num_bits=num_bits, range_given=range_given, round_mode=round_mode,
+                 narrow_range=narrow_range, name=name)
 
 
 def quantize_and_dequantize_v4(input, input_min, input_max, signed_input=True, num_bits=8,  # noqa: A002
@@ -62,4 +56,5 @@ def quantize_and_dequantize_v4(input, input_min, input_max, signed_input=True, n
     Emits ``Qdq>QuantizeAndDequantizeV4`` with the range-masked gradient.
     """
     return _emit(_routing.qdq_v4, input, input_min, input_max, lambda x: axis, signed_input=signed_input,
-                 num_bits=num_bits, range_given=range_given, round_mode=round_mode, narrow_range=narrow_range, name=name)
+                 num_bits=num_bits, range_given=range_given, round_mode=round_mode, narrow_range=narrow_range,
+                 name=name)

@@ -325,7 +325,8 @@ def main(argv=None, default_out=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     mode = "quick" if args.quick else "tiny" if args.tiny else "full"
     sizes = {"full": FULL_SIZES, "quick": QUICK_SIZES, "tiny": TINY_SIZES}[mode]
-    cases = CASES if mode == "full" else [c for c in CASES if (c.name, c.layout) in QUICK_NAMES and c.dtype == "float32"]
+    cases = (CASES if mode == "full"
+             else [c for c in CASES if (c.name, c.layout) in QUICK_NAMES and c.dtype == "float32"])
     budget = args.budget if args.budget is not None else {"full": 0.25, "quick": 0.12, "tiny": 0.01}[mode]
     min_reps, max_reps = (2, 3) if mode == "tiny" else (5, 200)
     out = args.out if args.out is not None else default_out

@@ -64,7 +64,8 @@ def _lsq_grad_grad(op, dbackprop, dstep):
     the step derivative piecewise constant in x and the range."""
     g, x, lo, hi = op.inputs
     attrs = {k: op.get_attr(k) for k in ("signed_input", "num_bits", "round_mode", "narrow_range", "axis")}
-    attrs["round_mode"] = attrs["round_mode"].decode() if isinstance(attrs["round_mode"], bytes) else attrs["round_mode"]
+    if isinstance(attrs["round_mode"], bytes):
+        attrs["round_mode"] = attrs["round_mode"].decode()
     dg = tf.zeros_like(g) if dbackprop is None else _masked(dbackprop, x, lo, hi, attrs["axis"])[0]
     if dstep is not None:
         d = _composite.lsq_step_derivative(x, lo, hi, **attrs)

@@ -15,21 +15,12 @@ __all__ = [
 ]
 
 
-def _raw_op_function(op, function_name, doc):
-    """The keyword-only wrapper of V2 or V4, which share their signature and differ in the op (gradient) only."""
-
-    def wrapper(*, input, input_min, input_max, signed_input=True, num_bits=8, range_given=False,  # noqa: A002
-                round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1, name=None):
-        return op(input, input_min, input_max, signed_input=signed_input, num_bits=num_bits, range_given=range_given,
-                  round_mode=round_mode, narrow_range=narrow_range, axis=axis, name=name)
-
-    wrapper.__name__ = wrapper.__qualname__ = function_name
-    wrapper.__doc__ = doc
-    return wrapper
-
-
-QuantizeAndDequantizeV2 = _raw_op_function(
-    _routing.qdq_v2, "QuantizeAndDequantizeV2", """``Qdq>QuantizeAndDequantizeV2``; gradient: identity w.r.t. input.""")
+def QuantizeAndDequantizeV2(*, input, input_min, input_max, signed_input=True, num_bits=8,  # noqa: A002,N802
+                            range_given=False, round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1, name=None):
+    """``Qdq>QuantizeAndDequantizeV2``; gradient: identity w.r.t. input."""
+    return _routing.qdq_v2(input, input_min, input_max, signed_input=signed_input, num_bits=num_bits,
+                           range_given=range_given, round_mode=round_mode, narrow_range=narrow_range, axis=axis,
+                           name=name)
 
 
 def QuantizeAndDequantizeV3(*, input, input_min, input_max, num_bits, signed_input=True,  # noqa: A002,N802
@@ -41,8 +32,12 @@ def QuantizeAndDequantizeV3(*, input, input_min, input_max, num_bits, signed_inp
     )
 
 
-QuantizeAndDequantizeV4 = _raw_op_function(
-    _routing.qdq_v4, "QuantizeAndDequantizeV4", """``Qdq>QuantizeAndDequantizeV4``; gradient: ``QuantizeAndDequantizeV4Grad``.""")
+def QuantizeAndDequantizeV4(*, input, input_min, input_max, signed_input=True, num_bits=8,  # noqa: A002,N802
+                            range_given=False, round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1, name=None):
+    """``Qdq>QuantizeAndDequantizeV4``; gradient: ``QuantizeAndDequantizeV4Grad``."""
+    return _routing.qdq_v4(input, input_min, input_max, signed_input=signed_input, num_bits=num_bits,
+                           range_given=range_given, round_mode=round_mode, narrow_range=narrow_range, axis=axis,
+                           name=name)
 
 
 def QuantizeAndDequantizeV4Grad(*, gradients, input, input_min, input_max, axis=-1, name=None):  # noqa: A002,N802
@@ -50,8 +45,9 @@ def QuantizeAndDequantizeV4Grad(*, gradients, input, input_min, input_max, axis=
     return _routing.qdq_v4_grad(gradients, input, input_min, input_max, axis=axis, name=name)
 
 
-def QuantizeAndDequantizeLsqGrad(*, gradients, input, input_min, input_max, signed_input=True, num_bits=8,  # noqa: A002,N802
-                                 round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1, name=None):
+def QuantizeAndDequantizeLsqGrad(*, gradients, input, input_min, input_max,  # noqa: A002,N802
+                                 signed_input=True, num_bits=8, round_mode="HALF_TO_EVEN", narrow_range=False,
+                                 axis=-1, name=None):
     """``Qdq>QuantizeAndDequantizeLsqGrad``: (input_backprop, step_backprop) of V4 with the given
     range [input_min, input_max]; step_backprop is LSQ's gradient of the slice's grid step."""
     return _routing.qdq_lsq_grad(gradients, input, input_min, input_max, signed_input=signed_input,

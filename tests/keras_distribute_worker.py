@@ -106,7 +106,7 @@ def multi_worker():
 
     share = GLOBAL_BATCH // workers
     losses = []
-    for epoch in range(2):
+    for _epoch in range(2):
         total = 0.0
         for s in range(STEPS):
             rows = slice(s * GLOBAL_BATCH + task * share, s * GLOBAL_BATCH + (task + 1) * share)

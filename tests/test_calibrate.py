@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras_reference import builtin_qdq
 
 from tensorflow_qdq.keras import QuantizeAndDequantize, calibrate, quantize_model
-from keras_reference import builtin_qdq
 
 L = keras.layers
 
@@ -105,7 +105,8 @@ def test_two_inputs_take_a_list():
 
 def test_bad_input_is_named():
     q = quantize_model(float_model(), verbose=False)
-    with pytest.raises(ValueError, match=r"batch of shape \(4, 5, 5, 3\) does not fit the model's input \(None, 5, 5, 2\)"):
+    with pytest.raises(ValueError,
+                       match=r"batch of shape \(4, 5, 5, 3\) does not fit the model's input \(None, 5, 5, 2\)"):
         calibrate(q, np.zeros((4, 5, 5, 3), np.float32), verbose=False)
     with pytest.raises(ValueError, match="method='minmax' is not one of"):
         calibrate(q, data(), method="minmax", verbose=False)

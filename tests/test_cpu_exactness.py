@@ -158,7 +158,8 @@ def test_attribute_variants(isa, dtype, signed_input, num_bits, narrow_range):
         lo = tf.zeros_like(lo)
     for op in ["QuantizeAndDequantizeV2", "QuantizeAndDequantizeV4"]:
         for range_given in [False, True]:
-            attrs = dict(signed_input=signed_input, num_bits=num_bits, range_given=range_given, narrow_range=narrow_range)
+            attrs = dict(signed_input=signed_input, num_bits=num_bits, range_given=range_given,
+                         narrow_range=narrow_range)
             ours = getattr(qdq.raw_ops, op)(input=x, input_min=lo, input_max=hi, **attrs)
             assert_same_bits(ours, tf_reference(op, x, lo, hi, -1, **attrs))
 
@@ -321,7 +322,8 @@ def test_environment_variable_forces_baseline_at_load():
     import subprocess
     import sys
 
-    code = "import tensorflow_qdq; from tensorflow_qdq._benchmark import isa_hooks; print(isa_hooks().qdq_cpu_isa().decode())"
+    code = ("import tensorflow_qdq; from tensorflow_qdq._benchmark import isa_hooks; "
+            "print(isa_hooks().qdq_cpu_isa().decode())")
     env = dict(os.environ, QDQ_CPU_ISA="baseline", TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -2,8 +2,9 @@
 
 Every ```python block in README.md and docs/*.md runs as its own test (blocks of one file
 share a namespace, in order); blocks that import torch/cupy or use device="cuda" run only
-where PyTorch sees a GPU (skipped with that reason elsewhere). A comment line `# -> <text>` (docs/) or `# [<numbers>]` (README) right after a
-line that prints states the expected output: the numbers it contains must equal the
+where PyTorch sees a GPU (skipped with that reason elsewhere). A comment line `# -> <text>`
+(docs/) or `# [<numbers>]` (README) right after a line that prints states the expected
+output: the numbers it contains must equal the
 printed numbers, else the text itself must appear in what was printed. A block whose first
 line is `# doc-test: skip` is not run (for examples that need a GPU or a long run).
 The package docstrings' `>>>` examples run through doctest.

@@ -16,7 +16,8 @@ import pytest
 try:
     from tensorflow_qdq import _core
 except ImportError as exc:  # not built
-    _core, _REASON = None, f"tensorflow_qdq._core is not built ({exc}); run QDQ_CORE_ONLY=1 python setup.py build_ext --inplace"
+    _core, _REASON = None, (f"tensorflow_qdq._core is not built ({exc}); "
+                            "run QDQ_CORE_ONLY=1 python setup.py build_ext --inplace")
 else:
     _REASON = None if _core.WITH_CUDA else "tensorflow_qdq._core was built without CUDA (no nvcc at build time)"
 
@@ -97,7 +98,8 @@ def upload(host, offset):
     bits = host.reshape(-1).view(UINT[host.dtype.itemsize])
     if torch is not None:
         signed = {2: torch.int16, 4: torch.int32, 8: torch.int64}[host.dtype.itemsize]
-        dev.view(signed).copy_(torch.from_numpy(bits.view({2: np.int16, 4: np.int32, 8: np.int64}[host.dtype.itemsize])))
+        bits_signed = bits.view({2: np.int16, 4: np.int32, 8: np.int64}[host.dtype.itemsize])
+        dev.view(signed).copy_(torch.from_numpy(bits_signed))
     else:
         dev.view(bits.dtype).set(bits)
     return dev.view(*host.shape) if torch is not None else dev.reshape(host.shape)

@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras_reference import bits
 
 import tensorflow_qdq
-from keras_reference import bits
 
 ORIGINAL_V1 = tf.quantization.quantize_and_dequantize
 ORIGINAL_V2 = tf.quantization.quantize_and_dequantize_v2
@@ -40,7 +40,8 @@ def outputs_and_gradients(model, x):
         return y, tape.gradient(loss, [x] + model.trainable_weights)
 
     y, grads = step(tf.constant(x))
-    graph_ops = {op.type for op in step.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph.get_operations()}
+    graph = step.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+    graph_ops = {op.type for op in graph.get_operations()}
     return y.numpy(), [g.numpy() for g in grads], graph_ops
 
 

@@ -11,10 +11,9 @@ import socket
 import subprocess
 import sys
 
+import keras_distribute_worker as worker
 import numpy as np
 import pytest
-
-import keras_distribute_worker as worker
 from keras_reference import tracked_ranges
 
 HERE = os.path.dirname(os.path.abspath(__file__))

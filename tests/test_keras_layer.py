@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras_reference import bits, builtin_qdq, tracked_ranges
 
 import tensorflow_qdq
 from tensorflow_qdq.keras import QuantizeAndDequantize
-from keras_reference import bits, builtin_qdq, tracked_ranges
 
 RNG = np.random.default_rng(1234)
 
@@ -118,7 +118,8 @@ def test_batch_range_matches_builtin_auto(options, axis, gradient):
 
 
 @pytest.mark.parametrize("options", OPTIONS[:2])
-@pytest.mark.parametrize("axis, lo, hi", [(None, -1.5, 2.0), (1, -1.0, 0.5), (-1, [-1, -2, -3, -4, -5], [1, 2, 3, 4, 0.5])])
+@pytest.mark.parametrize("axis, lo, hi",
+                         [(None, -1.5, 2.0), (1, -1.0, 0.5), (-1, [-1, -2, -3, -4, -5], [1, 2, 3, 4, 0.5])])
 def test_fixed_range_matches_builtin_given(options, axis, lo, hi):
     x = data(4, 5, 5)
     if not options.get("signed", True):

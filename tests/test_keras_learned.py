@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras_reference import bits, builtin_qdq
 
 import tensorflow_qdq
-from keras_reference import bits, builtin_qdq
 from tensorflow_qdq.deploy import runtimes
 from tensorflow_qdq.keras import QuantizeAndDequantize, calibrate, quantization_report, quantize_model
 from tests import reference

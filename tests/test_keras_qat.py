@@ -4,7 +4,6 @@ trains a float CNN on scikit-learn's digits, then 8-bit and 4-bit copies from qu
 import keras
 import numpy as np
 import pytest
-
 from keras_reference import builtin_qdq
 
 

@@ -6,15 +6,15 @@ model's weights, and the float model itself."""
 import keras
 import numpy as np
 import pytest
+from keras_reference import builtin_qdq
 
 from tensorflow_qdq.keras import (
     QuantizeAndDequantize,
-    QuantizeWrapper,
     QuantizedMultiHeadAttention,
+    QuantizeWrapper,
     quantization_report,
     quantize_model,
 )
-from keras_reference import builtin_qdq
 
 L = keras.layers
 RNG = np.random.default_rng(99)

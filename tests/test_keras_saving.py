@@ -86,7 +86,8 @@ def test_keras_and_saved_model_round_trips_in_a_fresh_process(tmp_path):
     model.export(str(tmp_path / "exported"), verbose=False)
     tf.saved_model.save(model, str(tmp_path / "tf_saved"))
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+               TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path)], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,8 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq
-from tensorflow_qdq.keras import QuantizeAndDequantize
-from tensorflow_qdq.keras import _layer
+from tensorflow_qdq.keras import QuantizeAndDequantize, _layer
 
 UINT = {2: tf.uint16, 4: tf.uint32, 8: tf.uint64}
 

@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from keras_reference import builtin_qdq
+
 from tensorflow_qdq.keras import QuantizeWrapper
 
 L = keras.layers
@@ -134,7 +134,7 @@ def test_freeze_bn_delay_switches_to_moving_statistics():
     layer, bn, x = _pair(*FOLDABLE["conv2d"])
     wrapper = _folded(layer, bn, x, freeze_bn_delay=2)
     frozen = wrapper(x, training=False).numpy()
-    for step in range(2):  # batch statistics: differs from inference, statistics move
+    for _step in range(2):  # batch statistics: differs from inference, statistics move
         assert not np.allclose(wrapper(x, training=True).numpy(), frozen, atol=1e-4)
     moving = wrapper.batch_norm.moving_mean.numpy().copy()
     after = wrapper(x, training=False).numpy()

@@ -12,9 +12,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import zoo
 
 import tensorflow_qdq as qdq
-import zoo
 from tensorflow_qdq.keras import (
     QuantizeAndDequantize,
     QuantizedMultiHeadAttention,
@@ -34,7 +34,8 @@ data, out, directory = sys.argv[1:]
 inputs = dict(np.load(data))
 model = tf.saved_model.load(directory)
 ops = {n.op for f in model.serve.concrete_functions for n in f.graph.as_graph_def().node}
-ops |= {n.op for f in model.serve.concrete_functions for g in f.graph.as_graph_def().library.function for n in g.node_def}
+ops |= {n.op for f in model.serve.concrete_functions
+        for g in f.graph.as_graph_def().library.function for n in g.node_def}
 tensors = [tf.constant(inputs[k]) for k in sorted(inputs)]
 result = model.serve(tensors if len(tensors) > 1 else tensors[0])  # a multi-input model takes one list
 np.savez(out, out=result.numpy(), bn=np.array(sorted(o for o in ops if "BatchNorm" in o), dtype=object))
@@ -124,7 +125,8 @@ def end_to_end(model, tmp_path, batch=4, high=1.0):
     ops = collections.Counter(n.op_type for n in proto.graph.node)
     out = _ort_outputs(proto, x)
     step = _last_step(q)
-    assert np.max(np.abs(out - expected)) <= step + 1e-6 * np.max(np.abs(expected)), (np.max(np.abs(out - expected)), step)
+    assert np.max(np.abs(out - expected)) <= step + 1e-6 * np.max(np.abs(expected)), (
+        np.max(np.abs(out - expected)), step)
     return q, ops, result["bn"], proto
 
 

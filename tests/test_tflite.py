@@ -128,7 +128,8 @@ def test_exported_keras_model_runs_without_the_library(trained, tmp_path):
     assert counts[0] == counts[1] > 0
     np.save(tmp_path / "x.npy", x_test)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", _LOAD_AND_RUN, str(tmp_path / "x.npy"), str(tmp_path / "out.npz"), *dirs],
+    proc = subprocess.run([sys.executable, "-c", _LOAD_AND_RUN, str(tmp_path / "x.npy"), str(tmp_path / "out.npz"),
+                           *dirs],
                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = np.load(tmp_path / "out.npz")

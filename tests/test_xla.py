@@ -8,11 +8,19 @@ share one compiled function to keep compile time down.
 import numpy as np
 import pytest
 import tensorflow as tf
+from qdq_xla_cases import (
+    DTYPES,
+    ISAS,
+    assert_same_bits,
+    cpu_loops,
+    per_channel_case,
+    per_tensor_case,
+    random_attrs,
+    unsigned_zero_slices,
+)
 
 import tensorflow_qdq as qdq
 from tensorflow_qdq import _composite
-from qdq_xla_cases import (DTYPES, assert_same_bits, ISAS, cpu_loops, per_channel_case, per_tensor_case,
-                           random_attrs, unsigned_zero_slices)
 
 ZERO = tf.UnconnectedGradients.ZERO
 PER_TENSOR_CASES = 8
@@ -219,7 +227,8 @@ def test_keras_models_compile_with_xla(monkeypatch):
     assert_same_bits(compiled, plain, "Keras layer predict, jit_compile=True vs False")
 
     keras.utils.set_random_seed(0)
-    float_model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
+    float_model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                                    keras.layers.Dense(2)])
     model = quantize_model(float_model, weight_bits=4, activation_bits=8)
     assert all(layer.supports_jit for layer in model._flatten_layers())  # what 'auto' asks
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)

@@ -8,6 +8,7 @@ FakeQuant's: a signed range with step s is [-128 s, 127 s] (zero point 128 on 0.
 
 import numpy as np
 import tensorflow as tf
+
 from tensorflow_qdq.deploy import _grid, _trace
 
 # Ops that move or fix values: they may read and write int8 without a range of their own.

@@ -214,7 +214,8 @@ class MSECalibrator(_HistogramCalibrator):
                 continue
             for start in range(0, cands.size, 256):  # chunks bound the temporary arrays
                 step = self._step(cands[start : start + 256])[:, None]
-                per_bin = _clipped_error_integral(used + 1.0, step, top_code) - _clipped_error_integral(used, step, top_code)
+                per_bin = (_clipped_error_integral(used + 1.0, step, top_code)
+                           - _clipped_error_integral(used, step, top_code))
                 errors[start : start + 256] += (per_bin * counts[used]).sum(axis=1)
         return float(cands[int(np.argmin(errors))]) * w
 
@@ -307,6 +308,7 @@ def make_calibrator(method, signed, num_bits, **options):
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(
-            f"unknown option {unknown[0]!r} for method={method!r}; it takes {list(allowed) if allowed else 'no options'}"
+            f"unknown option {unknown[0]!r} for method={method!r}; "
+            f"it takes {list(allowed) if allowed else 'no options'}"
         )
     return cls(signed, num_bits, **options)

@@ -185,14 +185,17 @@ class QuantizeAndDequantize(keras.layers.Layer):
         self._channels = None
         if self.axis is not None:
             if not -rank <= self.axis < rank:
-                raise ValueError(f"axis={self.axis} is out of range for input of rank {rank}: must be in [{-rank}, {rank})")
+                raise ValueError(f"axis={self.axis} is out of range for input of rank {rank}: "
+                                 f"must be in [{-rank}, {rank})")
             self._axis = self.axis % rank
             self._channels = input_shape[self._axis]
-            if self._channels is None and (self.range_mode in ("tracked", "learned") or isinstance(self.min_value, list)):
+            per_channel = self.range_mode in ("tracked", "learned") or isinstance(self.min_value, list)
+            if self._channels is None and per_channel:
                 raise ValueError(f"the size of axis {self.axis} must be known to build per-channel ranges")
         if isinstance(self.min_value, list) and len(self.min_value) != self._channels:
             raise ValueError(
-                f"min_value/max_value hold {len(self.min_value)} values but axis {self.axis} has {self._channels} channels"
+                f"min_value/max_value hold {len(self.min_value)} values "
+                f"but axis {self.axis} has {self._channels} channels"
             )
         if self.range_mode == "tracked":
             self._build_tracked()

@@ -292,7 +292,8 @@ class _Rebuild:
                 return args[0]  # folded into the layer before it
             if _placement.quantizes_inputs(source, scheme) and source.name not in skip:
                 args, kwargs = keras.tree.map_structure(
-                    lambda t: quantize(t, f"{source.name}_input_quantizer") if _is_keras_tensor(t) else t, (args, kwargs))
+                    lambda t: quantize(t, f"{source.name}_input_quantizer") if _is_keras_tensor(t) else t,
+                    (args, kwargs))
             out = layer(*args, **kwargs)
             if id(source) in quantize_after:
                 out = keras.tree.map_structure(lambda t: quantize(t, f"{source.name}_output_quantizer"), out)

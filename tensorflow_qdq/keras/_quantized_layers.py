@@ -75,7 +75,8 @@ def _quantized_conv(base):
             return self.convolution_op(inputs, kernel)
 
     QuantizedConv.__name__ = QuantizedConv.__qualname__ = f"Quantized{base.__name__}"
-    QuantizedConv.__doc__ = f"``keras.layers.{base.__name__}`` with a per-channel quantized kernel and a quantized output."
+    QuantizedConv.__doc__ = (f"``keras.layers.{base.__name__}`` with a per-channel quantized kernel "
+                             "and a quantized output.")
     # Registered after renaming: Keras keys the registration on the class name.
     return keras.saving.register_keras_serializable(package="tensorflow_qdq")(QuantizedConv)
 

@@ -26,7 +26,6 @@ from tensorflow_qdq.keras import _deploy, _weights
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize, _check_num_bits
 from tensorflow_qdq.keras._weights import activation_name
 
-
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 
 

@@ -34,13 +34,21 @@ double from_float<double>(double v) {
 template <typename T>
 const char* name();
 template <>
-const char* name<float>() { return "float32"; }
+const char* name<float>() {
+  return "float32";
+}
 template <>
-const char* name<double>() { return "float64"; }
+const char* name<double>() {
+  return "float64";
+}
 template <>
-const char* name<half_t>() { return "float16"; }
+const char* name<half_t>() {
+  return "float16";
+}
 template <>
-const char* name<bf16_t>() { return "bfloat16"; }
+const char* name<bf16_t>() {
+  return "bfloat16";
+}
 
 struct Case {
   Layout layout;
@@ -166,10 +174,11 @@ bool run_many(int count, int64_t* done) {
     k.special = static_cast<int>(rng() % 7);
     std::string why;
     if (!run_case<T>(k, &why)) {
-      std::printf("MISMATCH %s layout=[%" PRId64 ",%" PRId64 ",%" PRId64 "] %s given=%d signed=%d narrow=%d half_up=%d "
+      std::printf("MISMATCH %s layout=[%" PRId64 ",%" PRId64 ",%" PRId64
+                  "] %s given=%d signed=%d narrow=%d half_up=%d "
                   "bits=%d offset=%" PRId64 " in_place=%d special=%d: %s\n",
-                  name<T>(), k.layout.outer, k.layout.depth, k.layout.inner, k.gradient ? "V4Grad" : "forward",
-                  k.given, k.signed_input, k.narrow, k.half_up, k.bits, k.offset, k.in_place, k.special, why.c_str());
+                  name<T>(), k.layout.outer, k.layout.depth, k.layout.inner, k.gradient ? "V4Grad" : "forward", k.given,
+                  k.signed_input, k.narrow, k.half_up, k.bits, k.offset, k.in_place, k.special, why.c_str());
       return false;
     }
     ++*done;
@@ -182,8 +191,8 @@ bool run_many(int count, int64_t* done) {
 int main(int argc, char** argv) {
   const int count = argc > 1 ? std::atoi(argv[1]) : 100;
   int64_t done = 0;
-  const bool ok = run_many<float>(count, &done) && run_many<double>(count, &done) &&
-                  run_many<half_t>(count, &done) && run_many<bf16_t>(count, &done);
+  const bool ok = run_many<float>(count, &done) && run_many<double>(count, &done) && run_many<half_t>(count, &done) &&
+                  run_many<bf16_t>(count, &done);
   if (!ok) return 1;
   std::printf("OK %" PRId64 "\n", done);
   return 0;

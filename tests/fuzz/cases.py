@@ -102,9 +102,12 @@ class Case:
 
     def summary(self):
         """A one-line description (no data), for reports."""
+        bits_type = ""
+        if self.num_bits_dtype != "int32" or self.num_bits_shape:
+            bits_type = f" ({self.num_bits_dtype}{list(self.num_bits_shape)})"
         return (
             f"{self.op}/{self.mode} dtype={self.dtype} shape={self.shape} axis={self.axis} "
-            f"num_bits={self.num_bits}{'' if self.num_bits_dtype == 'int32' and not self.num_bits_shape else f' ({self.num_bits_dtype}{list(self.num_bits_shape)})'} "
+            f"num_bits={self.num_bits}{bits_type} "
             f"signed={self.signed_input} narrow={self.narrow_range} given={self.range_given} "
             f"round={self.round_mode} min={_short(self.min_value, self.min_dtype)} "
             f"max={_short(self.max_value, self.max_dtype)}"
@@ -117,7 +120,10 @@ def _short(v, dtype):
     if isinstance(v, float):
         return repr(v)
     a = np.asarray(v)
-    vals = np.real(a.ravel()[:4]).astype(np.float64).tolist() if a.dtype.kind in "fc" or dtype in ref.FLOAT_DTYPES else a.ravel()[:4].tolist()
+    if a.dtype.kind in "fc" or dtype in ref.FLOAT_DTYPES:
+        vals = np.real(a.ravel()[:4]).astype(np.float64).tolist()
+    else:
+        vals = a.ravel()[:4].tolist()
     return f"{dtype}{list(a.shape)}{vals}{'...' if a.size > 4 else ''}"
 
 
@@ -218,7 +224,9 @@ def _axis(d, op, rank):
 def _num_bits(d, signed):
     r = d.integer(0, 99)
     if r < 80:
-        return d.integer(1, ref.max_bits(signed)) if d.chance(0.5) else d.choice((1, 2, 3, 4, 7, 8, 15, 16, 23, 24, 53, 61, 62))
+        if d.chance(0.5):
+            return d.integer(1, ref.max_bits(signed))
+        return d.choice((1, 2, 3, 4, 7, 8, 15, 16, 23, 24, 53, 61, 62))
     return d.choice(EDGE_INTS)
 
 

@@ -26,7 +26,10 @@ def specs(rng, count):
         op = ("V2", "V3", "V4", "V4Grad")[k % 4]
         dtype = ref.FLOAT_DTYPES[(k // 4) % 4]
         big = k % 5 == 0
-        shape = (int(rng.integers(2, 6)), 30_000) if big else tuple(int(d) for d in rng.integers(1, 9, size=rng.integers(1, 4)))
+        if big:
+            shape = (int(rng.integers(2, 6)), 30_000)
+        else:
+            shape = tuple(int(d) for d in rng.integers(1, 9, size=rng.integers(1, 4)))
         axis = int(rng.integers(-1, len(shape)))
         depth = 1 if axis == -1 else shape[axis]
         x = rng.normal(size=shape) * 10.0 ** rng.uniform(-3, 3)

@@ -44,13 +44,14 @@ def small_calls():
     return [
         lambda: R.QuantizeAndDequantizeV2(input=x, input_min=s0, input_max=s1),
         lambda: R.QuantizeAndDequantizeV4(input=x, input_min=lo6, input_max=hi6, range_given=True, axis=1),
-        lambda: R.QuantizeAndDequantizeV3(input=xd, input_min=tf.cast(s0, tf.float64), input_max=tf.cast(s1, tf.float64),
-                                          num_bits=nb),
+        lambda: R.QuantizeAndDequantizeV3(input=xd, input_min=tf.cast(s0, tf.float64),
+                                          input_max=tf.cast(s1, tf.float64), num_bits=nb),
         lambda: R.QuantizeAndDequantizeV4(input=xh, input_min=tf.zeros([4], tf.float16),
-                                          input_max=tf.zeros([4], tf.float16), num_bits=3, round_mode="HALF_UP", axis=0),
+                                          input_max=tf.zeros([4], tf.float16), num_bits=3, round_mode="HALF_UP",
+                                          axis=0),
         lambda: R.QuantizeAndDequantizeV4Grad(gradients=x, input=x, input_min=lo6, input_max=hi6, axis=1),
-        lambda: R.QuantizeAndDequantizeV2(input=xb, input_min=tf.cast(s0, tf.bfloat16), input_max=tf.cast(s1, tf.bfloat16),
-                                          signed_input=False, num_bits=7),
+        lambda: R.QuantizeAndDequantizeV2(input=xb, input_min=tf.cast(s0, tf.bfloat16),
+                                          input_max=tf.cast(s1, tf.bfloat16), signed_input=False, num_bits=7),
         lambda: qdq.quantize_and_dequantize_v2(x, lo6, hi6, range_given=True, axis=-1),
     ]
 

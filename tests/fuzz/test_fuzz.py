@@ -105,4 +105,5 @@ def test_oracle_names_arguments():
     # A graph error quotes the NodeDef, which lists every attribute: that part does not count.
     node = "Shape must be rank 1 but is rank 0 for '{{node Q}} = Q[axis=5, num_bits=8](a, b, c)' with input shapes: [3]"
     assert not oracle.message_names(node, ["axis"], graph=True)
-    assert oracle.message_names("axis 5 is out of range for input of rank 1 for '{{node Q}} = Q[axis=5]'", ["axis"], graph=True)
+    assert oracle.message_names("axis 5 is out of range for input of rank 1 for '{{node Q}} = Q[axis=5]'", ["axis"],
+                                graph=True)

@@ -84,7 +84,8 @@ def test_channels_living_in_one_shard_nan_channels_and_signed_zero_ties(dtype):
     assert got[-1, 3] == 3.0
 
 
-@pytest.mark.parametrize("signed,bits,half_up", [(True, 2, False), (False, 8, True), (True, 16, True), (False, 1, False)])
+@pytest.mark.parametrize("signed,bits,half_up",
+                         [(True, 2, False), (False, 8, True), (True, 16, True), (False, 1, False)])
 def test_attributes_with_sharded_ranges(signed, bits, half_up):
     x = np.random.default_rng(bits).uniform(-3, 7, size=(5, 30_000)).astype(np.float32)
     _run(x, 0, "float32", signed=signed, bits=bits, half_up=half_up)

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "qdq_contract.h"  // QDQ_FOR_EACH_TYPE: the types this header gives a compute type
 #include "qdq_hd.h"
 
 namespace qdq {
@@ -103,8 +104,5 @@ struct Compute<bf16_t> {
 
 template <typename T>
 using compute_t = typename Compute<T>::type;
-
-// Applies X to each element type of the core: one list for every explicit instantiation.
-#define QDQ_FOR_EACH_TYPE(X) X(float) X(double) X(half_t) X(bf16_t)
 
 }  // namespace qdq

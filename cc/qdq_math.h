@@ -8,11 +8,14 @@
 #include <cmath>
 #include <cstdint>
 
+#include "qdq_contract.h"
 #include "qdq_hd.h"
 
 namespace qdq {
 
+// The round modes, in the order of contract::kRoundModes (their attribute values).
 enum class RoundMode : int { kHalfToEven = 0, kHalfUp = 1 };
+static_assert(static_cast<int>(RoundMode::kHalfUp) + 1 == contract::kNumRoundModes, "one RoundMode per round mode");
 
 // The simulated integer grid, exact in int64.
 struct IntRange {
@@ -20,7 +23,7 @@ struct IntRange {
   int64_t qmax;
 };
 
-// Valid num_bits: 1..61 signed, 1..62 unsigned (callers validate first).
+// Valid num_bits: contract::kMinBits..contract::max_bits(signed_input) (callers validate first).
 QDQ_HD IntRange int_range(bool signed_input, int num_bits, bool narrow_range) {
   if (!signed_input) return IntRange{0, static_cast<int64_t>((uint64_t{1} << num_bits) - 1)};
   const int64_t half = static_cast<int64_t>(uint64_t{1} << (num_bits - 1));

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "qdq_contract.h"
 #include "qdq_cpu.h"
 #include "qdq_cuda.h"
 #include "qdq_float16.h"
@@ -27,14 +28,18 @@ using qdq::half_t;
 
 [[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
 
-// Calls fn(T{}) for the storage type named by a dtype string.
+// Calls fn(T{}) for the storage type named by a dtype string (the contract's types).
 template <typename Fn>
 auto dispatch(const std::string& dtype, Fn&& fn) {
-  if (dtype == "float32") return fn(float{});
-  if (dtype == "float64") return fn(double{});
-  if (dtype == "float16") return fn(half_t{});
-  if (dtype == "bfloat16") return fn(bf16_t{});
-  fail("dtype must be float32, float64, float16 or bfloat16, got " + dtype);
+#define QDQ_DISPATCH(T, name) \
+  if (dtype == name) return fn(T{});
+  QDQ_FOR_EACH_NAMED_TYPE(QDQ_DISPATCH)
+#undef QDQ_DISPATCH
+  std::string names;
+#define QDQ_NAME(T, name) names += std::string(names.empty() ? "" : ", ") + name;
+  QDQ_FOR_EACH_NAMED_TYPE(QDQ_NAME)
+#undef QDQ_NAME
+  fail("dtype must be one of " + names + ", got " + dtype);
 }
 
 std::string dtype_name(const py::array& a) { return py::str(a.dtype().attr("name")); }
@@ -49,16 +54,18 @@ qdq::Layout layout_of(const std::vector<int64_t>& shape, int axis) {
 }
 
 qdq::RoundMode round_mode_of(const std::string& mode) {
-  if (mode == "HALF_TO_EVEN") return qdq::RoundMode::kHalfToEven;
-  if (mode == "HALF_UP") return qdq::RoundMode::kHalfUp;
+  for (int m = 0; m < qdq::contract::kNumRoundModes; ++m) {
+    if (mode == qdq::contract::kRoundModes[m]) return static_cast<qdq::RoundMode>(m);
+  }
   fail("round_mode must be HALF_TO_EVEN or HALF_UP, got " + mode);
 }
 
 qdq::QuantizeAttrs attrs_of(bool signed_input, int num_bits, bool range_given, const std::string& round_mode,
                             bool narrow_range) {
-  const int max_bits = signed_input ? 61 : 62;
-  if (num_bits < 1 || num_bits > max_bits)
-    fail("num_bits must be in [1, " + std::to_string(max_bits) + "], got " + std::to_string(num_bits));
+  const int max_bits = qdq::contract::max_bits(signed_input);
+  if (num_bits < qdq::contract::kMinBits || num_bits > max_bits)
+    fail("num_bits must be in [" + std::to_string(qdq::contract::kMinBits) + ", " + std::to_string(max_bits) +
+         "], got " + std::to_string(num_bits));
   return qdq::QuantizeAttrs{qdq::int_range(signed_input, num_bits, narrow_range), range_given,
                             round_mode_of(round_mode)};
 }

@@ -103,11 +103,13 @@ class QuantizeKernelBase : public OpKernel {
 inline absl::Status RoundModeAttr(OpKernelConstruction* ctx, ::qdq::RoundMode* round_mode) {
   std::string mode;
   TF_RETURN_IF_ERROR(ctx->GetAttr("round_mode", &mode));
-  if (mode != "HALF_TO_EVEN" && mode != "HALF_UP") {
-    return Invalid("round_mode must be HALF_TO_EVEN or HALF_UP, got " + mode);
+  for (int m = 0; m < ::qdq::contract::kNumRoundModes; ++m) {
+    if (mode == ::qdq::contract::kRoundModes[m]) {
+      *round_mode = static_cast<::qdq::RoundMode>(m);
+      return absl::OkStatus();
+    }
   }
-  *round_mode = mode == "HALF_UP" ? ::qdq::RoundMode::kHalfUp : ::qdq::RoundMode::kHalfToEven;
-  return absl::OkStatus();
+  return Invalid("round_mode must be HALF_TO_EVEN or HALF_UP, got " + mode);
 }
 
 // The grid attributes of the ops that take num_bits as an attribute (Tracked, LsqGrad),

@@ -67,10 +67,7 @@ struct QdqLaunch<Eigen::ThreadPoolDevice, T> {
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeLsqGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
                           LsqGradientKernel<Eigen::ThreadPoolDevice, T>);
 
-TF_CALL_bfloat16(QDQ_REGISTER_CPU);
-TF_CALL_half(QDQ_REGISTER_CPU);
-TF_CALL_float(QDQ_REGISTER_CPU);
-TF_CALL_double(QDQ_REGISTER_CPU);
+QDQ_FOR_EACH_TF_TYPE(QDQ_REGISTER_CPU)
 #undef QDQ_REGISTER_CPU
 
 }  // namespace qdq_kernels

@@ -120,10 +120,7 @@ struct QdqLaunch<Eigen::GpuDevice, T> {
                               .TypeConstraint<T>("T"),                                                        \
                           LsqGradientKernel<Eigen::GpuDevice, T>);
 
-TF_CALL_bfloat16(QDQ_REGISTER_GPU);
-TF_CALL_half(QDQ_REGISTER_GPU);
-TF_CALL_float(QDQ_REGISTER_GPU);
-TF_CALL_double(QDQ_REGISTER_GPU);
+QDQ_FOR_EACH_TF_TYPE(QDQ_REGISTER_GPU)
 #undef QDQ_REGISTER_GPU
 
 }  // namespace qdq_kernels

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "cc/qdq_contract.h"
 
 namespace tensorflow {
 namespace {
@@ -80,8 +81,6 @@ absl::Status GradientShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
-#define QDQ_FLOAT_TYPES "T: {bfloat16, half, float, double}"
-
 // V2 and V4 share their interface and kernel; they differ only in their gradients (registered
 // in Python). The attribute order is the generated Python wrappers' argument order.
 register_op::OpDefBuilderWrapper QuantizeOp(const char name[], const char* doc) {
@@ -89,14 +88,14 @@ register_op::OpDefBuilderWrapper QuantizeOp(const char name[], const char* doc) 
   op.Input("input: T")
       .Input("input_min: T")
       .Input("input_max: T")
-      .Attr("signed_input: bool = true")
-      .Attr("num_bits: int = 8")
-      .Attr("range_given: bool = false")
+      .Attr(QDQ_SIGNED_INPUT_ATTR)
+      .Attr(QDQ_NUM_BITS_ATTR)
+      .Attr(QDQ_RANGE_GIVEN_ATTR)
       .Output("output: T")
-      .Attr(QDQ_FLOAT_TYPES)
-      .Attr("round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'")
-      .Attr("narrow_range: bool = false")
-      .Attr("axis: int = -1")
+      .Attr(QDQ_TYPE_ATTR)
+      .Attr(QDQ_ROUND_MODE_ATTR)
+      .Attr(QDQ_NARROW_RANGE_ATTR)
+      .Attr(QDQ_AXIS_ATTR)
       .SetShapeFn(QuantizeShape)
       .Doc(doc);
   return op;
@@ -114,12 +113,12 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeV3")
     .Input("input_min: T")
     .Input("input_max: T")
     .Input("num_bits: int32")
-    .Attr("signed_input: bool = true")
+    .Attr(QDQ_SIGNED_INPUT_ATTR)
     .Attr("range_given: bool = true")
     .Output("output: T")
-    .Attr(QDQ_FLOAT_TYPES)
-    .Attr("narrow_range: bool = false")
-    .Attr("axis: int = -1")
+    .Attr(QDQ_TYPE_ATTR)
+    .Attr(QDQ_NARROW_RANGE_ATTR)
+    .Attr(QDQ_AXIS_ATTR)
     .SetShapeFn(QuantizeV3Shape)
     .Doc("Quantize-and-dequantize with num_bits as a tensor (tensorflow-qdq).");
 
@@ -135,8 +134,8 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeV4Grad")
     .Output("input_backprop: T")
     .Output("input_min_backprop: T")
     .Output("input_max_backprop: T")
-    .Attr(QDQ_FLOAT_TYPES)
-    .Attr("axis: int = -1")
+    .Attr(QDQ_TYPE_ATTR)
+    .Attr(QDQ_AXIS_ATTR)
     .SetShapeFn(GradientShape)
     .Doc("Gradient of Qdq>QuantizeAndDequantizeV4: gradients masked to [input_min, input_max].");
 
@@ -157,12 +156,12 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeTracked")
     .Output("new_updates: int64")
     .Output("used_min: float")
     .Output("used_max: float")
-    .Attr("signed_input: bool = true")
-    .Attr("num_bits: int = 8")
-    .Attr(QDQ_FLOAT_TYPES)
-    .Attr("round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'")
-    .Attr("narrow_range: bool = false")
-    .Attr("axis: int = -1")
+    .Attr(QDQ_SIGNED_INPUT_ATTR)
+    .Attr(QDQ_NUM_BITS_ATTR)
+    .Attr(QDQ_TYPE_ATTR)
+    .Attr(QDQ_ROUND_MODE_ATTR)
+    .Attr(QDQ_NARROW_RANGE_ATTR)
+    .Attr(QDQ_AXIS_ATTR)
     .Attr("momentum: float")
     .Attr("delayed: bool = false")
     .SetShapeFn([](InferenceContext* c) {
@@ -190,12 +189,12 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeLsqGrad")
     .Input("input_max: T")
     .Output("input_backprop: T")
     .Output("step_backprop: T")
-    .Attr("signed_input: bool = true")
-    .Attr("num_bits: int = 8")
-    .Attr(QDQ_FLOAT_TYPES)
-    .Attr("round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'")
-    .Attr("narrow_range: bool = false")
-    .Attr("axis: int = -1")
+    .Attr(QDQ_SIGNED_INPUT_ATTR)
+    .Attr(QDQ_NUM_BITS_ATTR)
+    .Attr(QDQ_TYPE_ATTR)
+    .Attr(QDQ_ROUND_MODE_ATTR)
+    .Attr(QDQ_NARROW_RANGE_ATTR)
+    .Attr(QDQ_AXIS_ATTR)
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle input;
       TF_RETURN_IF_ERROR(Named("gradients must have the shape of input", c->Merge(c->input(0), c->input(1), &input)));
@@ -206,7 +205,5 @@ REGISTER_OP("Qdq>QuantizeAndDequantizeLsqGrad")
       return absl::OkStatus();
     })
     .Doc("Learned-step (LSQ) gradient of Qdq>QuantizeAndDequantizeV4 with a given range (tensorflow-qdq).");
-
-#undef QDQ_FLOAT_TYPES
 
 }  // namespace tensorflow

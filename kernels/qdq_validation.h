@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "cc/qdq_contract.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 
@@ -17,10 +18,10 @@ namespace qdq_kernels {
 inline absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
 inline absl::Status CheckNumBits(int64_t num_bits, bool signed_input) {
-  const int64_t max_bits = signed_input ? 61 : 62;
-  if (num_bits < 1 || num_bits > max_bits) {
-    return Invalid(absl::StrCat("num_bits must be in [1, ", max_bits, "] when signed_input is ",
-                                signed_input ? "true" : "false", ", got ", num_bits));
+  const int64_t max_bits = ::qdq::contract::max_bits(signed_input);
+  if (num_bits < ::qdq::contract::kMinBits || num_bits > max_bits) {
+    return Invalid(absl::StrCat("num_bits must be in [", ::qdq::contract::kMinBits, ", ", max_bits,
+                                "] when signed_input is ", signed_input ? "true" : "false", ", got ", num_bits));
   }
   return absl::OkStatus();
 }

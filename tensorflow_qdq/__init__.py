@@ -25,9 +25,9 @@ else:
     )
     from tensorflow_qdq._api import quantize_and_dequantize, quantize_and_dequantize_v2, quantize_and_dequantize_v4
     from tensorflow_qdq._builtins import load_saved_model, qdq_ops_in_saved_model, restore_builtins, use_for_builtins
+    from tensorflow_qdq._export import export, to_tflite
     from tensorflow_qdq._learned import quantize_and_dequantize_learned
     from tensorflow_qdq._loader import LibraryError
-    from tensorflow_qdq.export import export, to_tflite  # the function shadows the submodule's name
 
 __all__ = [
     "LibraryError",

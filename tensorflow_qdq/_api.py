@@ -1,6 +1,6 @@
 """Public functions with the signatures of tf.quantization.* (SEMANTICS §2)."""
 
-from tensorflow_qdq import _args, _routing
+from tensorflow_qdq import _args, _dispatch
 
 __all__ = ["quantize_and_dequantize", "quantize_and_dequantize_v2", "quantize_and_dequantize_v4"]
 
@@ -29,7 +29,7 @@ def quantize_and_dequantize(input, input_min, input_max, signed_input=True, num_
     >>> qdq.quantize_and_dequantize([-1.0, 0.3, 0.8], 0.0, 0.0).numpy().tolist()
     [-1.0, 0.296875, 0.796875]
     """
-    return _emit(_routing.qdq_v2, input, input_min, input_max, lambda x: _args.channel_axis(x, axis),
+    return _emit(_dispatch.qdq_v2, input, input_min, input_max, lambda x: _args.channel_axis(x, axis),
                  signed_input=signed_input, num_bits=num_bits, range_given=range_given, round_mode=round_mode,
                  narrow_range=narrow_range, name=name)
 
@@ -44,7 +44,7 @@ def quantize_and_dequantize_v2(input, input_min, input_max, signed_input=True, n
     ``range_given=False`` the mask uses the range actually measured (TensorFlow
     masks with the ignored ``input_min``/``input_max`` instead).
     """
-    return _emit(_routing.qdq_v4, input, input_min, input_max, lambda x: _args.channel_axis(x, axis),
+    return _emit(_dispatch.qdq_v4, input, input_min, input_max, lambda x: _args.channel_axis(x, axis),
                  signed_input=signed_input, num_bits=num_bits, range_given=range_given, round_mode=round_mode,
                  narrow_range=narrow_range, name=name)
 
@@ -55,6 +55,6 @@ def quantize_and_dequantize_v4(input, input_min, input_max, signed_input=True, n
 
     Emits ``Qdq>QuantizeAndDequantizeV4`` with the range-masked gradient.
     """
-    return _emit(_routing.qdq_v4, input, input_min, input_max, lambda x: axis, signed_input=signed_input,
+    return _emit(_dispatch.qdq_v4, input, input_min, input_max, lambda x: axis, signed_input=signed_input,
                  num_bits=num_bits, range_given=range_given, round_mode=round_mode, narrow_range=narrow_range,
                  name=name)

@@ -40,7 +40,7 @@ def _present_routes():
             yield namespace, (path, attribute), ours
 
 
-class _Routing:
+class _Patched:
     """Routes on creation; as a context manager, restores on exit what was there before."""
 
     def __init__(self):
@@ -84,7 +84,7 @@ def use_for_builtins():
     that saved a reference to TensorFlow's function beforehand keeps calling it.
     The replacement is process-wide (all threads).
     """
-    return _Routing()
+    return _Patched()
 
 
 def restore_builtins():

@@ -1,7 +1,7 @@
 """SEMANTICS §3 and §5 as a composite of standard TensorFlow ops.
 
 XLA cannot compile a custom op, and a plain TensorFlow cannot load one, so inside
-``jit_compile`` (see ``_routing``) and in exported models (see ``export``) the ops
+``jit_compile`` (see ``_dispatch``) and in exported models (see ``export``) the ops
 are replaced by this composite. It repeats the kernel's arithmetic operation by
 operation in the compute type (float32 for half/bfloat16), so its results are
 bit-identical to the kernels'. Two compiler rewrites would break that and are
@@ -21,18 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from tensorflow_qdq import _args
-
-_ROUND_MODES = ("HALF_TO_EVEN", "HALF_UP")
-
+from tensorflow_qdq._contract import MAX_BITS, MIN_BITS, check_num_bits, check_round_mode
 
 # ---------------------------------------------------------------- validation (static)
-
-
-def check_num_bits(num_bits, signed_input):
-    limit = 61 if signed_input else 62
-    if not 1 <= num_bits <= limit:
-        kind = "signed" if signed_input else "unsigned"
-        raise ValueError(f"num_bits={num_bits} is out of range for {kind} input: must be in [1, {limit}]")
 
 
 def check_axis(axis, rank):
@@ -40,11 +31,6 @@ def check_axis(axis, rank):
         raise ValueError(f"axis={axis} is out of range: must be -1 (per-tensor) or a dimension of input")
     if rank is not None and axis >= rank:
         raise ValueError(f"axis={axis} is out of range for input of rank {rank}: must be in [-1, {rank})")
-
-
-def _check_round_mode(round_mode):
-    if round_mode not in _ROUND_MODES:
-        raise ValueError(f"round_mode={round_mode!r} must be one of {_ROUND_MODES}")
 
 
 def _check_range_shapes(input_min, input_max, axis, input_shape, grad=False):
@@ -98,8 +84,8 @@ def _int_range(num_bits, signed_input, narrow_range, ctype):
         return tf.constant(np.int64(qmin).astype(np_type)), tf.constant(np.int64(qmax).astype(np_type)), None
     bits = tf.cast(tf.reshape(num_bits, []), tf.int64)
     one = tf.constant(1, tf.int64)
-    limit = 61 if signed_input else 62
-    valid = (bits >= 1) & (bits <= limit)
+    limit = MAX_BITS[bool(signed_input)]
+    valid = (bits >= MIN_BITS) & (bits <= limit)
     safe = tf.where(valid, bits, tf.constant(8, tf.int64))
     if signed_input:
         half = tf.bitwise.left_shift(one, safe - 1)
@@ -201,7 +187,7 @@ def forward(input, input_min, input_max, **attrs):  # noqa: A002
     attrs = _args.op_attrs(**attrs)
     signed_input, num_bits, range_given = attrs["signed_input"], attrs["num_bits"], attrs["range_given"]
     round_mode, narrow_range, axis = attrs["round_mode"], attrs["narrow_range"], attrs["axis"]
-    _check_round_mode(round_mode)
+    check_round_mode(round_mode)
     check_axis(axis, x.shape.rank)
     _check_range_shapes(input_min, input_max, axis, x.shape)
     ctype = compute_dtype(dtype)
@@ -309,7 +295,7 @@ def lsq_step_derivative(input, input_min, input_max, *, signed_input=True, num_b
     """d(output)/d(step) per element, times LSQ's 1/sqrt(n * Qp), shaped as ``_channel_view``
     (per channel) or as input (cc/qdq_math.h ``lsq_step_derivative``, in the compute type)."""
     x, lo, hi = _args.tensors_like(input, input_min, input_max, strict=True)
-    _check_round_mode(round_mode)
+    check_round_mode(round_mode)
     check_axis(axis, x.shape.rank)
     _check_range_shapes(lo, hi, axis, x.shape, grad=True)
     ctype = compute_dtype(x.dtype)

@@ -15,16 +15,18 @@ Calls are asynchronous on the array's current stream (or ``stream=``, an int
 import numpy as np
 
 from tensorflow_qdq import _core
-
-_NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16}
+from tensorflow_qdq._contract import DTYPES, dtypes_text
 
 
 def _numpy_dtype(name):
+    """The NumPy type of one of the contract's element types (bfloat16 from ml_dtypes)."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be {dtypes_text()}, got {name}")
     if name == "bfloat16":
         import ml_dtypes  # NumPy's bfloat16
 
         return ml_dtypes.bfloat16
-    return _NUMPY_DTYPES[name]
+    return np.dtype(name).type
 
 
 class _Buffer:

@@ -15,7 +15,8 @@ unchanged (straight-through), so a step pushed below the floor can grow back.
 import numpy as np
 import tensorflow as tf
 
-from tensorflow_qdq import _args, _routing
+from tensorflow_qdq import _args, _dispatch
+from tensorflow_qdq._contract import check_num_bits, dtypes_text
 from tensorflow_qdq.deploy._grid import code_range
 
 
@@ -50,12 +51,10 @@ def quantize_and_dequantize_learned(input, step, signed_input=True, num_bits=8, 
     """
     x = tf.convert_to_tensor(input, name="input")
     if not x.dtype.is_floating:
-        raise TypeError(f"input must be bfloat16, float16, float32 or float64, got {x.dtype.name}")
+        raise TypeError(f"input must be {dtypes_text()}, got {x.dtype.name}")
     step = tf.convert_to_tensor(step, name="step", dtype_hint=tf.float32)
     if not step.dtype.is_floating:
         raise TypeError(f"step must be a float tensor, got {step.dtype.name}")
-    from tensorflow_qdq._composite import check_num_bits  # the one statement of the bounds
-
     check_num_bits(num_bits, signed_input)
     raw_axis = _args.channel_axis(x, axis)
     qmin, qmax = code_range(num_bits, signed_input, narrow_range)
@@ -65,10 +64,10 @@ def quantize_and_dequantize_learned(input, step, signed_input=True, num_bits=8, 
     @tf.custom_gradient
     def _learned(x, step):
         lo, hi = range_of_step(step, x.dtype, qmin, qmax)
-        y = _routing.qdq_v4(x, lo, hi, range_given=True, **attrs)
+        y = _dispatch.qdq_v4(x, lo, hi, range_given=True, **attrs)
 
         def grad(dy):
-            dx, dstep = _routing.qdq_lsq_grad(dy, x, lo, hi, **attrs)
+            dx, dstep = _dispatch.qdq_lsq_grad(dy, x, lo, hi, **attrs)
             return dx, tf.reshape(tf.cast(dstep, step.dtype), tf.shape(step))
 
         return y, grad

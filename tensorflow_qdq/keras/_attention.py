@@ -11,8 +11,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tensorflow_qdq._contract import check_num_bits
 from tensorflow_qdq.keras import _deploy, _weights
-from tensorflow_qdq.keras._layer import QuantizeAndDequantize, _check_num_bits
+from tensorflow_qdq.keras._layer import QuantizeAndDequantize
 
 _PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
 
@@ -24,8 +25,8 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
     def __init__(self, *args, weight_bits=8, activation_bits=8, activation_range="tracked", range_update="delayed",
                  **kwargs):
         super().__init__(*args, **kwargs)
-        self.weight_bits = _check_num_bits(weight_bits, _weights.WEIGHT_SIGNED)
-        self.activation_bits = _check_num_bits(activation_bits, True)
+        self.weight_bits = check_num_bits(weight_bits, _weights.WEIGHT_SIGNED)
+        self.activation_bits = check_num_bits(activation_bits, True)
         self.activation_range, self.range_update = activation_range, range_update
         self.context_quantizer = QuantizeAndDequantize(num_bits=self.activation_bits, range_mode=activation_range,
                                                        range_update=range_update, name="context_quantizer")

@@ -27,16 +27,11 @@ Every method returns ``(0.0, 0.0)`` for all-zero data.
 
 import numpy as np
 
+from tensorflow_qdq._contract import check_num_bits
+
 CALIBRATION_METHODS = ("max", "percentile", "mse", "entropy")
 
 _DEFAULT_BINS = 2048
-
-
-def _check_num_bits(num_bits, signed):
-    top = 61 if signed else 62  # the op's limits (float64 holds the codes exactly)
-    if isinstance(num_bits, bool) or not isinstance(num_bits, (int, np.integer)) or not 1 <= num_bits <= top:
-        raise ValueError(f"num_bits={num_bits!r} is out of range: must be an int in 1..{top}")
-    return int(num_bits)
 
 
 def _check_num_bins(num_bins):
@@ -52,7 +47,7 @@ class Calibrator:
 
     def __init__(self, signed, num_bits):
         self.signed = bool(signed)
-        self.num_bits = _check_num_bits(num_bits, self.signed)
+        self.num_bits = check_num_bits(num_bits, self.signed, not_int=ValueError)
         self.qmax = 2 ** (self.num_bits - 1) - 1 if self.signed else 2**self.num_bits - 1
         self.qmin = -(2 ** (self.num_bits - 1)) if self.signed else 0
         self._seen = False

@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 import tensorflow_qdq as _qdq
-from tensorflow_qdq import _composite, _learned, _routing
+from tensorflow_qdq import _composite, _dispatch, _learned
+from tensorflow_qdq._contract import ROUND_MODES, check_num_bits, dtypes_text
 from tensorflow_qdq._loader import ops as _ops
 from tensorflow_qdq.deploy import _grid
 from tensorflow_qdq.keras import _deploy
@@ -16,7 +17,6 @@ from tensorflow_qdq.keras import _deploy
 RANGE_MODES = ("fixed", "batch", "tracked", "learned")
 GRADIENTS = ("masked", "straight_through")
 RANGE_UPDATES = ("delayed", "immediate")
-ROUND_MODES = ("HALF_TO_EVEN", "HALF_UP")
 
 # Tracked ranges start here when no min_value/max_value is given (the same start as
 # TF Model Optimization's moving-average quantizer); the first training batch replaces it.
@@ -36,16 +36,6 @@ def _straight_through(x, y):
 def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
-
-
-def _check_num_bits(num_bits, signed):
-    if isinstance(num_bits, bool) or not isinstance(num_bits, numbers.Integral):
-        raise TypeError(f"num_bits must be an int, got {num_bits!r}")
-    top = 61 if signed else 62
-    if not 1 <= num_bits <= top:
-        kind = "signed" if signed else "unsigned"
-        raise ValueError(f"num_bits={num_bits} is out of range for {kind} quantization: must be in [1, {top}]")
-    return int(num_bits)
 
 
 def _as_bound(name, value):
@@ -134,7 +124,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
         _check_choice("range_update", range_update, RANGE_UPDATES)
         self.range_update = range_update
         self.signed = bool(signed)
-        self.num_bits = _check_num_bits(num_bits, self.signed)
+        self.num_bits = check_num_bits(num_bits, self.signed)
         if axis is not None:
             if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
                 raise TypeError(f"axis must be None or an int, got {axis!r}")
@@ -265,7 +255,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
         both sides of the moving layer."""
         x = tf.convert_to_tensor(inputs)
         if not x.dtype.is_floating:  # else TF's op-level error names the attr T, not the argument
-            raise TypeError(f"{type(self).__name__}: inputs must be bfloat16, float16, float32 or float64, "
+            raise TypeError(f"{type(self).__name__}: inputs must be {dtypes_text()}, "
                             f"got {x.dtype.name}")
         if passthrough:
             target = _deploy.current_target()
@@ -395,7 +385,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
         """Whether a training step can run as one Qdq>QuantizeAndDequantizeTracked op: not
         inside XLA (no custom ops there) and on one replica (several gather their batch
         ranges first); elsewhere the same update runs as standard ops (_update_tracked)."""
-        if _routing.in_xla_context():
+        if _dispatch.in_xla_context():
             return False
         ctx = tf.distribute.get_replica_context()
         return ctx is None or ctx.num_replicas_in_sync == 1

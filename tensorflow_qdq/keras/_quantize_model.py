@@ -11,9 +11,10 @@ import numbers
 
 import keras
 
+from tensorflow_qdq._contract import check_num_bits
 from tensorflow_qdq.keras import _placement, _report
 from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
-from tensorflow_qdq.keras._layer import RANGE_UPDATES, QuantizeAndDequantize, _check_num_bits
+from tensorflow_qdq.keras._layer import RANGE_UPDATES, QuantizeAndDequantize
 from tensorflow_qdq.keras._weights import output_channel_axis, weight_specs
 from tensorflow_qdq.keras._wrapper import QuantizeWrapper
 
@@ -74,8 +75,8 @@ def quantize_model(
     """
     _check_rebuildable(model, frozenset(skip_layers))
     options = dict(
-        weight_bits=_check_num_bits(weight_bits, True),
-        activation_bits=_check_num_bits(activation_bits, True),
+        weight_bits=check_num_bits(weight_bits, True),
+        activation_bits=check_num_bits(activation_bits, True),
         momentum=_check_momentum(momentum),
         activation_range=_check_activation_range(activation_range),
         range_update=_check_range_update(range_update),

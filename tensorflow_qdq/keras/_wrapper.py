@@ -22,8 +22,9 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tensorflow_qdq._contract import check_num_bits
 from tensorflow_qdq.keras import _deploy, _weights
-from tensorflow_qdq.keras._layer import QuantizeAndDequantize, _check_num_bits
+from tensorflow_qdq.keras._layer import QuantizeAndDequantize
 from tensorflow_qdq.keras._weights import activation_name
 
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
@@ -61,7 +62,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 "knows how to quantize; supported: Dense, EinsumDense, Embedding, Conv*, Conv*Transpose, "
                 "DepthwiseConv*, SeparableConv* and their subclasses"
             )
-        self.weight_bits = None if weight_bits is None else _check_num_bits(weight_bits, _weights.WEIGHT_SIGNED)
+        self.weight_bits = None if weight_bits is None else check_num_bits(weight_bits, _weights.WEIGHT_SIGNED)
         if freeze_bn_delay is not None and (isinstance(freeze_bn_delay, bool) or int(freeze_bn_delay) < 0):
             raise ValueError(f"freeze_bn_delay={freeze_bn_delay!r} must be None or a number of steps >= 0")
         self.freeze_bn_delay = None if freeze_bn_delay is None else int(freeze_bn_delay)

@@ -13,12 +13,12 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import meta_graph
 
-from tensorflow_qdq import _portable
+from tensorflow_qdq import _export_rewrite
 
 __all__ = ["export", "to_tflite"]
 
 _PB = "saved_model.pb"
-_OUR_OPS = frozenset(_portable.OURS)
+_OUR_OPS = frozenset(_export_rewrite.OURS)
 
 
 def _save_model(model, out_dir):
@@ -36,7 +36,7 @@ def _rewrite_saved_model(directory, exact):
         saved_model.ParseFromString(f.read())
     count = 0
     for meta in saved_model.meta_graphs:
-        count += _portable.rewrite_graph_def(meta.graph_def, exact=exact)
+        count += _export_rewrite.rewrite_graph_def(meta.graph_def, exact=exact)
         stripped = meta_graph.stripped_op_list_for_graph(meta.graph_def)
         meta.meta_info_def.stripped_op_list.CopyFrom(stripped)
         left = {op.name for op in stripped.op} & _OUR_OPS

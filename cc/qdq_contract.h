@@ -19,6 +19,7 @@ constexpr int max_bits(bool signed_input) { return signed_input ? kMaxSignedBits
 // Round modes, indexed by qdq::RoundMode (qdq_math.h): the attribute's values.
 constexpr int kNumRoundModes = 2;
 constexpr const char* kRoundModes[kNumRoundModes] = {"HALF_TO_EVEN", "HALF_UP"};
+constexpr const char* kRoundModesText = "HALF_TO_EVEN or HALF_UP";  // for error messages
 
 // Attribute defaults (V2/V4; V3 has range_given = true and no round_mode).
 constexpr bool kDefaultSignedInput = true;
@@ -35,8 +36,9 @@ constexpr int kDefaultAxis = -1;  // per tensor
 // (explicit instantiations) and the NumPy names (the binding's dispatch).
 #define QDQ_TYPE_ATTR "T: {bfloat16, half, float, double}"
 #define QDQ_FOR_EACH_TF_TYPE(X) X(::tensorflow::bfloat16) X(Eigen::half) X(float) X(double)
-#define QDQ_FOR_EACH_TYPE(X) X(bf16_t) X(half_t) X(float) X(double)
-#define QDQ_FOR_EACH_NAMED_TYPE(X) X(bf16_t, "bfloat16") X(half_t, "float16") X(float, "float32") X(double, "float64")
+#define QDQ_FOR_EACH_TYPE(X) X(::qdq::bf16_t) X(::qdq::half_t) X(float) X(double)
+#define QDQ_FOR_EACH_NAMED_TYPE(X) \
+  X(::qdq::bf16_t, "bfloat16") X(::qdq::half_t, "float16") X(float, "float32") X(double, "float64")
 
 // The attributes of the registrations (kernels/qdq_ops.cc), with the defaults above.
 #define QDQ_ROUND_MODE_ATTR "round_mode: {'HALF_TO_EVEN', 'HALF_UP'} = 'HALF_TO_EVEN'"

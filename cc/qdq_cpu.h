@@ -1,4 +1,4 @@
-// CPU entry points of the framework-free core. T is float, double, half_t or bf16_t.
+// CPU entry points of the framework-free core. T is one of QDQ_FOR_EACH_TYPE (qdq_contract.h).
 #pragma once
 
 #include "qdq_float16.h"

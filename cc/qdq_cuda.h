@@ -1,4 +1,4 @@
-// CUDA entry points of the framework-free core. T is float, double, half_t or bf16_t.
+// CUDA entry points of the framework-free core. T is one of QDQ_FOR_EACH_TYPE (qdq_contract.h).
 // No CUDA or TensorFlow headers: callers pass their stream as CUstream_st*
 // (the type behind cudaStream_t and CUstream) and get a cudaError_t value back
 // as an int (0 = success). Every launcher is asynchronous on `stream`.

@@ -1,5 +1,5 @@
 // tensorflow_qdq._core: the framework-free core as a Python module that imports
-// without TensorFlow. CPU launchers run on NumPy arrays (bfloat16 via ml_dtypes);
+// without TensorFlow. CPU launchers run on NumPy arrays (the narrow types via NumPy extensions);
 // CUDA launchers (when built with QDQ_WITH_CUDA) run on raw device pointers and a
 // stream given as integers, e.g. from torch.Tensor.data_ptr() and
 // torch.cuda.current_stream().cuda_stream, or CuPy. Bad arguments raise
@@ -22,9 +22,6 @@
 namespace py = pybind11;
 
 namespace {
-
-using qdq::bf16_t;
-using qdq::half_t;
 
 [[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
 
@@ -57,7 +54,7 @@ qdq::RoundMode round_mode_of(const std::string& mode) {
   for (int m = 0; m < qdq::contract::kNumRoundModes; ++m) {
     if (mode == qdq::contract::kRoundModes[m]) return static_cast<qdq::RoundMode>(m);
   }
-  fail("round_mode must be HALF_TO_EVEN or HALF_UP, got " + mode);
+  fail(std::string("round_mode must be ") + qdq::contract::kRoundModesText + ", got " + mode);
 }
 
 qdq::QuantizeAttrs attrs_of(bool signed_input, int num_bits, bool range_given, const std::string& round_mode,

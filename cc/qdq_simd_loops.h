@@ -63,8 +63,8 @@ struct CpuLoops {
   using RowFn = void (*)(const T* x, T* y, int64_t n, const RowParams<C>& p, bool stream);
   const char* isa;
   // Indexed [round_mode][clamp]: clamp is set for given ranges.
-  RunFn quantize_runs[2][2];
-  RowFn quantize_row[2][2];
+  RunFn quantize_runs[contract::kNumRoundModes][2];
+  RowFn quantize_row[contract::kNumRoundModes][2];
   // NaN-ignoring min/max folded into lo[c]/hi[c] (runs), or into lo[i]/hi[i]
   // from x[r * stride + i] for each of `rows` rows of n elements (rows).
   void (*reduce_runs)(const T* x, int64_t f, int64_t n, const Runs& r, C* lo, C* hi);
@@ -76,7 +76,7 @@ struct CpuLoops {
   // nan[c] = 1 where the run holds a NaN (infinities show in lo/hi).
   using MeasureFn = void (*)(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C>* params,
                              bool stream, C* lo, C* hi, char* nan);
-  MeasureFn quantize_measure_runs[2];
+  MeasureFn quantize_measure_runs[contract::kNumRoundModes];
   // V4Grad: out = g * (lo <= x <= hi).
   void (*gradient_runs)(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C* lo, const C* hi,
                         bool stream);

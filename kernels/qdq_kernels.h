@@ -109,7 +109,7 @@ inline absl::Status RoundModeAttr(OpKernelConstruction* ctx, ::qdq::RoundMode* r
       return absl::OkStatus();
     }
   }
-  return Invalid("round_mode must be HALF_TO_EVEN or HALF_UP, got " + mode);
+  return Invalid(std::string("round_mode must be ") + ::qdq::contract::kRoundModesText + ", got " + mode);
 }
 
 // The grid attributes of the ops that take num_bits as an attribute (Tracked, LsqGrad),

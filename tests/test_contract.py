@@ -26,7 +26,8 @@ def _constexpr(name):
 
 
 def _macro(name):
-    return re.search(rf"#define {name}(?:\(X\))? (.+)", HEADER).group(1)
+    joined = HEADER.replace("\\\n", " ")  # continuation lines
+    return " ".join(re.search(rf"#define {name}(?:\(X\))? (.+)", joined).group(1).split())
 
 
 def test_header_and_module_state_the_same_contract():
@@ -40,10 +41,10 @@ def test_header_and_module_state_the_same_contract():
     for attr, name in defaults.items():
         assert _constexpr(name) == _contract.DEFAULTS[attr], attr
     # The four spellings of the element types, in one order.
-    named = re.findall(r'X\(\w+, "(\w+)"\)', _macro("QDQ_FOR_EACH_NAMED_TYPE"))
+    named = re.findall(r'X\([\w:]+, "(\w+)"\)', _macro("QDQ_FOR_EACH_NAMED_TYPE"))
     assert tuple(named) == _contract.DTYPES
-    core = re.findall(r"X\((\w+)\)", _macro("QDQ_FOR_EACH_TYPE"))
-    assert core == re.findall(r"X\((\w+),", _macro("QDQ_FOR_EACH_NAMED_TYPE"))
+    core = re.findall(r"X\(([\w:]+)\)", _macro("QDQ_FOR_EACH_TYPE"))
+    assert core == re.findall(r"X\(([\w:]+),", _macro("QDQ_FOR_EACH_NAMED_TYPE"))
     tf_names = {"bfloat16": "::tensorflow::bfloat16", "half": "Eigen::half", "float": "float", "double": "double"}
     attr_types = re.search(r"T: \{(.+)\}", _macro("QDQ_TYPE_ATTR")).group(1).split(", ")
     assert re.findall(r"X\(([\w:]+)\)", _macro("QDQ_FOR_EACH_TF_TYPE")) == [tf_names[t] for t in attr_types]

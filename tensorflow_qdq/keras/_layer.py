@@ -83,7 +83,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
         else the first training batch's range (as ``"tracked"`` starts).
       signed: signed (``True``) or unsigned integer grid.
       narrow_range: drop the most negative signed code (symmetric grid, e.g. -127..127).
-      round_mode: ``"HALF_TO_EVEN"`` or ``"HALF_UP"``.
+      round_mode: one of ``tensorflow_qdq._contract.ROUND_MODES`` (``"HALF_TO_EVEN"``, the default).
       gradient: ``"masked"`` (``QuantizeAndDequantizeV4``: the gradient passes where the input
         lies inside the range, 0 outside) or ``"straight_through"`` (identity gradient);
         ``"learned"`` ranges always use the masked input gradient.

@@ -1,0 +1,42 @@
+"""docs/ARCHITECTURE.md's "adding an element type" and "adding a round mode" walk-throughs list
+the production files a newcomer edits. Recomputed here from the sources: the files that spell
+a narrow type's storage name or a round mode's name; the lists must match, so the document
+says the real count."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+# The tooling that will leave the package (benchmarks) is not a place a new type must be added.
+TOOLING = {"tensorflow_qdq/_benchmark.py", "tensorflow_qdq/bench.py"}
+
+
+def _production_files():
+    files = [p for pattern in ("cc/*", "kernels/*", "tensorflow_qdq/**/*.py") for p in ROOT.glob(pattern)
+             if p.is_file() and p.suffix in (".h", ".cc", ".cu", ".cuh", ".py")]
+    return {str(p.relative_to(ROOT)): p.read_text() for p in files if str(p.relative_to(ROOT)) not in TOOLING}
+
+
+def _listed(section):
+    text = DOC.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    steps = text.split("Then tests:", 1)[0]
+    return set(re.findall(r"`((?:cc|kernels|tensorflow_qdq)/[\w/.]+)`", steps))
+
+
+def test_the_type_walkthrough_lists_the_files_that_spell_a_type():
+    names = r"bf16_t|Eigen::bfloat16|::tensorflow::bfloat16|ml_dtypes|tf\.bfloat16|[\"']bfloat16[\"']"
+    spelled = {path for path, text in _production_files().items() if re.search(names, text)}
+    assert spelled == _listed("Adding an element type"), spelled ^ _listed("Adding an element type")
+    assert len(spelled) == 7  # the count the document states
+
+
+def test_the_round_mode_walkthrough_lists_the_files_that_spell_a_mode():
+    spelled = {path for path, text in _production_files().items() if re.search(r"HALF_UP|kHalfUp", text)}
+    assert spelled == _listed("Adding a round mode"), spelled ^ _listed("Adding a round mode")
+    assert len(spelled) == 8
+
+
+def test_every_path_in_the_map_exists():
+    for path in re.findall(r"`((?:cc|kernels|tensorflow_qdq|tests|docs)/[\w/.]+\.\w+)`", DOC):
+        assert (ROOT / path).exists() or (ROOT / "tensorflow_qdq" / path).exists(), path

@@ -31,9 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
+from _results import machine_info, write_results  # noqa: E402
 
 import tensorflow_qdq as qdq  # noqa: E402
-from tensorflow_qdq._benchmark import machine_info, write_results  # noqa: E402
 from tensorflow_qdq.deploy import runtimes  # noqa: E402
 from tensorflow_qdq.keras import calibrate, quantize_model  # noqa: E402
 

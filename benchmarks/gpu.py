@@ -159,8 +159,9 @@ def run(args):
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU visible to PyTorch")
 
+    import device_buffers as db
+
     from tensorflow_qdq import _core as core
-    from tensorflow_qdq import _device_buffers as db
 
     ok, why = db.available()
     if not ok:
@@ -265,13 +266,9 @@ def write_results(rows, device, torch_version, argv):
             "GB/s = bytes that must move / time; % bound = copy-bandwidth time for those bytes / our time; "
             "vs torch = PyTorch time / ours.", "", *summary(rows), "", HEADER,
             "|---|---|---|---|---:|---:|---:|---:|---:|", *map(format_row, rows), END]
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + "\n".join(body) + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(body) + "\n"
-    RESULTS.write_text(text)
+    from _results import write_results as write_section  # the one writer of RESULTS.md
+
+    write_section(RESULTS, "\n".join(body), BEGIN, END)
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 

@@ -39,8 +39,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import zoo  # noqa: E402
+from _results import machine_info, write_results  # noqa: E402
 
-from tensorflow_qdq._benchmark import machine_info, write_results  # noqa: E402
 from tensorflow_qdq.keras import calibrate, quantize_model  # noqa: E402
 
 BEGIN, END = "<!-- qat-step:begin -->", "<!-- qat-step:end -->"

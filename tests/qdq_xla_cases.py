@@ -188,17 +188,7 @@ ISAS = ("best", "baseline")
 def cpu_loops(isa):
     """Runs the kernels on one set of CPU loops: "best" (AVX2 where the CPU has it, what
     users run) or "baseline" (the portable loops, cc/qdq_math.h element by element)."""
-    import ctypes
+    from tensorflow_qdq import _isa
 
-    from tensorflow_qdq import _loader
-
-    lib = ctypes.CDLL(str(_loader._LIBRARY))
-    lib.qdq_cpu_isa.restype = ctypes.c_char_p
-    lib.qdq_cpu_set_isa.restype = ctypes.c_char_p
-    lib.qdq_cpu_set_isa.argtypes = [ctypes.c_char_p]
-    previous = lib.qdq_cpu_isa()
-    lib.qdq_cpu_set_isa(isa.encode())
-    try:
+    with _isa.using(isa):
         yield
-    finally:
-        lib.qdq_cpu_set_isa(previous)

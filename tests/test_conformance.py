@@ -230,22 +230,13 @@ def test_many_more_cases(dtype, seed):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_portable_loops_match_tf_too(dtype):
     """The same comparison with the portable (non-SIMD) CPU loops forced, so CI machines with and
-    without AVX2 run code that was checked against TF (the library's qdq_cpu_set_isa hook)."""
-    import ctypes
+    without AVX2 run code that was checked against TF (tensorflow_qdq._isa, the one switch)."""
+    from tensorflow_qdq import _isa
 
-    from tensorflow_qdq import _loader
-
-    lib = ctypes.CDLL(str(_loader._LIBRARY))
-    if not hasattr(lib, "qdq_cpu_set_isa"):
-        pytest.skip("this build has a single set of CPU loops")
-    lib.qdq_cpu_set_isa.restype = ctypes.c_char_p
-    lib.qdq_cpu_set_isa.argtypes = [ctypes.c_char_p]
-    assert lib.qdq_cpu_set_isa(b"baseline") == b"baseline"
-    try:
+    with _isa.using("baseline") as chosen:
+        assert chosen == "baseline"
         batch = cases.random_cases(900 + np.dtype(dtype).itemsize, 250, dtype)
         rng = np.random.default_rng(901)
         batch += [cases.random_case(rng, dtype, big=True, per_channel=bool(i % 2)) for i in range(4)]
         bad, checked = _check_batch(batch, f"portable loops {np.dtype(dtype).name}", _eager(qdq), _eager(tf))
-    finally:
-        lib.qdq_cpu_set_isa(b"best")
     _assert_none(bad, checked, 400)

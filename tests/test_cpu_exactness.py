@@ -13,10 +13,9 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from tensorflow_qdq._benchmark import isa_hooks
+from tensorflow_qdq import _isa
 
-_LIB = isa_hooks()
-_BEST = _LIB.qdq_cpu_set_isa(b"best").decode()
+_BEST = _isa.select("best")
 
 DTYPES = [tf.float32, tf.float64, tf.half, tf.bfloat16]
 ISAS = ["baseline", "avx2"]
@@ -27,10 +26,9 @@ def isa(request):
     """Runs the test with the loops of one instruction set, then restores the best."""
     if request.param == "avx2" and _BEST != "avx2":
         pytest.skip("this CPU has no AVX2+F16C: only the baseline loops can run here")
-    got = _LIB.qdq_cpu_set_isa(request.param.encode()).decode()
-    assert got == request.param
-    yield request.param
-    _LIB.qdq_cpu_set_isa(b"best")
+    with _isa.using(request.param) as got:
+        assert got == request.param
+        yield request.param
 
 
 def _bits(a):
@@ -233,11 +231,8 @@ def test_degenerate_channels(isa, dtype, shape, axis, round_mode):
     zero = tf.zeros([], dtype)
     kw = dict(input=xt, input_min=zero, input_max=zero, axis=axis, round_mode=round_mode)
     ours = qdq.raw_ops.QuantizeAndDequantizeV4(**kw).numpy()
-    _LIB.qdq_cpu_set_isa(b"baseline")
-    try:
+    with _isa.using("baseline"):
         baseline = qdq.raw_ops.QuantizeAndDequantizeV4(**kw).numpy()
-    finally:
-        _LIB.qdq_cpu_set_isa(isa.encode())
     np.testing.assert_array_equal(_bits(ours), _bits(baseline))
     dead = np.moveaxis(ours, axis, 0)[2].reshape(-1)
     assert np.isnan(dead[0].astype(np.float32)) and (dead[1:].astype(np.float32) == 0).all()
@@ -298,22 +293,21 @@ def test_instruction_sets_agree_on_special_values(dtype):
                                       range_given=range_given, round_mode=mode))
     results = {}
     for name in ISAS:
-        _LIB.qdq_cpu_set_isa(name.encode())
-        try:
+        with _isa.using(name):
             results[name] = [qdq.raw_ops.QuantizeAndDequantizeV4(**kw).numpy() for kw in cases]
             results[name].append(qdq.raw_ops.QuantizeAndDequantizeV4Grad(
                 gradients=x, input=x, input_min=tf.cast(-1.0, dtype), input_max=tf.cast(np.inf, dtype))[0].numpy())
-        finally:
-            _LIB.qdq_cpu_set_isa(b"best")
     for a, b in zip(results["baseline"], results["avx2"]):
         np.testing.assert_array_equal(_bits(a), _bits(b))
 
 
-def test_isa_hook_reports_choice():
-    assert _LIB.qdq_cpu_isa().decode() == _BEST
-    assert _LIB.qdq_cpu_set_isa(b"baseline").decode() == "baseline"
-    assert _LIB.qdq_cpu_isa().decode() == "baseline"
-    assert _LIB.qdq_cpu_set_isa(b"best").decode() == _BEST
+def test_isa_switch_reports_choice_and_moves_the_core_too():
+    from tensorflow_qdq import _core
+
+    assert _isa.current() == _BEST == _core.cpu_isa()
+    with _isa.using("baseline") as got:
+        assert got == "baseline" == _isa.current() == _core.cpu_isa()
+    assert _isa.current() == _BEST == _core.cpu_isa()
 
 
 def test_environment_variable_forces_baseline_at_load():
@@ -322,9 +316,9 @@ def test_environment_variable_forces_baseline_at_load():
     import subprocess
     import sys
 
-    code = ("import tensorflow_qdq; from tensorflow_qdq._benchmark import isa_hooks; "
-            "print(isa_hooks().qdq_cpu_isa().decode())")
+    code = ("import tensorflow_qdq; from tensorflow_qdq import _isa, _core; "
+            "print(_isa.current(), _core.cpu_isa())")
     env = dict(os.environ, QDQ_CPU_ISA="baseline", TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "baseline"
+    assert out.stdout.strip().splitlines()[-1] == "baseline baseline"

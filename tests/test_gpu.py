@@ -8,7 +8,9 @@ written), NaN/inf/zero/all-NaN channels. Inputs are denormal-free (SEMANTICS §3
 Run on a GPU machine:  python -m pytest -m gpu -ra tests/test_gpu.py
 (-m gpu also selects the 2^28-element cases). Skipped, with the reason, elsewhere.
 """
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +44,9 @@ if _REASON is None:
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
 
 if _REASON is None:
-    from tensorflow_qdq import _device_buffers as db
+    # The device-buffer bridge (benchmarks/device_buffers.py; next to this file in the emulated run).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import device_buffers as db
 
 try:
     import ml_dtypes

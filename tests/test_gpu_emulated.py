@@ -39,6 +39,7 @@ def test_gpu_module_passes_on_emulated_device(emulated_package):
     env = {"PYTHONPATH": f"{emulated_package}:{ROOT / 'tests' / 'cuda_emu'}", "PATH": "/usr/bin:/bin"}
     # A copy of the module, outside the repository: its conftest would put the real package first.
     shutil.copy(ROOT / "tests" / "test_gpu.py", emulated_package / "test_gpu.py")
+    shutil.copy(ROOT / "benchmarks" / "device_buffers.py", emulated_package / "device_buffers.py")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "/dev/null", "-W",
            "ignore::pytest.PytestUnknownMarkWarning", "-m", "gpu", "-k", "not 2pow28", "-ra", "test_gpu.py"]
     result = subprocess.run(cmd, cwd=emulated_package, env=env, capture_output=True, text=True, timeout=900)

@@ -47,6 +47,7 @@ def sanitized_package(tmp_path_factory):
     (tmp / "tensorflow.py").write_text("raise ImportError('TensorFlow is hidden from the sanitized run')\n")
     (tmp / "torch.py").write_text("raise ImportError('PyTorch is hidden from the sanitized run')\n")
     shutil.copy(ROOT / "tests" / "test_gpu.py", tmp / "test_gpu.py")
+    shutil.copy(ROOT / "benchmarks" / "device_buffers.py", tmp / "device_buffers.py")
     shutil.copy(ROOT / "tests" / "cuda_emu" / "isa_check.py", tmp / "isa_check.py")
     env = {
         "PYTHONPATH": f"{tmp}:{ROOT / 'tests' / 'cuda_emu'}", "PATH": "/usr/bin:/bin",

@@ -3,7 +3,8 @@ cc/qdq_cuda_kernels.cuh against a sequential emulation of the CUDA port layer an
 compares every output bit with the CPU path on random cases (all dtypes, both
 reduction paths, per-tensor/per-channel, auto/given, both rounding modes, V4Grad,
 unaligned offsets, in place, NaN/inf/zero channels, poisoned outputs). Needs g++,
-not CUDA and not TensorFlow."""
+not CUDA and not TensorFlow. The warp-level merge, which the sequential emulation
+replaces, runs as written in tests/cuda_emu/warp_check.cc (32 threads in lock step)."""
 import os
 import subprocess
 import sys
@@ -42,3 +43,15 @@ def test_wide_index_path_matches_cpu(tmp_path_factory):
     result = subprocess.run([str(binary), "150"], capture_output=True, text=True, timeout=300, env=REFERENCE_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "OK 600"
+
+
+def test_warp_merge_in_lock_step(tmp_path_factory):
+    """The warp-level merge (cc/qdq_cuda_warp.cuh: __shfl_sync, __shfl_xor_sync, __all_sync,
+    __match_any_sync), which the sequential emulation replaces, run as written with 32 host
+    threads as the lanes of one warp: one channel (the tree), peer groups, lanes without keys,
+    32- and 64-bit keys, against a per-channel min."""
+    binary = host_build.build(tmp_path_factory.mktemp("warp") / "warp_check", ["tests/cuda_emu/warp_check.cc"],
+                              tmp_path_factory.getbasetemp() / "qdq_core_objects", extra=["-pthread"])
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "warp_check: 120 cases, 0 failures"

@@ -3,6 +3,8 @@
 // kernels use no shared memory or barriers, and a warp merge is the same
 // min/max whether lanes are combined first or not, so a sequential run gives
 // the device's answer; tests/cuda_emu/emu_check.cc compares it with the CPU path.
+// The warp merge itself (cc/qdq_cuda_warp.cuh) is replaced here by its sequential
+// meaning; tests/cuda_emu/warp_check.cc runs the real one with 32 lanes in lock step.
 #pragma once
 
 #include <cstdint>

@@ -26,6 +26,7 @@ struct F32x8 {
   static V within(V x, V lo, V hi) {
     return _mm256_and_ps(_mm256_cmp_ps(x, lo, _CMP_GE_OQ), _mm256_cmp_ps(x, hi, _CMP_LE_OQ));
   }
+  static V unit_if_within(V x, V lo, V hi) { return bit_and(within(x, lo, hi), set1(1.0f)); }
   static V is_nan(V v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
   static int zero_mask(V v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_EQ_OQ)); }
   static V select(V mask, V a, V b) { return _mm256_blendv_ps(b, a, mask); }  // mask ? a : b
@@ -61,6 +62,7 @@ struct F64x4 {
   static V within(V x, V lo, V hi) {
     return _mm256_and_pd(_mm256_cmp_pd(x, lo, _CMP_GE_OQ), _mm256_cmp_pd(x, hi, _CMP_LE_OQ));
   }
+  static V unit_if_within(V x, V lo, V hi) { return bit_and(within(x, lo, hi), set1(1.0)); }
   static V is_nan(V v) { return _mm256_cmp_pd(v, v, _CMP_UNORD_Q); }
   static int zero_mask(V v) { return _mm256_movemask_pd(_mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_EQ_OQ)); }
   static V select(V mask, V a, V b) { return _mm256_blendv_pd(b, a, mask); }

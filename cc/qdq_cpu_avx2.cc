@@ -44,16 +44,16 @@ struct Avx2 {
   using C = typename L::C;
   static const CpuLoops<T>& base() { return baseline_loops<T>(); }
 
+  // The element math of qdq_math.h over the vector lanes (the portable loops and CUDA run
+  // the same templates over ScalarLanes).
   template <bool kClamp>
   static V clamp(V x, V lo, V hi) {
-    return kClamp ? L::max(lo, L::min(hi, x)) : x;  // max(lo, min(hi, x)) in TF's operand order
+    return kClamp ? clamp_lanes<L>(x, lo, hi) : x;
   }
 
   template <RoundMode kMode>
   static V quantize(V v, V scale, V inv) {
-    const V y = L::mul(v, scale);
-    const V r = kMode == RoundMode::kHalfToEven ? L::rint(y) : L::floor(L::add(y, L::set1(C(0.5))));
-    return L::mul(r, inv);
+    return quantize_lanes<kMode, L>(v, scale, inv);
   }
 
   template <RoundMode kMode, bool kClamp>
@@ -253,7 +253,7 @@ struct Avx2 {
     return vectors_finite && (i == n || base().all_finite(x + i, n - i));
   }
 
-  static V masked(V g, V x, V lo, V hi) { return L::mul(g, L::bit_and(L::within(x, lo, hi), L::set1(C(1)))); }
+  static V masked(V g, V x, V lo, V hi) { return masked_lanes<L>(g, x, lo, hi); }
 
   static void gradient_runs(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C* lo,
                             const C* hi, bool stream) {

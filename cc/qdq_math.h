@@ -132,27 +132,61 @@ QDQ_HD SliceParams<C> compute_params(C lo, C hi, IntRange r) {
   return p;
 }
 
-template <typename C>
-QDQ_HD C round_half_to_even(C y) {
-  return rint_c(y);  // IEEE default rounding: ties to even, -0.5 -> -0.0
+// ---- The element math, written once over lanes ----
+// A lanes type L holds one value (ScalarLanes: the portable loops and the CUDA kernels) or a
+// vector of them (Lanes<T> in qdq_avx2_lanes.h: the AVX2 loops), with L::C the compute type,
+// set1, mul, add, min(a, b) = (a < b) ? a : b, max(a, b) = (a > b) ? a : b, rint, floor and
+// unit_if_within(x, lo, hi) = (lo <= x <= hi) ? 1 : 0. The CPU loops of every instruction
+// set and the CUDA kernels instantiate the templates below, so their element math is one text.
+template <typename C_>
+struct ScalarLanes {
+  using C = C_;
+  using V = C_;
+  static QDQ_HD V set1(C v) { return v; }
+  static QDQ_HD V mul(V a, V b) { return qdq::mul(a, b); }
+  static QDQ_HD V add(V a, V b) { return qdq::add(a, b); }
+  static QDQ_HD V min(V a, V b) { return (a < b) ? a : b; }
+  static QDQ_HD V max(V a, V b) { return (a > b) ? a : b; }
+  static QDQ_HD V rint(V v) { return rint_c(v); }  // IEEE default rounding: ties to even, -0.5 -> -0.0
+  static QDQ_HD V floor(V v) { return floor_c(v); }
+  static QDQ_HD V unit_if_within(V x, V lo, V hi) { return (x >= lo && x <= hi) ? C(1) : C(0); }
+};
+
+// Clamp with TF's operand order: min(hi, x) then max(lo, v). A NaN x stays NaN (a NaN bound
+// clamps nothing).
+template <typename L, typename V = typename L::V>
+QDQ_HD V clamp_lanes(V x, V lo, V hi) {
+  return L::max(lo, L::min(hi, x));
 }
 
-// floor(y + 0.5) with the add rounded in C, TF's HALF_UP (0.49999997f -> 1 included).
-template <typename C>
-QDQ_HD C round_half_up(C y) {
-  return floor_c(add(y, C(0.5)));
+// HALF_TO_EVEN: rint. HALF_UP: floor(y + 0.5) with the add rounded in C, as TF (0.49999997f -> 1).
+template <RoundMode kMode, typename L, typename V = typename L::V>
+QDQ_HD V round_lanes(V y) {
+  return kMode == RoundMode::kHalfToEven ? L::rint(y) : L::floor(L::add(y, L::set1(typename L::C(0.5))));
 }
 
-// Clamp with TF's operand order: min(hi, x) then max(lo, v). A NaN x stays NaN.
+// A slice's element pass outside the degenerate case: round(v * scale) * inv_scale.
+template <RoundMode kMode, typename L, typename V = typename L::V>
+QDQ_HD V quantize_lanes(V v, V scale, V inv_scale) {
+  return L::mul(round_lanes<kMode, L>(L::mul(v, scale)), inv_scale);
+}
+
+// V4Grad: the gradient times a 1/0 mask (inclusive range; a NaN x fails both comparisons).
+// A multiply, not a select, to be bit-identical with TF (-g * 0 is -0.0; NaN or inf gradients
+// stay NaN).
+template <typename L, typename V = typename L::V>
+QDQ_HD V masked_lanes(V g, V x, V lo, V hi) {
+  return L::mul(g, L::unit_if_within(x, lo, hi));
+}
+
 template <typename C>
 QDQ_HD C clamp_value(C x, C lo, C hi) {
-  const C v = (hi < x) ? hi : x;
-  return (v < lo) ? lo : v;
+  return clamp_lanes<ScalarLanes<C>>(x, lo, hi);
 }
 
 template <RoundMode kMode, typename C>
 QDQ_HD C round_with_mode(C y) {
-  return (kMode == RoundMode::kHalfToEven) ? round_half_to_even(y) : round_half_up(y);
+  return round_lanes<kMode, ScalarLanes<C>>(y);
 }
 
 // FIX (SEMANTICS §3.4): a degenerate slice returns zeros. TF computes round(v * T_MAX) *
@@ -172,7 +206,7 @@ QDQ_HD C degenerate_value(C v, C inv_scale) {
 template <RoundMode kMode, typename C>
 QDQ_HD C quantize_scaled(C v, const SliceParams<C>& p) {
   if (p.degenerate) return degenerate_value<kMode>(v, p.inv_scale);
-  return mul(round_with_mode<kMode>(mul(v, p.scale)), p.inv_scale);
+  return quantize_lanes<kMode, ScalarLanes<C>>(v, p.scale, p.inv_scale);
 }
 
 template <RoundMode kMode, bool kClamp, typename C>
@@ -180,12 +214,10 @@ QDQ_HD C quantize_value(C x, const SliceParams<C>& p) {
   return quantize_scaled<kMode>(kClamp ? clamp_value(x, p.lo, p.hi) : x, p);
 }
 
-// One element of V4Grad: the gradient times a 1/0 mask (inclusive range; a NaN x
-// fails both comparisons). A multiply, not a select, to be bit-identical with TF
-// (-g * 0 is -0.0; NaN or inf gradients stay NaN).
+// One element of V4Grad (masked_lanes): the one mask function of the kernels.
 template <typename C>
 QDQ_HD C masked_gradient(C g, C x, C lo, C hi) {
-  return mul(g, (x >= lo && x <= hi) ? C(1) : C(0));
+  return masked_lanes<ScalarLanes<C>>(g, x, lo, hi);
 }
 
 // A tracked range (QuantizeAndDequantize(range_mode="tracked")) and its update by one

@@ -4,10 +4,8 @@ a NumPy stand-in for CuPy, and runs the GPU test module in a subprocess without
 TensorFlow. This exercises the binding's CUDA entry points, the device-buffer
 bridge and the GPU tests themselves (everything but the real device); the
 2^28-element cases and the CUDA-graph test are left to a real GPU."""
-import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -20,26 +18,13 @@ import host_build  # noqa: E402
 
 @pytest.fixture(scope="module")
 def emulated_package(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gpu_emulated")
-    pkg = tmp / "tensorflow_qdq"
-    pkg.mkdir()
-    for py in (ROOT / "tensorflow_qdq").glob("*.py"):
-        shutil.copy(py, pkg / py.name)
-    includes = ["-DQDQ_WITH_CUDA", "-shared", "-fvisibility=hidden", "-isystem", pybind11.get_include(),
-                "-isystem", sysconfig.get_paths()["include"], "-I", str(ROOT / "cc")]
-    host_build.build(pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX")),
-                     ["cc/qdq_pybind.cc", "tests/cuda_emu/emu_api.cc"],
-                     tmp_path_factory.getbasetemp() / "qdq_core_objects", extra=includes)
-    (tmp / "tensorflow.py").write_text("raise ImportError('TensorFlow is hidden from the emulated GPU run')\n")
-    (tmp / "torch.py").write_text("raise ImportError('PyTorch is hidden from the emulated GPU run')\n")
+    tmp, _ = host_build.emulated_package(tmp_path_factory.mktemp("gpu_emulated"),
+                                         tmp_path_factory.getbasetemp() / "qdq_core_objects")
     return tmp
 
 
 def test_gpu_module_passes_on_emulated_device(emulated_package):
     env = {"PYTHONPATH": f"{emulated_package}:{ROOT / 'tests' / 'cuda_emu'}", "PATH": "/usr/bin:/bin"}
-    # A copy of the module, outside the repository: its conftest would put the real package first.
-    shutil.copy(ROOT / "tests" / "test_gpu.py", emulated_package / "test_gpu.py")
-    shutil.copy(ROOT / "benchmarks" / "device_buffers.py", emulated_package / "device_buffers.py")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "/dev/null", "-W",
            "ignore::pytest.PytestUnknownMarkWarning", "-m", "gpu", "-k", "not 2pow28", "-ra", "test_gpu.py"]
     result = subprocess.run(cmd, cwd=emulated_package, env=env, capture_output=True, text=True, timeout=900)

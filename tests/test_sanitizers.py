@@ -9,7 +9,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -32,22 +31,10 @@ def _runtime(name):
 
 @pytest.fixture(scope="module")
 def sanitized_package(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sanitized")
-    pkg = tmp / "tensorflow_qdq"
-    pkg.mkdir()
-    for py in (ROOT / "tensorflow_qdq").glob("*.py"):
-        shutil.copy(py, pkg / py.name)
-    includes = ["-DQDQ_WITH_CUDA", "-shared", "-fvisibility=hidden", "-isystem", pybind11.get_include(),
-                "-isystem", sysconfig.get_paths()["include"], "-I", str(ROOT / "cc")]
-    core = host_build.build(pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX")),
-                            ["cc/qdq_pybind.cc", "tests/cuda_emu/emu_api.cc"],
-                            tmp_path_factory.getbasetemp() / "qdq_core_objects", extra=includes, sanitize=SANITIZE)
+    tmp, core = host_build.emulated_package(tmp_path_factory.mktemp("sanitized"),
+                                            tmp_path_factory.getbasetemp() / "qdq_core_objects", sanitize=SANITIZE)
     symbols = subprocess.run(["nm", "-D", str(core)], capture_output=True, text=True, check=True).stdout
     assert "__asan_report" in symbols and "__ubsan_handle" in symbols, "the core is not instrumented"
-    (tmp / "tensorflow.py").write_text("raise ImportError('TensorFlow is hidden from the sanitized run')\n")
-    (tmp / "torch.py").write_text("raise ImportError('PyTorch is hidden from the sanitized run')\n")
-    shutil.copy(ROOT / "tests" / "test_gpu.py", tmp / "test_gpu.py")
-    shutil.copy(ROOT / "benchmarks" / "device_buffers.py", tmp / "device_buffers.py")
     shutil.copy(ROOT / "tests" / "cuda_emu" / "isa_check.py", tmp / "isa_check.py")
     env = {
         "PYTHONPATH": f"{tmp}:{ROOT / 'tests' / 'cuda_emu'}", "PATH": "/usr/bin:/bin",

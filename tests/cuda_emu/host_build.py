@@ -45,3 +45,28 @@ def build(output, sources, objects_dir, *, opt="-O1", extra=(), sanitize=()):
            *(str(ROOT / s) for s in sources), *core, "-o", str(output)]
     subprocess.run(cmd, check=True)
     return output
+
+
+def emulated_package(tmp, objects_dir, *, sanitize=()):
+    """A directory holding a copy of the Python package whose tensorflow_qdq._core is built
+    against the CUDA emulation (emu_api.cc), the GPU test module and its device-buffer bridge,
+    and stand-ins that hide TensorFlow and PyTorch; returns (directory, the built core)."""
+    import sysconfig
+
+    import pybind11
+
+    tmp = Path(tmp)
+    pkg = tmp / "tensorflow_qdq"
+    pkg.mkdir()
+    for py in (ROOT / "tensorflow_qdq").glob("*.py"):
+        shutil.copy(py, pkg / py.name)
+    includes = ["-DQDQ_WITH_CUDA", "-shared", "-fvisibility=hidden", "-isystem", pybind11.get_include(),
+                "-isystem", sysconfig.get_paths()["include"], "-I", str(ROOT / "cc")]
+    core = build(pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX")),
+                 ["cc/qdq_pybind.cc", "tests/cuda_emu/emu_api.cc"], objects_dir, extra=includes, sanitize=sanitize)
+    for name in ("tensorflow", "torch"):
+        (tmp / f"{name}.py").write_text(f"raise ImportError('{name} is hidden from the emulated GPU run')\n")
+    # Copies outside the repository: the repository's conftest would put the real package first.
+    shutil.copy(ROOT / "tests" / "test_gpu.py", tmp / "test_gpu.py")
+    shutil.copy(ROOT / "benchmarks" / "device_buffers.py", tmp / "device_buffers.py")
+    return tmp, core

@@ -419,15 +419,9 @@ void tracked_quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout la
   std::vector<T> given_lo(static_cast<size_t>(depth)), given_hi(static_cast<size_t>(depth));
   for (int64_t c = 0; c < depth; ++c) {
     // The layer casts the batch min/max (reduced in T) to float32.
-    const TrackedRange old{old_lo[c], old_hi[c], old_updates[c]};
-    const TrackedRange r =
-        tracked_update(old, static_cast<float>(lo[c]), static_cast<float>(hi[c]), !not_finite[c], tracked.momentum);
-    const TrackedRange used = tracked_quantize_range(old, r, tracked.delayed);
-    out_range.lo[c] = r.lo;
-    out_range.hi[c] = r.hi;
-    out_range.updates[c] = r.updates;
-    out_range.used_lo[c] = used.lo;
-    out_range.used_hi[c] = used.hi;
+    const TrackedRange used =
+        tracked_step(TrackedRange{old_lo[c], old_hi[c], old_updates[c]}, static_cast<float>(lo[c]),
+                     static_cast<float>(hi[c]), !not_finite[c], tracked, out_range, c);
     given_lo[c] = Compute<T>::store(static_cast<C>(used.lo));
     given_hi[c] = Compute<T>::store(static_cast<C>(used.hi));
   }

@@ -264,15 +264,8 @@ QDQ_KERNEL void tracked_params_kernel(const Key* lo_acc, const Key* hi_acc, cons
   if (c >= depth) return;
   C lo, hi;
   measured_bounds(lo_acc, hi_acc, c, &lo, &hi);
-  const TrackedRange old{old_lo[c], old_hi[c], old_updates[c]};
-  const TrackedRange r =
-      tracked_update(old, static_cast<float>(lo), static_cast<float>(hi), nan[c] == 0, tracked.momentum);
-  const TrackedRange used = tracked_quantize_range(old, r, tracked.delayed);
-  out_range.lo[c] = r.lo;
-  out_range.hi[c] = r.hi;
-  out_range.updates[c] = r.updates;
-  out_range.used_lo[c] = used.lo;
-  out_range.used_hi[c] = used.hi;
+  const TrackedRange used = tracked_step(TrackedRange{old_lo[c], old_hi[c], old_updates[c]}, static_cast<float>(lo),
+                                         static_cast<float>(hi), nan[c] == 0, tracked, out_range, c);
   const C given_lo = Compute<T>::load(Compute<T>::store(static_cast<C>(used.lo)));
   const C given_hi = Compute<T>::load(Compute<T>::store(static_cast<C>(used.hi)));
   params[c] = Scales<C>::pack(compute_params(given_lo, given_hi, range));

@@ -265,6 +265,21 @@ QDQ_HD TrackedRange tracked_quantize_range(TrackedRange old, TrackedRange update
   return (delayed && old.updates > 0) ? old : updated;
 }
 
+// Slice c of a tracked step (CPU and CUDA): the update from the batch's min/max (converted to
+// float32, as the layer converts them) and finiteness, written to slot c of `out` with the
+// range to quantize with, which is returned.
+QDQ_HD TrackedRange tracked_step(TrackedRange old, float batch_lo, float batch_hi, bool all_finite, TrackedAttrs attrs,
+                                 TrackedOutputs out, int64_t c) {
+  const TrackedRange updated = tracked_update(old, batch_lo, batch_hi, all_finite, attrs.momentum);
+  const TrackedRange used = tracked_quantize_range(old, updated, attrs.delayed);
+  out.lo[c] = updated.lo;
+  out.hi[c] = updated.hi;
+  out.updates[c] = updated.updates;
+  out.used_lo[c] = used.lo;
+  out.used_hi[c] = used.hi;
+  return used;
+}
+
 // LSQ (Esser et al., "Learned Step Size Quantization", 2020): the derivative of one
 // quantize-dequantize output with respect to the step (inv_scale) of its slice, for
 // q = step * round(clamp(x / step)). Inside [lo, hi] (the mask of masked_gradient) it is

@@ -12,7 +12,6 @@ with Keras'. Nothing is downloaded; about three minutes on 2 CPU cores.
     python examples/learned_ranges.py [--bits 8 4 3] [--seeds 5] [--qat-epochs 6]
 """
 
-import argparse
 import os
 import time
 
@@ -21,7 +20,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-from qat_digits import digits, float_model, train  # noqa: E402
+from qat_digits import train  # noqa: E402
+from seed_comparison import arguments, float_baseline, print_table  # noqa: E402
 
 import tensorflow_qdq  # noqa: E402
 from tensorflow_qdq.deploy import runtimes  # noqa: E402
@@ -48,15 +48,6 @@ def compare(model, data, bits, seeds, qat_epochs):
     return results, first
 
 
-def print_table(results, float_accuracy, seeds):
-    print(f"\n{'bits':>4} {'tracked ranges':>16} {'learned ranges':>16} {'difference':>11}"
-          f"   (float {100 * float_accuracy:.2f}%, mean +- std over {seeds} seeds)")
-    for b in sorted({b for b, _ in results}, reverse=True):
-        t, lrn = np.array(results[(b, "tracked")]), np.array(results[(b, "learned")])
-        print(f"{b:>4} {100 * t.mean():>9.2f} +- {100 * t.std():.2f} {100 * lrn.mean():>9.2f} +- {100 * lrn.std():.2f}"
-              f" {100 * (lrn.mean() - t.mean()):>+10.2f}")
-
-
 def export_check(model, bits, data):
     """Test accuracy and agreement with Keras of the model's ONNX Runtime (and, at 8 bits,
     TFLite) integer exports."""
@@ -73,20 +64,11 @@ def export_check(model, bits, data):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bits", type=int, nargs="+", default=[8, 4, 3])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=20, help="float training epochs")
-    parser.add_argument("--qat-epochs", type=int, default=6)
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0])
     start = time.perf_counter()
-    data = digits(0)
-    keras.utils.set_random_seed(0)
-    model = float_model()
-    float_accuracy, _ = train(model, data, args.epochs, 3e-3, verbose=0)
-    print(f"float model: {100 * float_accuracy:.2f}% on {len(data[1])} test images")
+    data, model, float_accuracy = float_baseline(args.epochs)
     results, first = compare(model, data, args.bits, args.seeds, args.qat_epochs)
-    print_table(results, float_accuracy, args.seeds)
+    print_table(results, MODES, ("tracked ranges", "learned ranges"), float_accuracy, args.seeds)
     print()
     for b in [b for b in args.bits if b in (8, 4)]:
         export_check(first[(b, "learned")], b, data)

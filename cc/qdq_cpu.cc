@@ -143,6 +143,32 @@ void merge_range(C l, C h, C& lo, C& hi) {
   hi = (h > hi) ? h : hi;
 }
 
+// Shards of a reduction over n elements: enough to keep the pool busy, none too small.
+int64_t reduction_shards(const ThreadPool& pool, int64_t n) {
+  return std::max<int64_t>(1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
+}
+
+// Per-shard partial ranges, [shard][lo positions..., hi positions...], empty (+inf, -inf).
+template <typename C>
+std::vector<C> empty_partials(int64_t shards, int64_t positions) {
+  const C inf = std::numeric_limits<C>::infinity();
+  std::vector<C> part(static_cast<size_t>(2 * shards * positions));
+  for (int64_t s = 0; s < shards; ++s) {
+    std::fill_n(part.begin() + 2 * s * positions, positions, inf);
+    std::fill_n(part.begin() + (2 * s + 1) * positions, positions, -inf);
+  }
+  return part;
+}
+
+// A channel with no non-NaN element gets NaN bounds (its range is degenerate and keeps its NaNs).
+template <typename C>
+void no_range_to_nan(C* lo, C* hi, int64_t depth) {
+  const C nan = std::numeric_limits<C>::quiet_NaN();
+  for (int64_t c = 0; c < depth; ++c) {
+    if (lo[c] > hi[c]) lo[c] = hi[c] = nan;
+  }
+}
+
 // Row mode: folds x[b, e) into per-position partial ranges; whole periods in
 // the middle go to the loops in one call (their columns stay in registers).
 template <typename T, typename C = compute_t<T>>
@@ -172,13 +198,8 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
   const int64_t positions = plan.row ? plan.period : l.depth;  // partial slots per shard
   if (positions <= kMaxPartialPositions) {
     // Flat shards, each with its own partial ranges, merged afterwards.
-    const int64_t shards =
-        std::max<int64_t>(1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
-    std::vector<C> part(static_cast<size_t>(2 * shards * positions));
-    for (int64_t s = 0; s < shards; ++s) {
-      std::fill_n(part.begin() + 2 * s * positions, positions, inf);
-      std::fill_n(part.begin() + (2 * s + 1) * positions, positions, -inf);
-    }
+    const int64_t shards = reduction_shards(pool, n);
+    std::vector<C> part = empty_partials<C>(shards, positions);
     pool.parallel_for(shards, (n / shards + 1) * kCyclesPerElement, [&](int64_t first, int64_t last) {
       for (int64_t s = first; s < last; ++s) {
         C* plo = part.data() + 2 * s * positions;
@@ -217,10 +238,7 @@ void measure_ranges(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, co
       }
     });
   }
-  const C nan = std::numeric_limits<C>::quiet_NaN();
-  for (int64_t c = 0; c < l.depth; ++c) {
-    if (lo[c] > hi[c]) lo[c] = hi[c] = nan;
-  }
+  no_range_to_nan(lo, hi, l.depth);
 }
 
 template <typename T>
@@ -241,8 +259,7 @@ void load_bounds(const T* lo, const T* hi, int64_t depth, compute_t<T>* clo, com
 template <typename T>
 std::vector<char> channels_not_finite(const ThreadPool& pool, const CpuLoops<T>& k, const T* x, const Layout& l) {
   const int64_t n = l.size();
-  const int64_t shards =
-      std::max<int64_t>(1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
+  const int64_t shards = reduction_shards(pool, n);
   std::vector<char> flags(static_cast<size_t>(shards * l.depth), 0);
   pool.parallel_for(shards, (n / shards + 1) * kCyclesPerElement, [&](int64_t first, int64_t last) {
     for (int64_t s = first; s < last; ++s) {
@@ -355,14 +372,9 @@ void quantize_and_measure(const ThreadPool& pool, const CpuLoops<T>& k, const T*
   const int64_t n = l.size();
   const int64_t depth = l.depth;
   const C inf = std::numeric_limits<C>::infinity();
-  const int64_t shards =
-      std::max<int64_t>(1, std::min<int64_t>(n / kMinShardElements, 4 * static_cast<int64_t>(pool.num_threads())));
-  std::vector<C> part(static_cast<size_t>(2 * shards * depth));
+  const int64_t shards = reduction_shards(pool, n);
+  std::vector<C> part = empty_partials<C>(shards, depth);
   std::vector<char> nan(static_cast<size_t>(shards * depth), 0);
-  for (int64_t s = 0; s < shards; ++s) {
-    std::fill_n(part.begin() + 2 * s * depth, depth, inf);
-    std::fill_n(part.begin() + (2 * s + 1) * depth, depth, -inf);
-  }
   const auto pass = k.quantize_measure_runs[static_cast<int>(mode)];
   const bool stream = streams<T>(n);
   pool.parallel_for(shards, (n / shards + 1) * 2 * kCyclesPerElement, [&](int64_t first, int64_t last) {
@@ -383,10 +395,7 @@ void quantize_and_measure(const ThreadPool& pool, const CpuLoops<T>& k, const T*
       not_finite[c] |= nan[s * depth + c];
     }
   }
-  const C not_a_number = std::numeric_limits<C>::quiet_NaN();
-  for (int64_t c = 0; c < depth; ++c) {
-    if (lo[c] > hi[c]) lo[c] = hi[c] = not_a_number;
-  }
+  no_range_to_nan(lo, hi, depth);
 }
 
 }  // namespace

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tensorflow_qdq as _qdq
 from tensorflow_qdq import _composite, _dispatch, _learned
-from tensorflow_qdq._contract import ROUND_MODES, check_num_bits, dtypes_text
+from tensorflow_qdq._contract import check_num_bits, check_round_mode, dtypes_text
 from tensorflow_qdq._loader import ops as _ops
 from tensorflow_qdq.deploy import _grid
 from tensorflow_qdq.keras import _deploy
@@ -36,6 +36,7 @@ def _straight_through(x, y):
 def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
 
 
 def _as_bound(name, value):
@@ -119,7 +120,7 @@ class QuantizeAndDequantize(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         _check_choice("range_mode", range_mode, RANGE_MODES)
-        _check_choice("round_mode", round_mode, ROUND_MODES)
+        check_round_mode(round_mode)
         _check_choice("gradient", gradient, GRADIENTS)
         _check_choice("range_update", range_update, RANGE_UPDATES)
         self.range_update = range_update

@@ -14,7 +14,7 @@ import keras
 from tensorflow_qdq._contract import check_num_bits
 from tensorflow_qdq.keras import _placement, _report
 from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
-from tensorflow_qdq.keras._layer import RANGE_UPDATES, QuantizeAndDequantize
+from tensorflow_qdq.keras._layer import RANGE_UPDATES, QuantizeAndDequantize, _check_choice
 from tensorflow_qdq.keras._weights import output_channel_axis, weight_specs
 from tensorflow_qdq.keras._wrapper import QuantizeWrapper
 
@@ -79,7 +79,7 @@ def quantize_model(
         activation_bits=check_num_bits(activation_bits, True),
         momentum=_check_momentum(momentum),
         activation_range=_check_activation_range(activation_range),
-        range_update=_check_range_update(range_update),
+        range_update=_check_choice("range_update", range_update, RANGE_UPDATES),
         scheme=_placement.check_scheme(scheme),
         fold_batch_norm=bool(fold_batch_norm),
         freeze_bn_delay=freeze_bn_delay,
@@ -107,12 +107,6 @@ def _check_activation_range(activation_range):
     if activation_range not in ("tracked", "learned"):
         raise ValueError(f"activation_range={activation_range!r} is not one of 'tracked', 'learned'")
     return activation_range
-
-
-def _check_range_update(range_update):
-    if range_update not in RANGE_UPDATES:
-        raise ValueError(f"range_update={range_update!r} is not one of {', '.join(map(repr, RANGE_UPDATES))}")
-    return range_update
 
 
 def _check_momentum(momentum):

@@ -136,8 +136,9 @@ def quantize(x, input_min=None, input_max=None, *, signed_input=True, num_bits=8
     return out
 
 
-def masked_gradient(gradients, x, input_min, input_max, *, axis=-1, out=None, workspace=None, stream=None):
-    """QuantizeAndDequantizeV4Grad's input_backprop on the GPU. Returns out."""
+def _gradient_buffers(gradients, x, out, axis):
+    """The buffers of a gradient op, checked to share one shape and dtype: (gradients, input,
+    out array, out buffer, slices along axis); out is allocated when None."""
     g = _Buffer(gradients, "gradients")
     b = _Buffer(x, "input")
     depth = 1 if axis == -1 or not b.shape else b.shape[axis]
@@ -145,6 +146,12 @@ def masked_gradient(gradients, x, input_min, input_max, *, axis=-1, out=None, wo
     o = _Buffer(out, "out")
     if g.shape != b.shape or o.shape != b.shape or g.dtype != b.dtype or o.dtype != b.dtype:
         raise ValueError("gradients, input and out must have one shape and dtype")
+    return g, b, out, o, depth
+
+
+def masked_gradient(gradients, x, input_min, input_max, *, axis=-1, out=None, workspace=None, stream=None):
+    """QuantizeAndDequantizeV4Grad's input_backprop on the GPU. Returns out."""
+    g, b, out, o, depth = _gradient_buffers(gradients, x, out, axis)
     need = _core.gradient_workspace_bytes(b.dtype, b.shape, axis)
     ws = b.bytes(need) if workspace is None else workspace
     ws_ptr, ws_len = (_ptr(ws), _nbytes(ws)) if need else (0, 0)
@@ -159,13 +166,7 @@ def lsq_gradient(gradients, x, input_min, input_max, *, signed_input=True, num_b
                  narrow_range=False, axis=-1, out=None, step_out=None, stream=None):
     """QuantizeAndDequantizeLsqGrad on the GPU: returns (out, step_out), step_out holding one
     value per channel (a 1-element vector per tensor)."""
-    g = _Buffer(gradients, "gradients")
-    b = _Buffer(x, "input")
-    depth = 1 if axis == -1 or not b.shape else b.shape[axis]
-    out = b.empty_like() if out is None else out
-    o = _Buffer(out, "out")
-    if g.shape != b.shape or o.shape != b.shape or g.dtype != b.dtype or o.dtype != b.dtype:
-        raise ValueError("gradients, input and out must have one shape and dtype")
+    g, b, out, o, depth = _gradient_buffers(gradients, x, out, axis)
     step_out = b.empty(depth) if step_out is None else step_out
     st = _Buffer(step_out, "step_out")
     if st.dtype != b.dtype or int(np.prod(st.shape)) != depth:

@@ -1,5 +1,5 @@
 // AVX2 vectors of the compute type, with loads and stores that convert from
-// and to each storage type in registers (F16C for half, integer shifts for
+// and to each storage type (in registers: F16C for half, integer shifts for
 // bfloat16). Include only from translation units compiled with -mavx2 -mf16c,
 // and only inside an anonymous namespace there (see qdq_cpu_avx2.cc).
 //
@@ -78,8 +78,27 @@ struct F64x4 {
 
 // Storage type -> compute vector. store() writes normally, stream() bypasses
 // the caches and needs kLanes * sizeof(T)-byte alignment.
+//
+// Any narrow storage type computing in float, a newly added one included: eight scalar
+// conversions of qdq_float16.h (Compute<T>), so the results are the portable loops' by
+// construction. half and bfloat16 convert in registers instead (below);
+// QDQ_AVX2_GENERIC_NARROW turns that off, which is how tests/test_generic_lanes.py checks
+// this path against the portable loops.
 template <typename T>
-struct Lanes;
+struct Lanes : F32x8 {
+  static_assert(sizeof(compute_t<T>) == sizeof(float), "a narrow type computes in float");
+  static V load(const T* p) {
+    alignas(32) float f[8];
+    for (int i = 0; i < 8; ++i) f[i] = Compute<T>::load(p[i]);
+    return _mm256_load_ps(f);
+  }
+  static void store(T* p, V v) {
+    alignas(32) float f[8];
+    _mm256_store_ps(f, v);
+    for (int i = 0; i < 8; ++i) p[i] = Compute<T>::store(f[i]);
+  }
+  static void stream(T* p, V v) { store(p, v); }
+};
 
 template <>
 struct Lanes<float> : F32x8 {
@@ -95,6 +114,7 @@ struct Lanes<double> : F64x4 {
   static void stream(double* p, V v) { _mm256_stream_pd(p, v); }
 };
 
+#ifndef QDQ_AVX2_GENERIC_NARROW
 // half: F16C converts exactly, rounding to nearest even. Only NaN differs from
 // float_to_half (it keeps payload bits), so NaN lanes become the sign plus the
 // quiet NaN whose conversion is 0x7e00.
@@ -138,3 +158,4 @@ struct Lanes<bf16_t> : F32x8 {
   static void store(bf16_t* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), pack(v)); }
   static void stream(bf16_t* p, V v) { _mm_stream_si128(reinterpret_cast<__m128i*>(p), pack(v)); }
 };
+#endif  // QDQ_AVX2_GENERIC_NARROW

@@ -32,10 +32,12 @@ constexpr int kDefaultAxis = -1;  // per tensor
 }  // namespace qdq
 
 // The element types, in one order, in the four spellings the layers need: TensorFlow's
-// attribute, TensorFlow's C++ types (kernel registrations), the core's storage types
+// attribute, TensorFlow's C++ types paired with the core's layout-compatible storage types
+// (kernel registrations, kernels/qdq_kernels.h's CoreType), the core's storage types
 // (explicit instantiations) and the NumPy names (the binding's dispatch).
 #define QDQ_TYPE_ATTR "T: {bfloat16, half, float, double}"
-#define QDQ_FOR_EACH_TF_TYPE(X) X(::tensorflow::bfloat16) X(Eigen::half) X(float) X(double)
+#define QDQ_FOR_EACH_TF_TYPE(X) \
+  X(::tensorflow::bfloat16, ::qdq::bf16_t) X(Eigen::half, ::qdq::half_t) X(float, float) X(double, double)
 #define QDQ_FOR_EACH_TYPE(X) X(::qdq::bf16_t) X(::qdq::half_t) X(float) X(double)
 #define QDQ_FOR_EACH_NAMED_TYPE(X) \
   X(::qdq::bf16_t, "bfloat16") X(::qdq::half_t, "float16") X(float, "float32") X(double, "float64")

@@ -307,7 +307,7 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
   // (what a sequential min/max, TensorFlow's, keeps): the loops preserve it.
   for (int64_t c = 0; c < l.depth; ++c) params[c] = compute_params(lo[c], hi[c], attrs.range);
 
-  const int mode = static_cast<int>(attrs.round_mode);
+  const auto& rounding = k.rounding(attrs.round_mode);
   const bool clamp = attrs.range_given;
   const bool stream = streams<T>(n);
   if (plan.row) {
@@ -319,7 +319,7 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
     const std::vector<C> pdeg = pick([](const SliceParams<C>& p) { return p.degenerate ? C(1) : C(0); });
     const bool any_degenerate =
         std::any_of(params.begin(), params.end(), [](const SliceParams<C>& p) { return p.degenerate; });
-    const auto row = k.quantize_row[mode][clamp];
+    const auto row = rounding.quantize_row[clamp];
     parallel_elements(pool, n, [&](int64_t b, int64_t e) {
       for_each_row(plan, b, e, [&](int64_t j, int64_t f, int64_t len) {
         const RowParams<C> p{&plo[j], &phi[j], &pscale[j], &pinv[j], any_degenerate ? &pdeg[j] : nullptr};
@@ -327,7 +327,7 @@ void quantize_cpu(const ThreadPool& pool, const T* in, T* out, Layout layout, co
       });
     });
   } else {
-    const auto runs = k.quantize_runs[mode][clamp];
+    const auto runs = rounding.quantize_runs[clamp];
     parallel_elements(pool, n,
                       [&](int64_t b, int64_t e) { runs(in, out, b, e - b, plan.runs(), params.data(), stream); });
   }
@@ -375,7 +375,7 @@ void quantize_and_measure(const ThreadPool& pool, const CpuLoops<T>& k, const T*
   const int64_t shards = reduction_shards(pool, n);
   std::vector<C> part = empty_partials<C>(shards, depth);
   std::vector<char> nan(static_cast<size_t>(shards * depth), 0);
-  const auto pass = k.quantize_measure_runs[static_cast<int>(mode)];
+  const auto pass = k.rounding(mode).quantize_measure_runs;
   const bool stream = streams<T>(n);
   pool.parallel_for(shards, (n / shards + 1) * 2 * kCyclesPerElement, [&](int64_t first, int64_t last) {
     for (int64_t s = first; s < last; ++s) {

@@ -59,7 +59,7 @@ struct Avx2 {
   template <RoundMode kMode, bool kClamp>
   static void quantize_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C>* params,
                             bool stream) {
-    const auto tail = base().quantize_runs[static_cast<int>(kMode)][kClamp];
+    const auto tail = base().rounding(kMode).quantize_runs[kClamp];
     for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
       const SliceParams<C>& p = params[c];
       if (p.degenerate) return tail(x, y, b, len, r, params, false);
@@ -77,7 +77,7 @@ struct Avx2 {
   template <RoundMode kMode>
   static void quantize_measure_runs(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C>* params,
                                     bool stream, C* lo, C* hi, char* nan) {
-    const auto tail = base().quantize_measure_runs[static_cast<int>(kMode)];
+    const auto tail = base().rounding(kMode).quantize_measure_runs;
     for_each_run(f, n, r, [&](int64_t c, int64_t b, int64_t len) {
       const SliceParams<C>& p = params[c];
       if (p.degenerate) return tail(x, y, b, len, r, params, false, lo, hi, nan);
@@ -116,7 +116,7 @@ struct Avx2 {
   // which owns the degenerate-range rule.
   template <RoundMode kMode, bool kClamp>
   static void quantize_row(const T* x, T* y, int64_t n, const RowParams<C>& p, bool stream) {
-    const auto tail = base().quantize_row[static_cast<int>(kMode)][kClamp];
+    const auto tail = base().rounding(kMode).quantize_row[kClamp];
     if (p.degenerate != nullptr) return tail(x, y, n, p, stream);
     for_each_vector(
         y, n, stream,
@@ -271,29 +271,13 @@ struct Avx2 {
         [&](int64_t i) { return masked(L::load(g + i), L::load(x + i), L::loadc(lo + i), L::loadc(hi + i)); },
         [&](int64_t i, int64_t m) { base().gradient_row(g + i, x + i, out + i, m, lo + i, hi + i, false); });
   }
-
-  static CpuLoops<T> table() {
-    constexpr RoundMode kEven = RoundMode::kHalfToEven;
-    constexpr RoundMode kUp = RoundMode::kHalfUp;
-    return CpuLoops<T>{
-        "avx2",
-        {{quantize_runs<kEven, false>, quantize_runs<kEven, true>},
-         {quantize_runs<kUp, false>, quantize_runs<kUp, true>}},
-        {{quantize_row<kEven, false>, quantize_row<kEven, true>}, {quantize_row<kUp, false>, quantize_row<kUp, true>}},
-        reduce_runs,
-        reduce_rows,
-        all_finite,
-        {quantize_measure_runs<kEven>, quantize_measure_runs<kUp>},
-        gradient_runs,
-        gradient_row};
-  }
 };
 
 }  // namespace
 
 template <typename T>
 const CpuLoops<T>* avx2_loops() {
-  static const CpuLoops<T> table = Avx2<T>::table();
+  static const CpuLoops<T> table = make_loops<T, Avx2<T>>("avx2");
   return &table;
 }
 

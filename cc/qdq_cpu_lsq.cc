@@ -65,11 +65,9 @@ void lsq_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* inpu
     for (int64_t s = first; s < last; ++s) {
       const int64_t b = n * s / shards, e = n * (s + 1) / shards;
       double* sums = partial.data() + s * l.depth;
-      if (round_mode == RoundMode::kHalfUp) {
-        lsq_piece<RoundMode::kHalfUp>(grad, x, input_out, b, e, l, params, clo, chi, range, sums);
-      } else {
-        lsq_piece<RoundMode::kHalfToEven>(grad, x, input_out, b, e, l, params, clo, chi, range, sums);
-      }
+      with_round_mode(round_mode, [&](auto mode) {
+        lsq_piece<decltype(mode)::value>(grad, x, input_out, b, e, l, params, clo, chi, range, sums);
+      });
     }
   });
   const double scale = lsq_gradient_scale(l.outer * l.inner, range);

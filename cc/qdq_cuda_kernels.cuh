@@ -461,13 +461,13 @@ int launch_elements(CudaStream s, const T* a, const typename NoDeduce<T>::type* 
 template <typename T, typename Param = Scales<compute_t<T>>>
 int launch_quantize_pass(CudaStream s, const T* in, T* out, const Layout& l, const QuantizeAttrs& attrs, Param one,
                          const typename NoDeduce<Param>::type* per) {
-  const bool up = attrs.round_mode == RoundMode::kHalfUp;
-  if (attrs.range_given) {
-    return up ? launch_elements<QuantizeOp<T, RoundMode::kHalfUp, true>>(s, in, nullptr, out, l, one, per)
-              : launch_elements<QuantizeOp<T, RoundMode::kHalfToEven, true>>(s, in, nullptr, out, l, one, per);
-  }
-  return up ? launch_elements<QuantizeOp<T, RoundMode::kHalfUp, false>>(s, in, nullptr, out, l, one, per)
-            : launch_elements<QuantizeOp<T, RoundMode::kHalfToEven, false>>(s, in, nullptr, out, l, one, per);
+  int err = 0;
+  with_round_mode(attrs.round_mode, [&](auto mode) {
+    constexpr RoundMode k = decltype(mode)::value;
+    err = attrs.range_given ? launch_elements<QuantizeOp<T, k, true>>(s, in, nullptr, out, l, one, per)
+                            : launch_elements<QuantizeOp<T, k, false>>(s, in, nullptr, out, l, one, per);
+  });
+  return err;
 }
 
 // Workspace of the auto path: lo keys, hi keys, params (each 16-byte aligned).
@@ -636,13 +636,10 @@ int lsq_gradient(CudaStream s, const T* grad, const T* x, T* input_out, T* step_
   const int64_t n = l.size();
   if (n > 0) {
     const int64_t grid = std::max<int64_t>(1, std::min(ceil_div(n, kBlock), 4 * port::resident_blocks()));
-    if (round_mode == RoundMode::kHalfUp) {
-      QDQ_LAUNCH((lsq_kernel<T, RoundMode::kHalfUp>), grid, kBlock, s, grad, x, input_out, n, l.inner, l.depth, dev,
+    with_round_mode(round_mode, [&](auto mode) {
+      QDQ_LAUNCH((lsq_kernel<T, decltype(mode)::value>), grid, kBlock, s, grad, x, input_out, n, l.inner, l.depth, dev,
                  range, acc);
-    } else {
-      QDQ_LAUNCH((lsq_kernel<T, RoundMode::kHalfToEven>), grid, kBlock, s, grad, x, input_out, n, l.inner, l.depth, dev,
-                 range, acc);
-    }
+    });
     if (int err = port::last_error()) return err;
   }
   QDQ_LAUNCH((lsq_finish_kernel<T>), ceil_div(l.depth, kBlock), kBlock, s, acc, l.depth,

@@ -7,6 +7,8 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "qdq_contract.h"
 #include "qdq_hd.h"
@@ -16,6 +18,31 @@ namespace qdq {
 // The round modes, in the order of contract::kRoundModes (their attribute values).
 enum class RoundMode : int { kHalfToEven = 0, kHalfUp = 1 };
 static_assert(static_cast<int>(RoundMode::kHalfUp) + 1 == contract::kNumRoundModes, "one RoundMode per round mode");
+
+// A round mode as a type, for generic lambdas: `decltype(mode)::value`.
+template <RoundMode kMode>
+using RoundModeTag = std::integral_constant<RoundMode, kMode>;
+
+// Calls fn(RoundModeTag<m>{}) for every round mode m, in RoundMode order: how the CPU loop
+// tables instantiate every mode (qdq_simd_loops.h).
+template <typename Fn, int... kModes>
+void for_each_round_mode(Fn&& fn, std::integer_sequence<int, kModes...>) {
+  (fn(RoundModeTag<static_cast<RoundMode>(kModes)>{}), ...);
+}
+template <typename Fn>
+void for_each_round_mode(Fn&& fn) {
+  for_each_round_mode(fn, std::make_integer_sequence<int, contract::kNumRoundModes>{});
+}
+
+// The one switch from a run-time round mode to a template instance: calls
+// fn(RoundModeTag<mode>{}). The LSQ loop and the CUDA launchers go through it, so a new mode
+// needs only its RoundMode value and its rounding in round_lanes below.
+template <typename Fn>
+void with_round_mode(RoundMode mode, Fn&& fn) {
+  for_each_round_mode([&](auto m) {
+    if (decltype(m)::value == mode) fn(m);
+  });
+}
 
 // The simulated integer grid, exact in int64.
 struct IntRange {

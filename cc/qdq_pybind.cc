@@ -238,9 +238,9 @@ constexpr bool kWithCuda = false;
 size_t quantize_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis,
                                 bool range_given) {
   const qdq::Layout l = layout_of(shape, axis);
-  return dispatch(dtype, [&](auto tag) -> size_t {
-    using T = decltype(tag);
+  return dispatch(dtype, [&]([[maybe_unused]] auto tag) -> size_t {
 #ifdef QDQ_WITH_CUDA
+    using T = decltype(tag);
     return qdq::quantize_cuda_workspace<T>(l, range_given);
 #else
     (void)l, (void)range_given;
@@ -251,9 +251,9 @@ size_t quantize_workspace_bytes(const std::string& dtype, const std::vector<int6
 
 size_t gradient_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis) {
   const qdq::Layout l = layout_of(shape, axis);
-  return dispatch(dtype, [&](auto tag) -> size_t {
-    using T = decltype(tag);
+  return dispatch(dtype, [&]([[maybe_unused]] auto tag) -> size_t {
 #ifdef QDQ_WITH_CUDA
+    using T = decltype(tag);
     return qdq::gradient_cuda_workspace<T>(l);
 #else
     (void)l;
@@ -308,9 +308,9 @@ void masked_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x,
 
 size_t lsq_gradient_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis) {
   const qdq::Layout l = layout_of(shape, axis);
-  return dispatch(dtype, [&](auto tag) -> size_t {
-    using T = decltype(tag);
+  return dispatch(dtype, [&]([[maybe_unused]] auto tag) -> size_t {
 #ifdef QDQ_WITH_CUDA
+    using T = decltype(tag);
     return qdq::lsq_gradient_cuda_workspace<T>(l);
 #else
     (void)l;
@@ -346,9 +346,9 @@ void lsq_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x, ui
 
 size_t tracked_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis) {
   const qdq::Layout l = layout_of(shape, axis);
-  return dispatch(dtype, [&](auto tag) -> size_t {
-    using T = decltype(tag);
+  return dispatch(dtype, [&]([[maybe_unused]] auto tag) -> size_t {
 #ifdef QDQ_WITH_CUDA
+    using T = decltype(tag);
     return qdq::tracked_cuda_workspace<T>(l);
 #else
     (void)l;
@@ -366,9 +366,9 @@ void tracked_quantize_cuda(const std::string& dtype, uintptr_t x, uintptr_t out,
   const qdq::Layout l = layout_of(shape, axis);
   const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, true, round_mode, narrow_range);
   const qdq::TrackedAttrs tracked = tracked_attrs_of(momentum, delayed);
-  dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch(dtype, [&]([[maybe_unused]] auto tag) {
 #ifdef QDQ_WITH_CUDA
+    using T = decltype(tag);
     require_workspace(qdq::tracked_cuda_workspace<T>(l), workspace, workspace_bytes);
     for (uintptr_t p : {old_lo, old_hi, old_updates, new_lo, new_hi, new_updates, used_lo, used_hi})
       if (p == 0) fail("the tracked ranges, counts and their outputs must be device pointers");
@@ -382,7 +382,7 @@ void tracked_quantize_cuda(const std::string& dtype, uintptr_t x, uintptr_t out,
 #else
     (void)x, (void)out, (void)old_lo, (void)old_hi, (void)old_updates, (void)new_lo, (void)new_hi,
         (void)new_updates, (void)used_lo, (void)used_hi, (void)workspace, (void)workspace_bytes, (void)stream,
-        (void)attrs, (void)tracked;
+        (void)attrs, (void)tracked, (void)l;
     no_cuda();
 #endif
   });

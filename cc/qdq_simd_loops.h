@@ -61,27 +61,50 @@ struct CpuLoops {
   using RunFn = void (*)(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C>* params,
                          bool stream);
   using RowFn = void (*)(const T* x, T* y, int64_t n, const RowParams<C>& p, bool stream);
+  using MeasureFn = void (*)(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C>* params,
+                             bool stream, C* lo, C* hi, char* nan);
+  // The loops that round, one instance per round mode.
+  struct Rounding {
+    // Indexed [clamp]: clamp is set for given ranges.
+    RunFn quantize_runs[2];
+    RowFn quantize_row[2];
+    // A delayed tracked step's one pass: quantize_runs with clamp (the slice's old range),
+    // and, from the same loads, reduce_runs into lo[c]/hi[c] and nan[c] = 1 where the run
+    // holds a NaN (infinities show in lo/hi).
+    MeasureFn quantize_measure_runs;
+  };
+
   const char* isa;
-  // Indexed [round_mode][clamp]: clamp is set for given ranges.
-  RunFn quantize_runs[contract::kNumRoundModes][2];
-  RowFn quantize_row[contract::kNumRoundModes][2];
+  Rounding by_mode[contract::kNumRoundModes];  // indexed by RoundMode
   // NaN-ignoring min/max folded into lo[c]/hi[c] (runs), or into lo[i]/hi[i]
   // from x[r * stride + i] for each of `rows` rows of n elements (rows).
   void (*reduce_runs)(const T* x, int64_t f, int64_t n, const Runs& r, C* lo, C* hi);
   void (*reduce_rows)(const T* x, int64_t rows, int64_t stride, int64_t n, C* lo, C* hi);
   // Whether x[0, n) holds no NaN and no infinity (tracked ranges skip such batches).
   bool (*all_finite)(const T* x, int64_t n);
-  // A delayed tracked step's one pass, indexed [round_mode]: quantize_runs with clamp
-  // (the slice's old range), and, from the same loads, reduce_runs into lo[c]/hi[c] and
-  // nan[c] = 1 where the run holds a NaN (infinities show in lo/hi).
-  using MeasureFn = void (*)(const T* x, T* y, int64_t f, int64_t n, const Runs& r, const SliceParams<C>* params,
-                             bool stream, C* lo, C* hi, char* nan);
-  MeasureFn quantize_measure_runs[contract::kNumRoundModes];
   // V4Grad: out = g * (lo <= x <= hi).
   void (*gradient_runs)(const T* g, const T* x, T* out, int64_t f, int64_t n, const Runs& r, const C* lo, const C* hi,
                         bool stream);
   void (*gradient_row)(const T* g, const T* x, T* out, int64_t n, const C* lo, const C* hi, bool stream);
+
+  const Rounding& rounding(RoundMode mode) const { return by_mode[static_cast<int>(mode)]; }
 };
+
+// The table of one instruction set's loops, the static members of `Loops` (those that
+// round are templates over <RoundMode[, clamp]>): every round mode is instantiated here,
+// so the tables name no mode.
+template <typename T, typename Loops>
+CpuLoops<T> make_loops(const char* isa) {
+  CpuLoops<T> t{
+      isa, {}, Loops::reduce_runs, Loops::reduce_rows, Loops::all_finite, Loops::gradient_runs, Loops::gradient_row};
+  for_each_round_mode([&](auto mode) {
+    constexpr RoundMode k = decltype(mode)::value;
+    t.by_mode[static_cast<int>(k)] = {{Loops::template quantize_runs<k, false>, Loops::template quantize_runs<k, true>},
+                                      {Loops::template quantize_row<k, false>, Loops::template quantize_row<k, true>},
+                                      Loops::template quantize_measure_runs<k>};
+  });
+  return t;
+}
 
 // Portable loops (plain C++; also the tails of the vector loops).
 template <typename T>

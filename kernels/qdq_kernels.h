@@ -15,21 +15,17 @@
 namespace tensorflow {
 namespace qdq_kernels {
 
-// TensorFlow's element types -> the core's layout-compatible storage types.
+// TensorFlow's element types -> the core's layout-compatible storage types (the contract's pairs).
 template <typename T>
-struct CoreType {
-  using type = T;
-};
-template <>
-struct CoreType<Eigen::half> {
-  using type = ::qdq::half_t;
-};
-template <>
-struct CoreType<Eigen::bfloat16> {
-  using type = ::qdq::bf16_t;
-};
-static_assert(sizeof(Eigen::half) == sizeof(::qdq::half_t), "half layout");
-static_assert(sizeof(Eigen::bfloat16) == sizeof(::qdq::bf16_t), "bfloat16 layout");
+struct CoreType;
+#define QDQ_CORE_TYPE(TF, CORE)                                                 \
+  template <>                                                                   \
+  struct CoreType<TF> {                                                         \
+    using type = CORE;                                                          \
+    static_assert(sizeof(TF) == sizeof(CORE), "a core type has its TF layout"); \
+  };
+QDQ_FOR_EACH_TF_TYPE(QDQ_CORE_TYPE)
+#undef QDQ_CORE_TYPE
 
 template <typename T>
 const typename CoreType<T>::type* Core(const T* p) {

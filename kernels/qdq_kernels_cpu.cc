@@ -53,7 +53,7 @@ struct QdqLaunch<Eigen::ThreadPoolDevice, T> {
   }
 };
 
-#define QDQ_REGISTER_CPU(T)                                                                                   \
+#define QDQ_REGISTER_CPU(T, CORE)                                                                             \
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV2").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
                           QuantizeAttrKernel<Eigen::ThreadPoolDevice, T>);                                    \
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV3").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \

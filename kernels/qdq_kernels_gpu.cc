@@ -85,7 +85,7 @@ struct QdqLaunch<Eigen::GpuDevice, T> {
   }
 };
 
-#define QDQ_REGISTER_GPU(T)                                                                                   \
+#define QDQ_REGISTER_GPU(T, CORE)                                                                             \
   REGISTER_KERNEL_BUILDER(Name("Qdq>QuantizeAndDequantizeV2")                                                 \
                               .Device(DEVICE_GPU)                                                             \
                               .HostMemory("input_min")                                                        \

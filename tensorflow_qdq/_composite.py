@@ -20,7 +20,7 @@ inside a compiled function: an invalid slice comes out all-NaN instead.
 import numpy as np
 import tensorflow as tf
 
-from tensorflow_qdq import _args
+from tensorflow_qdq import _args, _contract
 from tensorflow_qdq._contract import MAX_BITS, MIN_BITS, check_num_bits, check_round_mode
 
 # ---------------------------------------------------------------- validation (static)
@@ -56,7 +56,7 @@ def _check_range_shapes(input_min, input_max, axis, input_shape, grad=False):
 
 
 def compute_dtype(dtype):
-    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+    return tf.as_dtype(_contract.COMPUTE_DTYPES[tf.as_dtype(dtype).name])
 
 
 def _divide(numerator, constant):

@@ -8,6 +8,8 @@ import numbers
 
 # The element types (NumPy/TensorFlow names), in the order of cc/qdq_contract.h.
 DTYPES = ("bfloat16", "float16", "float32", "float64")
+# The type each computes in (cc/qdq_float16.h's Compute<T>): the narrow types in float32.
+COMPUTE_DTYPES = {"bfloat16": "float32", "float16": "float32", "float32": "float32", "float64": "float64"}
 
 # num_bits: 1..61 for a signed grid, 1..62 unsigned (SEMANTICS §3.1).
 MIN_BITS = 1

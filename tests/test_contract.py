@@ -47,7 +47,8 @@ def test_header_and_module_state_the_same_contract():
     assert core == re.findall(r"X\(([\w:]+),", _macro("QDQ_FOR_EACH_NAMED_TYPE"))
     tf_names = {"bfloat16": "::tensorflow::bfloat16", "half": "Eigen::half", "float": "float", "double": "double"}
     attr_types = re.search(r"T: \{(.+)\}", _macro("QDQ_TYPE_ATTR")).group(1).split(", ")
-    assert re.findall(r"X\(([\w:]+)\)", _macro("QDQ_FOR_EACH_TF_TYPE")) == [tf_names[t] for t in attr_types]
+    assert re.findall(r"X\(([\w:]+),", _macro("QDQ_FOR_EACH_TF_TYPE")) == [tf_names[t] for t in attr_types]
+    assert re.findall(r"X\([\w:]+, ([\w:]+)\)", _macro("QDQ_FOR_EACH_TF_TYPE")) == core
     assert [tf.as_dtype(t).name for t in attr_types] == list(_contract.DTYPES)
     # The attribute specs carry the same defaults.
     assert _macro("QDQ_ROUND_MODE_ATTR") == ('"round_mode: {' + ", ".join(f"'{m}'" for m in _contract.ROUND_MODES)

@@ -30,21 +30,55 @@ def _core_objects(cxx, out_dir, opt, extra):
     return objects
 
 
-def build(output, sources, objects_dir, *, opt="-O1", extra=(), sanitize=()):
+def build(output, sources, objects_dir, *, opt="-O1", extra=(), sanitize=(), core_defines=()):
     """Compiles and links `sources` (paths relative to the repository) with the CPU core
     (objects kept in `objects_dir` for the session) into `output`; `sanitize` flags (e.g.
-    -fsanitize=address,undefined) go to every unit, the core's included, and to the link.
-    Skips the calling test when there is no C++ compiler."""
+    -fsanitize=address,undefined) go to every unit, the core's included, and to the link;
+    `core_defines` (-D flags) to the core's units only. Skips the calling test when there is
+    no C++ compiler."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler to build the CUDA emulation")
     output = Path(output)
-    key = opt.lstrip("-") + ("-sanitized" if sanitize else "")
-    core = _core_objects(cxx, Path(objects_dir) / key, opt, tuple(sanitize))
+    key = "".join([opt.lstrip("-"), "-sanitized" if sanitize else "", *(d.replace("-D", "-") for d in core_defines)])
+    core = _core_objects(cxx, Path(objects_dir) / key, opt, (*sanitize, *core_defines))
     cmd = [cxx, "-std=c++17", opt, "-fPIC", "-Wall", "-Wextra", "-Werror", *extra, *sanitize, "-I", str(ROOT),
            *(str(ROOT / s) for s in sources), *core, "-o", str(output)]
     subprocess.run(cmd, check=True)
     return output
+
+
+def _python_package(tmp):
+    """tmp/tensorflow_qdq: a copy of the package's Python files, and stand-ins that hide
+    TensorFlow and PyTorch from what runs there."""
+    pkg = tmp / "tensorflow_qdq"
+    pkg.mkdir()
+    for py in (ROOT / "tensorflow_qdq").glob("*.py"):
+        shutil.copy(py, pkg / py.name)
+    for name in ("tensorflow", "torch"):
+        (tmp / f"{name}.py").write_text(f"raise ImportError('{name} is hidden from this host-built core')\n")
+    return pkg
+
+
+def _pybind_includes():
+    import sysconfig
+
+    import pybind11
+
+    return ["-shared", "-fvisibility=hidden", "-isystem", pybind11.get_include(), "-isystem",
+            sysconfig.get_paths()["include"], "-I", str(ROOT / "cc")]
+
+
+def core_package(tmp, objects_dir, *, core_defines=()):
+    """A directory holding a copy of the Python package whose tensorflow_qdq._core (CPU only)
+    is built from a core compiled with `core_defines`; returns the directory."""
+    import sysconfig
+
+    tmp = Path(tmp)
+    pkg = _python_package(tmp)
+    build(pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX")), ["cc/qdq_pybind.cc"], objects_dir,
+          extra=_pybind_includes(), core_defines=core_defines)
+    return tmp
 
 
 def emulated_package(tmp, objects_dir, *, sanitize=()):
@@ -53,19 +87,11 @@ def emulated_package(tmp, objects_dir, *, sanitize=()):
     and stand-ins that hide TensorFlow and PyTorch; returns (directory, the built core)."""
     import sysconfig
 
-    import pybind11
-
     tmp = Path(tmp)
-    pkg = tmp / "tensorflow_qdq"
-    pkg.mkdir()
-    for py in (ROOT / "tensorflow_qdq").glob("*.py"):
-        shutil.copy(py, pkg / py.name)
-    includes = ["-DQDQ_WITH_CUDA", "-shared", "-fvisibility=hidden", "-isystem", pybind11.get_include(),
-                "-isystem", sysconfig.get_paths()["include"], "-I", str(ROOT / "cc")]
+    pkg = _python_package(tmp)
     core = build(pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX")),
-                 ["cc/qdq_pybind.cc", "tests/cuda_emu/emu_api.cc"], objects_dir, extra=includes, sanitize=sanitize)
-    for name in ("tensorflow", "torch"):
-        (tmp / f"{name}.py").write_text(f"raise ImportError('{name} is hidden from the emulated GPU run')\n")
+                 ["cc/qdq_pybind.cc", "tests/cuda_emu/emu_api.cc"], objects_dir,
+                 extra=["-DQDQ_WITH_CUDA", *_pybind_includes()], sanitize=sanitize)
     # Copies outside the repository: the repository's conftest would put the real package first.
     shutil.copy(ROOT / "tests" / "test_gpu.py", tmp / "test_gpu.py")
     shutil.copy(ROOT / "benchmarks" / "device_buffers.py", tmp / "device_buffers.py")

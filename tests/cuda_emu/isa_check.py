@@ -1,7 +1,8 @@
 """AVX2 loops against the portable loops, bit for bit, through tensorflow_qdq._core (no
 TensorFlow): every op of the core over dtypes, layouts (per tensor, first/middle/last axis),
 odd sizes, NaN and zero inputs. Run by tests/test_sanitizers.py under ASan/UBSan, where an
-out-of-bounds vector load in a tail would be reported; prints "isa_check: N cases"."""
+out-of-bounds vector load in a tail would be reported, and by tests/test_generic_lanes.py for
+the generic narrow lanes; arguments restrict the dtypes; prints "isa_check: N cases"."""
 import sys
 
 import numpy as np
@@ -33,10 +34,13 @@ def both(fn):
     return out
 
 
-def main():
+def main(names=()):
+    """Every op over DTYPES, or over the dtypes named (e.g. float16 bfloat16)."""
+    dtypes = [d for d in DTYPES if not names or np.dtype(d).name in names]
+    assert len(dtypes) == len(names) or not names, f"unknown or unavailable dtypes in {names}"
     rng = np.random.default_rng(11)
     cases = 0
-    for dtype in DTYPES:
+    for dtype in dtypes:
         for shape, axis in LAYOUTS:
             depth = 1 if axis == -1 else shape[axis]
             x = (rng.standard_normal(shape) * 3).astype(dtype)
@@ -68,4 +72,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,29 @@
+"""The AVX2 loops' generic lanes for a narrow element type (cc/qdq_avx2_lanes.h: eight scalar
+conversions through Compute<T>), which a newly added type runs on until it gets a register
+conversion: the core is built with QDQ_AVX2_GENERIC_NARROW, so half and bfloat16 take that
+path, and every op's AVX2 result must equal the portable loops' bit for bit
+(tests/cuda_emu/isa_check.py, the same check the sanitizer run makes of the real lanes)."""
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("pybind11")
+sys.path.insert(0, str(ROOT / "tests" / "cuda_emu"))
+import host_build  # noqa: E402
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX2 loops are x86-64 only")
+def test_generic_narrow_lanes_equal_the_portable_loops(tmp_path_factory):
+    tmp = host_build.core_package(tmp_path_factory.mktemp("generic_lanes"),
+                                  tmp_path_factory.getbasetemp() / "qdq_core_objects",
+                                  core_defines=("-DQDQ_AVX2_GENERIC_NARROW",))
+    shutil.copy(ROOT / "tests" / "cuda_emu" / "isa_check.py", tmp / "isa_check.py")
+    result = subprocess.run([sys.executable, "isa_check.py", "float16", "bfloat16"], cwd=tmp, capture_output=True,
+                            text=True, timeout=900, env={"PYTHONPATH": str(tmp), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    assert int(result.stdout.split("isa_check: ")[1].split()[0]) >= 200, result.stdout

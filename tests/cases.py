@@ -55,21 +55,19 @@ class Case:
 
     def slices(self):
         """The per-slice (lo, hi) the forward pass uses (given, or measured)."""
-        x = self.x.astype(reference.compute_dtype(self.x.dtype))
-        x2 = x.reshape(1, -1) if self.axis == -1 else np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
+        depth = 1 if self.axis == -1 else self.x.shape[self.axis]
         if self.range_given:
             lo = np.asarray(self.input_min).reshape(-1)
             hi = np.asarray(self.input_max).reshape(-1)
-            return [(lo[c], hi[c]) for c in range(x2.shape[0])]
-        return [reference.measured_range(row) for row in x2]
+            return [(lo[c], hi[c]) for c in range(depth)]
+        arith = reference.Arith(reference.compute_dtype(self.x.dtype), daz=True)
+        view = reference.channel_view(reference.load(self.x, self.x.dtype, arith), self.axis)
+        return list(zip(*reference.measured_range(view)))
 
     def degenerate(self):
         """True when some slice has no usable side of its range (SEMANTICS §3.4: TF is wrong there)."""
-        C = reference.compute_dtype(self.x.dtype)
-        for lo, hi in self.slices():
-            if reference.slice_params(lo, hi, self.signed_input, self.num_bits, self.narrow_range, C)[4]:
-                return True
-        return False
+        return any(reference.degenerate(lo, hi, self.signed_input, self.num_bits, self.narrow_range, self.x.dtype)
+                   for lo, hi in self.slices())
 
     def zero_sign_ambiguous(self):
         """True when an auto range's scale comes from a zero bound of a slice holding both +0.0 and

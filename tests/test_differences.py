@@ -138,8 +138,8 @@ def test_row6_degenerate_ranges_give_zeros(dtype):
             c.round_mode = "HALF_TO_EVEN"
         model = c.reference()
         theirs = _run(tf, op, **c.kwargs(op)) if c.x.ndim or not op.endswith("V3") else model
-        degenerate_slices = [reference.slice_params(lo, hi, c.signed_input, c.num_bits, c.narrow_range,
-                                                    reference.compute_dtype(dtype))[4] for lo, hi in c.slices()]
+        degenerate_slices = [reference.degenerate(lo, hi, c.signed_input, c.num_bits, c.narrow_range, dtype)
+                             for lo, hi in c.slices()]
         if not compare.same_bits(ours, model):
             bad.append(f"#{i} vs model {c!r}: {compare.describe(ours, model)}")
         if all(degenerate_slices):

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import ml_dtypes
 import numpy as np
 
-from . import reference as ref
+from tests import reference as ref
 
 RAW_OPS = ("V2", "V3", "V4", "V4Grad")
 API_OPS = ("api_qdq", "api_qdq_v2", "api_qdq_v4")

@@ -8,9 +8,9 @@ import numpy as np
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
+from tests import reference as ref
 
 from . import oracle
-from . import reference as ref
 
 ALLOWED_ERRORS = (tf.errors.InvalidArgumentError, ValueError, TypeError)
 _FUNCTIONS = {}

@@ -11,7 +11,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from . import reference as ref
+from tests import reference as ref
+
 from .cases import API_OPS, KERAS_OPS, TAPE_OPS
 
 # Substrings (lower case) that count as naming an argument. The framework names inputs by
@@ -138,16 +139,17 @@ def static_violations(case, axis):
 
 def _forward(case, axis, daz):
     return ref.quantize(
-        case.x, case.dtype, case.min_value, case.max_value, signed_input=case.signed_input,
-        num_bits=case.num_bits, range_given=case.range_given, round_half_up=case.round_mode == "HALF_UP",
-        narrow_range=case.narrow_range, axis=axis, daz=daz,
+        case.x, case.min_value, case.max_value, signed_input=case.signed_input, num_bits=case.num_bits,
+        range_given=case.range_given, round_mode=case.round_mode, narrow_range=case.narrow_range, axis=axis,
+        dtype=case.dtype, daz=daz,
     )
 
 
 def _outputs(case, axis, daz, fold):
     dt = ref.NP_DTYPES[case.dtype]
     if case.op == "V4Grad":
-        back = ref.masked_gradient(case.grad, case.x, case.dtype, case.min_value, case.max_value, axis, daz, fold)
+        back = ref.masked_gradient(case.grad, case.x, case.min_value, case.max_value, axis=axis, dtype=case.dtype,
+                                   daz=daz, fold_unit=fold)
         return [back, np.zeros(np.shape(case.min_value), dt), np.zeros(np.shape(case.max_value), dt)]
     if case.op == "tape_v2":
         return [np.asarray(case.grad, dt), _forward(case, axis, daz)]
@@ -157,8 +159,8 @@ def _outputs(case, axis, daz, fold):
         else:
             depth = 1 if axis == -1 else case.shape[axis]
             lo, hi = np.full(depth, -np.inf), np.full(depth, np.inf)
-        grad = ref.masked_gradient(case.grad, case.x, case.dtype, np.asarray(lo, dt), np.asarray(hi, dt), axis, daz,
-                                   fold)
+        grad = ref.masked_gradient(case.grad, case.x, np.asarray(lo, dt), np.asarray(hi, dt), axis=axis,
+                                   dtype=case.dtype, daz=daz, fold_unit=fold)
         return [grad, _forward(case, axis, daz)]
     return [_forward(case, axis, daz)]
 
@@ -255,9 +257,9 @@ def expect_keras(case) -> List[Outcome]:
     if case.keras["range_mode"] == "batch":
         for daz in (False, True):
             outcomes.append(Outcome(outputs=[ref.quantize(
-                case.x, case.dtype, None, None, signed_input=case.signed_input, num_bits=case.keras["num_bits"],
-                range_given=False, round_half_up=case.round_mode == "HALF_UP", narrow_range=case.narrow_range,
-                axis=axis, daz=daz)]))
+                case.x, signed_input=case.signed_input, num_bits=case.keras["num_bits"], range_given=False,
+                round_mode=case.round_mode, narrow_range=case.narrow_range, axis=axis, dtype=case.dtype,
+                daz=daz)]))
         return outcomes
     lo, hi = _keras_range(case, axis)
     for daz in (False, True):
@@ -265,9 +267,8 @@ def expect_keras(case) -> List[Outcome]:
             outcomes.append(Outcome(error=["input_min", "input_max"]))
             continue
         outcomes.append(Outcome(outputs=[ref.quantize(
-            case.x, case.dtype, lo, hi, signed_input=case.signed_input, num_bits=case.keras["num_bits"],
-            range_given=True, round_half_up=case.round_mode == "HALF_UP", narrow_range=case.narrow_range,
-            axis=axis, daz=daz)]))
+            case.x, lo, hi, signed_input=case.signed_input, num_bits=case.keras["num_bits"], range_given=True,
+            round_mode=case.round_mode, narrow_range=case.narrow_range, axis=axis, dtype=case.dtype, daz=daz)]))
     return outcomes
 
 

@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 
+from tests import reference as ref
+
 from . import cases, execute, oracle, pool
-from . import reference as ref
 
 CI_SEED = 20240601
 CI_CASES = int(os.environ.get("QDQ_FUZZ_CI_CASES", "2500"))
@@ -60,15 +61,16 @@ def test_cases_are_reproducible():
 def test_reference_worked_examples_from_spec():
     x = np.array([-1, -0.5, 0, 0.3, 0.8, 0.555, 0.50390625], np.float32)
     kw = dict(signed_input=True, num_bits=8, range_given=False, narrow_range=False, axis=-1, daz=False)
-    got = ref.quantize(x, "float32", None, None, round_half_up=False, **kw)
+    got = ref.quantize(x, None, None, dtype="float32", round_mode="HALF_TO_EVEN", **kw)
     np.testing.assert_array_equal(got, np.float32([-1, -0.5, 0, 0.296875, 0.796875, 0.5546875, 0.5]))
-    got = ref.quantize(x, "float32", None, None, round_half_up=True, **kw)
+    got = ref.quantize(x, None, None, dtype="float32", round_mode="HALF_UP", **kw)
     assert got[-1] == np.float32(0.5078125)
     lo, hi, scale, inv, degenerate = ref.slice_params(np.array([-10.0]), np.array([5.0]), -128, 127,
                                                        ref.Arith(np.float32, False))
     assert scale[0] == np.float32(12.8) and hi[0] == np.float32(9.921875) and not degenerate[0]
-    got = ref.quantize(np.float32([-0.5, 0, 0.3, 0.8]), "float32", np.float32(0), np.float32(1), signed_input=False,
-                       num_bits=8, range_given=True, round_half_up=False, narrow_range=False, axis=-1, daz=False)
+    got = ref.quantize(np.float32([-0.5, 0, 0.3, 0.8]), np.float32(0), np.float32(1), dtype="float32",
+                       signed_input=False, num_bits=8, range_given=True, round_mode="HALF_TO_EVEN", narrow_range=False,
+                       axis=-1, daz=False)
     np.testing.assert_array_equal(got, np.float32([0, 0, 76, 204]) * (np.float32(1) / np.float32(255)))
 
 
@@ -94,8 +96,8 @@ def test_reference_matches_tensorflow_where_tensorflow_is_right(dtype):
         theirs = tf.raw_ops.QuantizeAndDequantizeV4(
             input=x, input_min=lo, input_max=hi, signed_input=signed, num_bits=bits, range_given=given,
             round_mode=round_mode, narrow_range=False, axis=axis).numpy()
-        ours = ref.quantize(x, dtype, lo, hi, signed_input=signed, num_bits=bits, range_given=given,
-                            round_half_up=round_mode == "HALF_UP", narrow_range=False, axis=axis, daz=False)
+        ours = ref.quantize(x, lo, hi, dtype=dtype, signed_input=signed, num_bits=bits, range_given=given,
+                            round_mode=round_mode, narrow_range=False, axis=axis, daz=False)
         assert np.all(ref.same_or_nan(ours, theirs)), (trial, shape, axis, signed, bits, given)
 
 

@@ -9,8 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-
-from . import reference as ref
+from tests import reference as ref
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +50,8 @@ def test_per_tensor_auto_range_whose_max_sits_past_2_31():
 
     head, middle, end, size = (t.numpy() for t in run())
     assert size == N31 + 4096
-    want = ref.quantize(np.concatenate([pattern, tail]), "float16", None, None, signed_input=True, num_bits=8,
-                        range_given=False, round_half_up=False, narrow_range=False, axis=-1, daz=False)
+    want = ref.quantize(np.concatenate([pattern, tail]), None, None, dtype="float16", signed_input=True, num_bits=8,
+                        range_given=False, round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1, daz=False)
     _same(head, want[:4096])
     _same(middle, want)
     _same(end, want[4096:])
@@ -72,8 +71,8 @@ def test_per_channel_last_axis_channels_indexed_past_2_31():
         return y[0], y[rows - 1], y[rows]
 
     first, before, after = (t.numpy() for t in run())
-    want = ref.quantize(np.concatenate([row, last]), "float16", None, None, signed_input=True, num_bits=6,
-                        range_given=False, round_half_up=False, narrow_range=False, axis=1, daz=False)
+    want = ref.quantize(np.concatenate([row, last]), None, None, dtype="float16", signed_input=True, num_bits=6,
+                        range_given=False, round_mode="HALF_TO_EVEN", narrow_range=False, axis=1, daz=False)
     _same(first, want[0])
     _same(before, want[0])
     _same(after, want[1])
@@ -95,7 +94,7 @@ def test_per_channel_given_ranges_and_gradient_on_a_channel_starting_past_2_31()
         return y[:, -1024:], g[:, -1024:]
 
     y_end, g_end = (t.numpy() for t in run())
-    want = ref.quantize(piece, "float16", lo, hi, signed_input=True, num_bits=5, range_given=True,
-                        round_half_up=False, narrow_range=False, axis=0, daz=False)
+    want = ref.quantize(piece, lo, hi, dtype="float16", signed_input=True, num_bits=5, range_given=True,
+                        round_mode="HALF_TO_EVEN", narrow_range=False, axis=0, daz=False)
     _same(y_end, want)
-    _same(g_end, ref.masked_gradient(want, piece, "float16", lo, hi, 0, daz=False))
+    _same(g_end, ref.masked_gradient(want, piece, lo, hi, axis=0, daz=False))

@@ -10,8 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-
-from . import reference as ref
+from tests import reference as ref
 
 SHARD = 32768  # the CPU loops' minimum elements per shard (cc/qdq_cpu.cc)
 
@@ -22,8 +21,9 @@ def _run(x, axis, dtype, signed=True, bits=8, half_up=False):
     got = qdq.raw_ops.QuantizeAndDequantizeV4(
         input=tf.constant(x), input_min=zeros, input_max=zeros, signed_input=signed, num_bits=bits,
         range_given=False, round_mode="HALF_UP" if half_up else "HALF_TO_EVEN", axis=axis).numpy()
-    want = [ref.quantize(x, dtype, None, None, signed_input=signed, num_bits=bits, range_given=False,
-                         round_half_up=half_up, narrow_range=False, axis=axis, daz=daz) for daz in (False, True)]
+    mode = "HALF_UP" if half_up else "HALF_TO_EVEN"
+    want = [ref.quantize(x, dtype=dtype, signed_input=signed, num_bits=bits, round_mode=mode, axis=axis, daz=daz)
+            for daz in (False, True)]
     ok = ref.same_or_nan(got, want[0]) | ref.same_or_nan(got, want[1])
     assert ok.all(), f"{int((~ok).sum())} elements differ, first at {np.argwhere(~ok)[0]}"
     return got

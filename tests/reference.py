@@ -159,15 +159,19 @@ def _rounding(round_mode, ar):
     return np.rint
 
 
+def _operands(x, dtype, daz):
+    """x as an array of `dtype` (default: its own), the dtype, and the arithmetic of its compute type."""
+    dtype = np_dtype(dtype) if dtype is not None else np.asarray(x).dtype
+    return np.asarray(x, dtype), dtype, Arith(compute_dtype(dtype), daz)
+
+
 def quantize(x, input_min=None, input_max=None, *, signed_input=True, num_bits=8, range_given=False,
              round_mode="HALF_TO_EVEN", narrow_range=False, axis=-1, dtype=None, daz=True):
     """The forward pass of V2/V3/V4 (SEMANTICS §3, valid arguments) on x, of `dtype` (default:
     x's own); the bounds are read only when range_given. Returns an array of that dtype."""
-    dtype = np_dtype(dtype) if dtype is not None else np.asarray(x).dtype
-    x = np.asarray(x, dtype)
+    x, dtype, ar = _operands(x, dtype, daz)
     if x.size == 0:
         return x.copy()
-    ar = Arith(compute_dtype(dtype), daz)
     v = channel_view(load(x, dtype, ar), axis)
     if range_given:
         lo, hi = load(np.ravel(input_min), dtype, ar), load(np.ravel(input_max), dtype, ar)
@@ -194,11 +198,9 @@ def masked_gradient(g, x, input_min, input_max, *, axis=-1, dtype=None, daz=True
 
     ``fold_unit``: the compiler may turn ``g * 1`` into ``g`` (an exact IEEE identity), so on
     a DAZ thread a denormal g can come out unflushed where the mask is 1."""
-    dtype = np_dtype(dtype) if dtype is not None else np.asarray(x).dtype
-    x = np.asarray(x, dtype)
+    x, dtype, ar = _operands(x, dtype, daz)
     if x.size == 0:
         return x.copy()
-    ar = Arith(compute_dtype(dtype), daz)
     xv = channel_view(load(x, dtype, ar), axis)
     gv = channel_view(load(g, dtype, ar), axis)
     clo = load(np.ravel(input_min), dtype, ar).reshape(1, -1, 1)

@@ -213,8 +213,24 @@ py::tuple tracked_quantize_cpu(const py::array& x, const py::array& lo, const py
 
 #ifdef QDQ_WITH_CUDA
 constexpr bool kWithCuda = true;
+#else
+constexpr bool kWithCuda = false;
+#endif
 
-void check_cuda(int code, const char* what) {
+// Calls fn(T{}) for dtype's storage type when the module was built with CUDA, else raises.
+// fn states its return type, so a build without CUDA never instantiates its body (and so
+// never refers to a launcher it lacks).
+template <typename Fn>
+auto on_cuda(const std::string& dtype, Fn&& fn) -> decltype(fn(float{})) {
+  if constexpr (kWithCuda) {
+    return dispatch(dtype, fn);
+  } else {
+    throw std::runtime_error("tensorflow_qdq._core was built without CUDA (nvcc was not found at build time)");
+  }
+}
+
+// Helpers of the launch bodies (inline: a build without CUDA emits none of them).
+inline void check_cuda(int code, const char* what) {
   if (code != 0) throw std::runtime_error(std::string(what) + " failed: " + qdq::cuda_error_string(code));
 }
 
@@ -223,43 +239,21 @@ P* ptr(uintptr_t v) {
   return reinterpret_cast<P*>(v);
 }
 
-void require_workspace(size_t need, uintptr_t ws, size_t ws_bytes) {
+inline void require_workspace(size_t need, uintptr_t ws, size_t ws_bytes) {
   if (need > ws_bytes) fail("workspace must hold " + std::to_string(need) + " bytes, got " + std::to_string(ws_bytes));
   if (need > 0 && (ws == 0 || ws % 16 != 0)) fail("workspace must be a 16-byte aligned device pointer");
 }
-#else
-constexpr bool kWithCuda = false;
-
-[[noreturn]] void no_cuda() {
-  throw std::runtime_error("tensorflow_qdq._core was built without CUDA (nvcc was not found at build time)");
-}
-#endif
 
 size_t quantize_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis,
                                 bool range_given) {
   const qdq::Layout l = layout_of(shape, axis);
-  return dispatch(dtype, [&]([[maybe_unused]] auto tag) -> size_t {
-#ifdef QDQ_WITH_CUDA
-    using T = decltype(tag);
-    return qdq::quantize_cuda_workspace<T>(l, range_given);
-#else
-    (void)l, (void)range_given;
-    no_cuda();
-#endif
-  });
+  return on_cuda(dtype,
+                 [&](auto tag) -> size_t { return qdq::quantize_cuda_workspace<decltype(tag)>(l, range_given); });
 }
 
 size_t gradient_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis) {
   const qdq::Layout l = layout_of(shape, axis);
-  return dispatch(dtype, [&]([[maybe_unused]] auto tag) -> size_t {
-#ifdef QDQ_WITH_CUDA
-    using T = decltype(tag);
-    return qdq::gradient_cuda_workspace<T>(l);
-#else
-    (void)l;
-    no_cuda();
-#endif
-  });
+  return on_cuda(dtype, [&](auto tag) -> size_t { return qdq::gradient_cuda_workspace<decltype(tag)>(l); });
 }
 
 void quantize_cuda(const std::string& dtype, uintptr_t in, uintptr_t out, const std::vector<int64_t>& shape,
@@ -268,20 +262,15 @@ void quantize_cuda(const std::string& dtype, uintptr_t in, uintptr_t out, const 
                    size_t workspace_bytes, uintptr_t stream) {
   const qdq::Layout l = layout_of(shape, axis);
   const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, range_given, round_mode, narrow_range);
-  dispatch(dtype, [&](auto tag) {
+  on_cuda(dtype, [&](auto tag) -> void {
     using T = decltype(tag);
     check_ranges<T>(lo, hi, dtype, axis == -1 ? 1 : l.depth, range_given);
-#ifdef QDQ_WITH_CUDA
     require_workspace(qdq::quantize_cuda_workspace<T>(l, range_given), workspace, workspace_bytes);
     if (l.size() > 0 && (in == 0 || out == 0)) fail("input and output must be device pointers");
     check_cuda(
         qdq::quantize_cuda(ptr<CUstream_st>(stream), ptr<const T>(in), ptr<T>(out), l, static_cast<const T*>(lo.data()),
                            static_cast<const T*>(hi.data()), attrs, ptr<void>(workspace)),
         "quantize_cuda");
-#else
-    (void)in, (void)out, (void)workspace, (void)workspace_bytes, (void)stream, (void)attrs;
-    no_cuda();
-#endif
   });
 }
 
@@ -289,34 +278,21 @@ void masked_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x,
                           const std::vector<int64_t>& shape, const py::array& lo, const py::array& hi, int axis,
                           uintptr_t workspace, size_t workspace_bytes, uintptr_t stream) {
   const qdq::Layout l = layout_of(shape, axis);
-  dispatch(dtype, [&](auto tag) {
+  on_cuda(dtype, [&](auto tag) -> void {
     using T = decltype(tag);
     check_ranges<T>(lo, hi, dtype, axis == -1 ? 1 : l.depth, false);
-#ifdef QDQ_WITH_CUDA
     require_workspace(qdq::gradient_cuda_workspace<T>(l), workspace, workspace_bytes);
     if (l.size() > 0 && (grad == 0 || x == 0 || out == 0)) fail("gradients, input and output must be device pointers");
     check_cuda(qdq::masked_gradient_cuda(ptr<CUstream_st>(stream), ptr<const T>(grad), ptr<const T>(x), ptr<T>(out), l,
                                          static_cast<const T*>(lo.data()), static_cast<const T*>(hi.data()),
                                          ptr<void>(workspace)),
                "masked_gradient_cuda");
-#else
-    (void)grad, (void)x, (void)out, (void)workspace, (void)workspace_bytes, (void)stream;
-    no_cuda();
-#endif
   });
 }
 
 size_t lsq_gradient_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis) {
   const qdq::Layout l = layout_of(shape, axis);
-  return dispatch(dtype, [&]([[maybe_unused]] auto tag) -> size_t {
-#ifdef QDQ_WITH_CUDA
-    using T = decltype(tag);
-    return qdq::lsq_gradient_cuda_workspace<T>(l);
-#else
-    (void)l;
-    no_cuda();
-#endif
-  });
+  return on_cuda(dtype, [&](auto tag) -> size_t { return qdq::lsq_gradient_cuda_workspace<decltype(tag)>(l); });
 }
 
 void lsq_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x, uintptr_t out, uintptr_t step,
@@ -325,10 +301,9 @@ void lsq_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x, ui
                        size_t workspace_bytes, uintptr_t stream) {
   const qdq::Layout l = layout_of(shape, axis);
   const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, true, round_mode, narrow_range);
-  dispatch(dtype, [&](auto tag) {
+  on_cuda(dtype, [&](auto tag) -> void {
     using T = decltype(tag);
     check_ranges<T>(lo, hi, dtype, axis == -1 ? 1 : l.depth, true);
-#ifdef QDQ_WITH_CUDA
     require_workspace(qdq::lsq_gradient_cuda_workspace<T>(l), workspace, workspace_bytes);
     if (step == 0 || (l.size() > 0 && (grad == 0 || x == 0 || out == 0)))
       fail("gradients, input, output and step output must be device pointers");
@@ -337,24 +312,12 @@ void lsq_gradient_cuda(const std::string& dtype, uintptr_t grad, uintptr_t x, ui
                                l, static_cast<const T*>(lo.data()), static_cast<const T*>(hi.data()), attrs.range,
                                attrs.round_mode, ptr<void>(workspace)),
         "lsq_gradient_cuda");
-#else
-    (void)grad, (void)x, (void)out, (void)step, (void)workspace, (void)workspace_bytes, (void)stream, (void)attrs;
-    no_cuda();
-#endif
   });
 }
 
 size_t tracked_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape, int axis) {
   const qdq::Layout l = layout_of(shape, axis);
-  return dispatch(dtype, [&]([[maybe_unused]] auto tag) -> size_t {
-#ifdef QDQ_WITH_CUDA
-    using T = decltype(tag);
-    return qdq::tracked_cuda_workspace<T>(l);
-#else
-    (void)l;
-    no_cuda();
-#endif
-  });
+  return on_cuda(dtype, [&](auto tag) -> size_t { return qdq::tracked_cuda_workspace<decltype(tag)>(l); });
 }
 
 // The tracked state (old_*, new_*, used_*) is on the device, as TensorFlow's variables are.
@@ -366,8 +329,7 @@ void tracked_quantize_cuda(const std::string& dtype, uintptr_t x, uintptr_t out,
   const qdq::Layout l = layout_of(shape, axis);
   const qdq::QuantizeAttrs attrs = attrs_of(signed_input, num_bits, true, round_mode, narrow_range);
   const qdq::TrackedAttrs tracked = tracked_attrs_of(momentum, delayed);
-  dispatch(dtype, [&]([[maybe_unused]] auto tag) {
-#ifdef QDQ_WITH_CUDA
+  on_cuda(dtype, [&](auto tag) -> void {
     using T = decltype(tag);
     require_workspace(qdq::tracked_cuda_workspace<T>(l), workspace, workspace_bytes);
     for (uintptr_t p : {old_lo, old_hi, old_updates, new_lo, new_hi, new_updates, used_lo, used_hi})
@@ -379,12 +341,6 @@ void tracked_quantize_cuda(const std::string& dtype, uintptr_t x, uintptr_t out,
                                           ptr<const float>(old_lo), ptr<const float>(old_hi),
                                           ptr<const int64_t>(old_updates), tracked, attrs, outs, ptr<void>(workspace)),
                "tracked_quantize_cuda");
-#else
-    (void)x, (void)out, (void)old_lo, (void)old_hi, (void)old_updates, (void)new_lo, (void)new_hi,
-        (void)new_updates, (void)used_lo, (void)used_hi, (void)workspace, (void)workspace_bytes, (void)stream,
-        (void)attrs, (void)tracked, (void)l;
-    no_cuda();
-#endif
   });
 }
 
@@ -399,22 +355,28 @@ int cuda_device_count() {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+  namespace contract = qdq::contract;  // the defaults below are the ops' (qdq_contract.h)
+  const std::string kDefaultRoundMode = contract::kRoundModes[0];
   m.doc() = "tensorflow-qdq's framework-free core: CPU loops on NumPy arrays, CUDA launchers on device pointers.";
   m.attr("WITH_CUDA") = kWithCuda;
   m.def("quantize", &quantize_cpu, py::arg("input"), py::arg("input_min"), py::arg("input_max"),
-        py::arg("signed_input") = true, py::arg("num_bits") = 8, py::arg("range_given") = false,
-        py::arg("round_mode") = "HALF_TO_EVEN", py::arg("narrow_range") = false, py::arg("axis") = -1,
+        py::arg("signed_input") = contract::kDefaultSignedInput, py::arg("num_bits") = contract::kDefaultNumBits,
+        py::arg("range_given") = contract::kDefaultRangeGiven, py::arg("round_mode") = kDefaultRoundMode,
+        py::arg("narrow_range") = contract::kDefaultNarrowRange, py::arg("axis") = contract::kDefaultAxis,
         "QuantizeAndDequantizeV2/V4 forward on the CPU (axis -1 = per-tensor). Returns a new array.");
   m.def("masked_gradient", &masked_gradient_cpu, py::arg("gradients"), py::arg("input"), py::arg("input_min"),
-        py::arg("input_max"), py::arg("axis") = -1, "QuantizeAndDequantizeV4Grad's input_backprop on the CPU.");
+        py::arg("input_max"), py::arg("axis") = contract::kDefaultAxis,
+        "QuantizeAndDequantizeV4Grad's input_backprop on the CPU.");
   m.def("lsq_gradient", &lsq_gradient_cpu, py::arg("gradients"), py::arg("input"), py::arg("input_min"),
-        py::arg("input_max"), py::arg("signed_input") = true, py::arg("num_bits") = 8,
-        py::arg("round_mode") = "HALF_TO_EVEN", py::arg("narrow_range") = false, py::arg("axis") = -1,
+        py::arg("input_max"), py::arg("signed_input") = contract::kDefaultSignedInput,
+        py::arg("num_bits") = contract::kDefaultNumBits, py::arg("round_mode") = kDefaultRoundMode,
+        py::arg("narrow_range") = contract::kDefaultNarrowRange, py::arg("axis") = contract::kDefaultAxis,
         "QuantizeAndDequantizeLsqGrad on the CPU: (input_backprop, step_backprop).");
   m.def("tracked_quantize", &tracked_quantize_cpu, py::arg("input"), py::arg("tracked_min"), py::arg("tracked_max"),
-        py::arg("tracked_updates"), py::arg("momentum"), py::arg("delayed") = false, py::arg("signed_input") = true,
-        py::arg("num_bits") = 8, py::arg("round_mode") = "HALF_TO_EVEN", py::arg("narrow_range") = false,
-        py::arg("axis") = -1,
+        py::arg("tracked_updates"), py::arg("momentum"), py::arg("delayed") = false,
+        py::arg("signed_input") = contract::kDefaultSignedInput, py::arg("num_bits") = contract::kDefaultNumBits,
+        py::arg("round_mode") = kDefaultRoundMode, py::arg("narrow_range") = contract::kDefaultNarrowRange,
+        py::arg("axis") = contract::kDefaultAxis,
         "QuantizeAndDequantizeTracked on the CPU: (output, new_min, new_max, new_updates, used_min, used_max).");
   m.def("cpu_isa", [] { return std::string(qdq::cpu_isa()); }, "Instruction set of the CPU loops (avx2/baseline).");
   m.def(

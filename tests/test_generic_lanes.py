@@ -1,8 +1,12 @@
-"""The AVX2 loops' generic lanes for a narrow element type (cc/qdq_avx2_lanes.h: eight scalar
+"""A core built without CUDA and with the AVX2 loops' generic lanes.
+
+The AVX2 loops' generic lanes for a narrow element type (cc/qdq_avx2_lanes.h: eight scalar
 conversions through Compute<T>), which a newly added type runs on until it gets a register
 conversion: the core is built with QDQ_AVX2_GENERIC_NARROW, so half and bfloat16 take that
 path, and every op's AVX2 result must equal the portable loops' bit for bit
-(tests/cuda_emu/isa_check.py, the same check the sanitizer run makes of the real lanes)."""
+(tests/cuda_emu/isa_check.py, the same check the sanitizer run makes of the real lanes).
+The same module is the binding as a machine without nvcc builds it (-Wall -Wextra -Werror):
+its CUDA entry points raise an error that says so."""
 import platform
 import shutil
 import subprocess
@@ -17,13 +21,40 @@ sys.path.insert(0, str(ROOT / "tests" / "cuda_emu"))
 import host_build  # noqa: E402
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX2 loops are x86-64 only")
-def test_generic_narrow_lanes_equal_the_portable_loops(tmp_path_factory):
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
     tmp = host_build.core_package(tmp_path_factory.mktemp("generic_lanes"),
                                   tmp_path_factory.getbasetemp() / "qdq_core_objects",
                                   core_defines=("-DQDQ_AVX2_GENERIC_NARROW",))
     shutil.copy(ROOT / "tests" / "cuda_emu" / "isa_check.py", tmp / "isa_check.py")
-    result = subprocess.run([sys.executable, "isa_check.py", "float16", "bfloat16"], cwd=tmp, capture_output=True,
-                            text=True, timeout=900, env={"PYTHONPATH": str(tmp), "PATH": "/usr/bin:/bin"})
+    return tmp
+
+
+def _python(package, *args):
+    return subprocess.run([sys.executable, *args], cwd=package, capture_output=True, text=True, timeout=900,
+                          env={"PYTHONPATH": str(package), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX2 loops are x86-64 only")
+def test_generic_narrow_lanes_equal_the_portable_loops(package):
+    result = _python(package, "isa_check.py", "float16", "bfloat16")
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     assert int(result.stdout.split("isa_check: ")[1].split()[0]) >= 200, result.stdout
+
+
+def test_a_core_without_cuda_says_so(package):
+    script = """
+from tensorflow_qdq import _core
+assert _core.WITH_CUDA is False and _core.cuda_device_count() == 0
+for call in (lambda: _core.quantize_workspace_bytes("float32", [4], -1, False),
+             lambda: _core.tracked_workspace_bytes("float16", [4], -1)):
+    try:
+        call()
+    except RuntimeError as e:
+        assert "built without CUDA" in str(e), e
+    else:
+        raise AssertionError("no error")
+print("ok")
+"""
+    result = _python(package, "-c", script)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (result.stdout + result.stderr)[-6000:]

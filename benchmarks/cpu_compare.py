@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,8 +27,9 @@ BEGIN, END = "<!-- cpu-compare:begin -->", "<!-- cpu-compare:end -->"
 def run_quick(tree):
     """{(case, layout, dtype, size): (ours ms, speedup)} from one quick run in `tree`."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(tree))
-    out = subprocess.run([sys.executable, str(Path(tree) / "benchmarks" / "cpu.py"), "--quick"], cwd=tree, env=env,
-                         capture_output=True, text=True, check=True, timeout=1200).stdout
+    with tempfile.TemporaryDirectory() as scratch:  # cpu.py writes its RESULTS.md section there, not in `tree`
+        out = subprocess.run([sys.executable, str(Path(tree) / "benchmarks" / "cpu.py"), "--quick", "--out", scratch],
+                             cwd=tree, env=env, capture_output=True, text=True, check=True, timeout=1200).stdout
     rows = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

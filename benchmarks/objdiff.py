@@ -36,6 +36,7 @@ def functions(obj):
         if lines and lines[0].endswith(">:"):
             code = (re.sub(r"^\s*[0-9a-f]+:\s*", "", line) for line in lines[1:])
             code = (re.sub(r"\s<.*$", "", line) for line in code)  # call/jump target names
+            code = (re.sub(r"^(j\w+|call)\s+[0-9a-f]+$", r"\1 X", line) for line in code)  # and addresses
             bodies[lines[0].split("<", 1)[1][:-2]] = tuple(re.sub(r"-?0x[0-9a-f]+\(", "D(", c) for c in code)
     return bodies
 

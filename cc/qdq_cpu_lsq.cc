@@ -2,6 +2,7 @@
 // input gradient and sums each channel's step gradient. Portable scalar code: the
 // pass runs once per training step per quantizer, next to a convolution's backward.
 #include <algorithm>
+#include <cassert>
 #include <vector>
 
 #include "qdq_cpu.h"
@@ -57,6 +58,10 @@ void lsq_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* inpu
     chi[c] = Compute<T>::load(hi[c]);
     params[c] = compute_params(clo[c], chi[c], range);
   }
+  decltype(&lsq_piece<static_cast<RoundMode>(0), T>) piece = nullptr;  // one function type for every mode
+  const bool known = with_round_mode(round_mode, [&](auto mode) { piece = lsq_piece<decltype(mode)::value, T>; });
+  assert(known && "round_mode comes from a validated attribute");
+  if (!known) return;
   const int64_t by_size = std::max<int64_t>(1, n / kShardElements);
   const int64_t by_memory = std::max<int64_t>(1, kMaxPartials / l.depth);
   const int64_t shards = std::min({by_size, by_memory, 4 * static_cast<int64_t>(pool.num_threads())});
@@ -65,9 +70,7 @@ void lsq_gradient_cpu(const ThreadPool& pool, const T* grad, const T* x, T* inpu
     for (int64_t s = first; s < last; ++s) {
       const int64_t b = n * s / shards, e = n * (s + 1) / shards;
       double* sums = partial.data() + s * l.depth;
-      with_round_mode(round_mode, [&](auto mode) {
-        lsq_piece<decltype(mode)::value>(grad, x, input_out, b, e, l, params, clo, chi, range, sums);
-      });
+      piece(grad, x, input_out, b, e, l, params, clo, chi, range, sums);
     }
   });
   const double scale = lsq_gradient_scale(l.outer * l.inner, range);

@@ -8,6 +8,9 @@
 
 namespace qdq {
 
+static_assert(cuda_impl::kInvalidValue == static_cast<int>(cudaErrorInvalidValue),
+              "the launchers report an argument outside its domain as CUDA does");
+
 int cuda_zero(CudaStream stream, void* ptr, size_t bytes) {
   if (bytes == 0) return 0;
   return static_cast<int>(cudaMemsetAsync(ptr, 0, bytes, stream));

@@ -25,6 +25,7 @@ namespace qdq {
 namespace cuda_impl {
 
 constexpr int kBlock = 256;             // threads per block, every kernel
+constexpr int kInvalidValue = 1;        // cudaErrorInvalidValue: an argument outside its domain
 constexpr int kUnroll = 4;              // vectors per thread per tile (reduction)
 constexpr int64_t kRunMin = 2048;       // inner extent from which rows are reduced as runs
 constexpr int64_t kMinColumnRows = 16;  // rows each thread reduces (at least) on the column path
@@ -461,13 +462,13 @@ int launch_elements(CudaStream s, const T* a, const typename NoDeduce<T>::type* 
 template <typename T, typename Param = Scales<compute_t<T>>>
 int launch_quantize_pass(CudaStream s, const T* in, T* out, const Layout& l, const QuantizeAttrs& attrs, Param one,
                          const typename NoDeduce<Param>::type* per) {
-  int err = 0;
-  with_round_mode(attrs.round_mode, [&](auto mode) {
+  int err = kInvalidValue;
+  const bool known = with_round_mode(attrs.round_mode, [&](auto mode) {
     constexpr RoundMode k = decltype(mode)::value;
     err = attrs.range_given ? launch_elements<QuantizeOp<T, k, true>>(s, in, nullptr, out, l, one, per)
                             : launch_elements<QuantizeOp<T, k, false>>(s, in, nullptr, out, l, one, per);
   });
-  return err;
+  return known ? err : kInvalidValue;
 }
 
 // Workspace of the auto path: lo keys, hi keys, params (each 16-byte aligned).
@@ -636,10 +637,11 @@ int lsq_gradient(CudaStream s, const T* grad, const T* x, T* input_out, T* step_
   const int64_t n = l.size();
   if (n > 0) {
     const int64_t grid = std::max<int64_t>(1, std::min(ceil_div(n, kBlock), 4 * port::resident_blocks()));
-    with_round_mode(round_mode, [&](auto mode) {
+    const bool known = with_round_mode(round_mode, [&](auto mode) {
       QDQ_LAUNCH((lsq_kernel<T, decltype(mode)::value>), grid, kBlock, s, grad, x, input_out, n, l.inner, l.depth, dev,
                  range, acc);
     });
+    if (!known) return kInvalidValue;
     if (int err = port::last_error()) return err;
   }
   QDQ_LAUNCH((lsq_finish_kernel<T>), ceil_div(l.depth, kBlock), kBlock, s, acc, l.depth,

@@ -36,12 +36,19 @@ void for_each_round_mode(Fn&& fn) {
 
 // The one switch from a run-time round mode to a template instance: calls
 // fn(RoundModeTag<mode>{}). The LSQ loop and the CUDA launchers go through it, so a new mode
-// needs only its RoundMode value and its rounding in round_lanes below.
+// needs only its RoundMode value and its rounding in round_lanes below. A RoundMode comes
+// only from a validated attribute (kernels, binding); false (fn not called) would mean a
+// value outside the enumeration, which the callers turn into an error.
 template <typename Fn>
-void with_round_mode(RoundMode mode, Fn&& fn) {
+[[nodiscard]] bool with_round_mode(RoundMode mode, Fn&& fn) {
+  bool called = false;
   for_each_round_mode([&](auto m) {
-    if (decltype(m)::value == mode) fn(m);
+    if (decltype(m)::value == mode) {
+      fn(m);
+      called = true;
+    }
   });
+  return called;
 }
 
 // The simulated integer grid, exact in int64.
@@ -111,12 +118,12 @@ QDQ_HD double floor_c(double v) { return floor(v); }
 QDQ_HD float signed_zero(float v) { return copysignf(0.0f, v); }
 QDQ_HD double signed_zero(double v) { return copysign(0.0, v); }
 #else
-inline float rint_c(float v) { return std::rint(v); }
-inline double rint_c(double v) { return std::rint(v); }
-inline float floor_c(float v) { return std::floor(v); }
-inline double floor_c(double v) { return std::floor(v); }
-inline float signed_zero(float v) { return std::copysign(0.0f, v); }
-inline double signed_zero(double v) { return std::copysign(0.0, v); }
+QDQ_INLINE float rint_c(float v) { return std::rint(v); }
+QDQ_INLINE double rint_c(double v) { return std::rint(v); }
+QDQ_INLINE float floor_c(float v) { return std::floor(v); }
+QDQ_INLINE double floor_c(double v) { return std::floor(v); }
+QDQ_INLINE float signed_zero(float v) { return std::copysign(0.0f, v); }
+QDQ_INLINE double signed_zero(double v) { return std::copysign(0.0, v); }
 #endif
 
 // What one slice (the whole tensor, or one channel) needs for the element pass.

@@ -87,7 +87,7 @@ struct CpuLoops {
                         bool stream);
   void (*gradient_row)(const T* g, const T* x, T* out, int64_t n, const C* lo, const C* hi, bool stream);
 
-  const Rounding& rounding(RoundMode mode) const { return by_mode[static_cast<int>(mode)]; }
+  QDQ_INLINE const Rounding& rounding(RoundMode mode) const { return by_mode[static_cast<int>(mode)]; }
 };
 
 // The table of one instruction set's loops, the static members of `Loops` (those that

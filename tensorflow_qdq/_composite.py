@@ -56,7 +56,7 @@ def _check_range_shapes(input_min, input_max, axis, input_shape, grad=False):
 
 
 def compute_dtype(dtype):
-    return tf.as_dtype(_contract.COMPUTE_DTYPES[tf.as_dtype(dtype).name])
+    return tf.as_dtype(_contract.compute_dtype(tf.as_dtype(dtype).name))
 
 
 def _divide(numerator, constant):

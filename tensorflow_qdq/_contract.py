@@ -28,6 +28,13 @@ def dtypes_text():
     return ", ".join(DTYPES[:-1]) + " or " + DTYPES[-1]
 
 
+def compute_dtype(dtype_name, name="input"):
+    """The compute type's name of an element type's; TypeError naming the argument otherwise."""
+    if dtype_name not in COMPUTE_DTYPES:
+        raise TypeError(f"{name} must be {dtypes_text()}, got {dtype_name}")
+    return COMPUTE_DTYPES[dtype_name]
+
+
 def check_num_bits(num_bits, signed, name="num_bits", not_int=TypeError):
     """``num_bits`` as an int; else ValueError (out of bounds) or ``not_int`` (not an int),
     naming the argument and the bound."""

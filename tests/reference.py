@@ -235,8 +235,8 @@ def lsq_gradient(grad, x, input_min, input_max, *, signed_input=True, num_bits=8
     v = np.where(b(p_hi) < v3, b(p_hi), v3)
     v = np.where(v < b(p_lo), b(p_lo), v)
     y = ar.mul(v, b(scale))
-    d = _rounding(round_mode, ar)(y) - y  # exact in float64 (and in C)
-    d = np.where(v3 < b(lo), float(qmin), np.where(v3 > b(hi), float(qmax), d))
+    d = ar.add(_rounding(round_mode, ar)(y), -y)  # in C, as the kernel subtracts
+    d = np.where(v3 < b(lo), float(ar.r(qmin)), np.where(v3 > b(hi), float(ar.r(qmax)), d))
     d = np.where(np.isnan(v3) | b(degenerate_), 0.0, d)
     with np.errstate(all="ignore"):
         terms = g3 * d
@@ -244,7 +244,7 @@ def lsq_gradient(grad, x, input_min, input_max, *, signed_input=True, num_bits=8
     norm = np.sqrt(n * max(qmax, 1)) if n else 1.0
     steps = terms.sum(axis=(0, 2)) / norm
     magnitudes = np.abs(terms).sum(axis=(0, 2)) / norm
-    return masked_gradient(grad, x, input_min, input_max, axis=axis), steps, magnitudes
+    return masked_gradient(grad, x, input_min, input_max, axis=axis, daz=False), steps, magnitudes
 
 
 def close_in_dtype(got, want, magnitude, dtype):

@@ -3,9 +3,13 @@ setup.py executes it and BUILD loads it. Checks that both builds take their list
 that it lists every translation unit in the tree, and that the flags reach both builds."""
 
 import ast
+import platform
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import setup_under_test
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,3 +58,25 @@ def test_build_loads_the_lists_and_names_no_source_itself():
     spelled = set(re.findall(r'"(cc/[\w.]+\.(?:cc|cu)|kernels/[\w.]+\.cc)"', BUILD))
     assert spelled <= {"cc/qdq_cpu_baseline.cc"}, spelled
     assert "-nvcc_options=" in BUILD  # NVCC_FLAGS through TensorFlow's nvcc wrapper
+
+
+@pytest.mark.parametrize("opt,defines", [("-O0", ()), ("-O0", ("-DQDQ_AVX2_GENERIC_NARROW",)), ("-O3", ())],
+                         ids=["O0", "O0-generic-lanes", "O3"])
+def test_the_avx2_unit_exports_nothing_but_its_tables(tmp_path, opt, defines):
+    """The AVX2 unit (AVX2_SOURCES, built with AVX2_FLAGS) compiles the shared headers' inline
+    functions too. A copy emitted out of line there would be a weak symbol the linker may also
+    hand to the portable loops, which would then fault on a CPU without AVX2; QDQ_INLINE
+    (cc/qdq_hd.h) keeps every one inlined, at -O0 too, and with the generic lanes a new type
+    starts on. So the object defines no external code symbol but qdq::avx2_loops<T>."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None or platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("needs an x86-64 C++ compiler")
+    (source,) = LISTS["AVX2_SOURCES"]
+    obj = tmp_path / "avx2.o"
+    subprocess.run([cxx, "-std=c++17", opt, "-fPIC", *LISTS["CORE_FLAGS"], *LISTS["AVX2_FLAGS"], *defines, "-I",
+                    str(ROOT), "-c", str(ROOT / source), "-o", str(obj)], check=True)
+    symbols = subprocess.run(["nm", "-C", "--defined-only", str(obj)], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    code = [s for s in symbols if s.split(" ", 2)[1] in ("T", "W", "i")]  # global, weak, indirect functions
+    exported = [s.split(" ", 2)[2] for s in code]
+    assert exported and all(re.fullmatch(r".* qdq::avx2_loops<[\w:]+>\(\)", name) for name in exported), exported

@@ -43,6 +43,15 @@ def test_header_and_module_state_the_same_contract():
     # The four spellings of the element types, in one order.
     named = re.findall(r'X\([\w:]+, "(\w+)"\)', _macro("QDQ_FOR_EACH_NAMED_TYPE"))
     assert tuple(named) == _contract.DTYPES
+    # The compute types: Python's table and the core's Compute<T> (cc/qdq_float16.h; float and
+    # double compute in themselves, the narrow types as specialized there).
+    assert tuple(_contract.COMPUTE_DTYPES) == _contract.DTYPES
+    float16_h = (ROOT / "cc" / "qdq_float16.h").read_text()
+    core_names = dict(re.findall(r'X\(([\w:]+), "(\w+)"\)', _macro("QDQ_FOR_EACH_NAMED_TYPE")))
+    for core_type, name in core_names.items():
+        spec = re.search(rf"struct Compute<{core_type.split('::')[-1]}> \{{\s*using type = (\w+);", float16_h)
+        compute = spec.group(1) if spec else core_type
+        assert {"float": "float32", "double": "float64"}[compute] == _contract.COMPUTE_DTYPES[name], name
     core = re.findall(r"X\(([\w:]+)\)", _macro("QDQ_FOR_EACH_TYPE"))
     assert core == re.findall(r"X\(([\w:]+),", _macro("QDQ_FOR_EACH_NAMED_TYPE"))
     tf_names = {"bfloat16": "::tensorflow::bfloat16", "half": "Eigen::half", "float": "float", "double": "double"}

@@ -198,6 +198,9 @@ def test_static_errors_under_xla_name_the_argument():
     with pytest.raises(ValueError, match="input_min"):
         tf.function(lambda x: qdq.quantize_and_dequantize_v2(x, [0.0, 1.0, 2.0], [1.0, 2.0, 3.0],
                                                              range_given=True, axis=1), jit_compile=True)(x)
+    # An element type outside the contract (the kernels' type attribute rejects it outside XLA).
+    with pytest.raises(TypeError, match=r"input must be bfloat16, float16, float32 or float64, got int32"):
+        tf.function(lambda x: qdq.quantize_and_dequantize_v2(x, 0, 0), jit_compile=True)(tf.constant([1, 2]))
 
 
 def test_keras_models_compile_with_xla(monkeypatch):

@@ -60,38 +60,34 @@ def _python_package(tmp):
     return pkg
 
 
-def _pybind_includes():
+def _package(tmp, objects_dir, sources, *, extra=(), **build_args):
+    """tmp with the Python package copied (_python_package) and its tensorflow_qdq._core built
+    from the binding's `sources` and the core; returns (tmp, the built core)."""
     import sysconfig
 
     import pybind11
 
-    return ["-shared", "-fvisibility=hidden", "-isystem", pybind11.get_include(), "-isystem",
-            sysconfig.get_paths()["include"], "-I", str(ROOT / "cc")]
+    tmp = Path(tmp)
+    pkg = _python_package(tmp)
+    includes = ["-shared", "-fvisibility=hidden", "-isystem", pybind11.get_include(), "-isystem",
+                sysconfig.get_paths()["include"], "-I", str(ROOT / "cc")]
+    core = build(pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX")), sources, objects_dir,
+                 extra=[*extra, *includes], **build_args)
+    return tmp, core
 
 
 def core_package(tmp, objects_dir, *, core_defines=()):
     """A directory holding a copy of the Python package whose tensorflow_qdq._core (CPU only)
     is built from a core compiled with `core_defines`; returns the directory."""
-    import sysconfig
-
-    tmp = Path(tmp)
-    pkg = _python_package(tmp)
-    build(pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX")), ["cc/qdq_pybind.cc"], objects_dir,
-          extra=_pybind_includes(), core_defines=core_defines)
-    return tmp
+    return _package(tmp, objects_dir, ["cc/qdq_pybind.cc"], core_defines=core_defines)[0]
 
 
 def emulated_package(tmp, objects_dir, *, sanitize=()):
     """A directory holding a copy of the Python package whose tensorflow_qdq._core is built
     against the CUDA emulation (emu_api.cc), the GPU test module and its device-buffer bridge,
     and stand-ins that hide TensorFlow and PyTorch; returns (directory, the built core)."""
-    import sysconfig
-
-    tmp = Path(tmp)
-    pkg = _python_package(tmp)
-    core = build(pkg / ("_core" + sysconfig.get_config_var("EXT_SUFFIX")),
-                 ["cc/qdq_pybind.cc", "tests/cuda_emu/emu_api.cc"], objects_dir,
-                 extra=["-DQDQ_WITH_CUDA", *_pybind_includes()], sanitize=sanitize)
+    tmp, core = _package(tmp, objects_dir, ["cc/qdq_pybind.cc", "tests/cuda_emu/emu_api.cc"],
+                         extra=["-DQDQ_WITH_CUDA"], sanitize=sanitize)
     # Copies outside the repository: the repository's conftest would put the real package first.
     shutil.copy(ROOT / "tests" / "test_gpu.py", tmp / "test_gpu.py")
     shutil.copy(ROOT / "benchmarks" / "device_buffers.py", tmp / "device_buffers.py")

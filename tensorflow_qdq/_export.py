@@ -81,46 +81,69 @@ def export(model, out_dir, *, exact=False):
     return _rewrite_saved_model(out_dir, exact)
 
 
-def to_tflite(model, *, integer=None, allow_float_ops=False, exact=False, optimizations=None):
+def to_tflite(model, *, integer=None, allow_float_ops=False, exact=False, optimizations=None, verify=True,
+              verify_data=None):
     """Converts ``model`` to a TFLite flatbuffer (bytes).
 
     Args:
       model: a Keras model (or a SavedModel directory, for ``integer=False``).
       integer: True gives a full-integer model: int8 weights per channel, int8 activations
         with the ranges the quantizers hold (calibrated or learned in QAT), int32 biases
-        (``tensorflow_qdq.deploy.tflite``). False gives today's float model with
-        QUANTIZE/DEQUANTIZE pairs: the model is exported as :func:`export` does and converted
-        as it is. Default: True for a Keras model with tensorflow-qdq quantizers, else False.
+        (``tensorflow_qdq.deploy.tflite``). False gives a float model (with QUANTIZE/DEQUANTIZE
+        pairs where the model quantizes): the model is exported as :func:`export` does and
+        converted as it is. Default: True for a Keras model (one without quantizers raises:
+        pass ``integer=False`` for a float model), False for a SavedModel directory.
       allow_float_ops: with ``integer=True``, accept ops that stay float (else ValueError
         naming them).
       exact, optimizations: for ``integer=False`` only: :func:`export`'s ``exact``, and the
         converter's ``optimizations``.
+      verify, verify_data: for a Keras model, the TFLite interpreter runs the result on sample
+        inputs and it must agree with the Keras model (see ``to_onnx`` and docs/DEPLOY.md,
+        "Verified exports"): True raises ``tensorflow_qdq.deploy.ExportMismatchError``,
+        ``"warn"`` warns, False skips; ``verify_data`` (or ``verify`` itself) gives the inputs.
     """
+    from tensorflow_qdq.deploy import _verify
+
+    mode, data = _verify.parse(verify, verify_data)
+    is_directory = isinstance(model, (str, os.PathLike))
     if integer is None:
-        integer = _has_quantizers(model)
+        integer = not is_directory
     if integer:
         if exact or optimizations is not None:
             raise ValueError("to_tflite: exact= and optimizations= apply to integer=False only; the integer route "
                              "sets the converter itself")
-        if isinstance(model, (str, os.PathLike)):
+        if is_directory:
             raise ValueError("to_tflite(integer=True) needs the Keras model from quantize_model, not a SavedModel "
                              "directory: its quantizers say which ranges to use")
-        from tensorflow_qdq.deploy import tflite
+        from tensorflow_qdq.deploy import _preflight, _quiet, tflite
 
-        return tflite.integer_tflite(model, allow_float_ops=allow_float_ops)
-    with tempfile.TemporaryDirectory(prefix="qdq_tflite_") as tmp:
-        portable = os.path.join(tmp, "portable")
-        export(model, portable, exact=exact)
-        converter = tf.lite.TFLiteConverter.from_saved_model(portable)
-        if optimizations is not None:
-            converter.optimizations = optimizations
-        return converter.convert()
+        _preflight.check_exportable(model, "to_tflite")
+
+        def convert(keras_model, allow):
+            with _quiet.converter_output_hidden():
+                return tflite.integer_tflite(keras_model, allow_float_ops=allow)
+
+        flatbuffer = convert(model, allow_float_ops)
+    else:
+        from tensorflow_qdq.deploy import _quiet
+
+        with _quiet.converter_output_hidden(), tempfile.TemporaryDirectory(prefix="qdq_tflite_") as tmp:
+            portable = os.path.join(tmp, "portable")
+            export(model, portable, exact=exact)
+            converter = tf.lite.TFLiteConverter.from_saved_model(portable)
+            if optimizations is not None:
+                converter.optimizations = optimizations
+            flatbuffer = converter.convert()
+        convert = None
+    if not is_directory:
+        _verify_tflite(model, flatbuffer, mode, data, None if convert is None else lambda tap: convert(tap, True))
+    return flatbuffer
 
 
-def _has_quantizers(model):
-    if isinstance(model, (str, os.PathLike)) or not hasattr(model, "_flatten_layers"):
-        return False
-    from tensorflow_qdq.keras import QuantizeAndDequantize, QuantizedMultiHeadAttention, QuantizeWrapper
+def _verify_tflite(model, flatbuffer, mode, data, reconvert):
+    from tensorflow_qdq.deploy import _sessions, _trace, _verify
 
-    kinds = (QuantizeAndDequantize, QuantizeWrapper, QuantizedMultiHeadAttention)
-    return any(isinstance(layer, kinds) for layer in model._flatten_layers(include_self=False, recursive=True))
+    names = [spec.name for spec in _trace.input_signature(model)]
+    probe = None if reconvert is None else (lambda tap: _sessions.tflite_session(reconvert(tap), names))
+    _verify.verify_export(model, _sessions.tflite_session(flatbuffer, names), what="to_tflite",
+                          runtime="the TFLite interpreter", mode=mode, data=data, probe=probe)

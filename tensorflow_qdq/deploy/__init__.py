@@ -5,3 +5,7 @@ with every range and weight frozen to constants, each quantizer emitting the ops
 runtime turns into integer kernels (see ``_trace``), then convert with the runtime's own
 converter (tf2onnx, the TFLite converter) and check the result.
 """
+
+from tensorflow_qdq.deploy._verify import ExportMismatchError, ExportMismatchWarning  # noqa: E402
+
+__all__ = ["ExportMismatchError", "ExportMismatchWarning"]

@@ -28,7 +28,7 @@ from tensorflow_qdq.keras._quantized_layers import (  # noqa: E402
     QuantizedConv3D,
     QuantizedDense,
 )
-from tensorflow_qdq.keras._report import ReportRow, quantization_report  # noqa: E402
+from tensorflow_qdq.keras._report import ReportRow, quantization_report, report_summary  # noqa: E402
 from tensorflow_qdq.keras._wrapper import QuantizeWrapper  # noqa: E402
 
 __all__ = [
@@ -44,4 +44,5 @@ __all__ = [
     "calibrate",
     "quantization_report",
     "quantize_model",
+    "report_summary",
 ]

@@ -8,6 +8,9 @@ every range and weight frozen to a constant (read in eager mode through ``tf.ini
 
 import contextlib
 import threading
+import weakref
+
+import numpy as np
 
 _state = threading.local()
 
@@ -40,3 +43,25 @@ def calibration_observer():
 
 def calibration_pass(observe):
     return _installed("observer", observe)
+
+
+# The first rows calibrate saw, per model: the exporters' default sample inputs for verifying
+# an export (kept beside the model, not in it, so saving and cloning are unaffected).
+_SAMPLE_ROWS = 16
+_samples = weakref.WeakKeyDictionary()
+
+
+def remember_samples(model, batch):
+    """Keeps up to ``_SAMPLE_ROWS`` rows of ``batch`` (an array or a list, one per input)."""
+    arrays = [np.asarray(b) for b in (batch if isinstance(batch, (list, tuple)) else [batch])]
+    kept = _samples.get(model)
+    if kept is not None:
+        if len(kept[0]) >= _SAMPLE_ROWS:
+            return
+        arrays = [np.concatenate([k, a]) for k, a in zip(kept, arrays)]
+    _samples[model] = [a[:_SAMPLE_ROWS] for a in arrays]
+
+
+def remembered_samples(model):
+    """The rows ``calibrate`` kept for ``model`` (a list of arrays), or None."""
+    return _samples.get(model)

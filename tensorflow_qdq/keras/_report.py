@@ -17,6 +17,12 @@ class ReportRow:
     status: "quantized" (weights quantized), "activation quantizer", "float" (a layer with
     weights left float) or "no weights"; has_kernel: whether the layer has a kernel-like
     weight that a runtime could run in integer arithmetic.
+
+    With ``quantization_report(model, runtime=...)``, what that runtime runs:
+    runtime_status is "integer" (every op computing the layer is an integer kernel), "float"
+    (some op computes in float; runtime_detail says which and why), "moves data" (only ops
+    that move or re-encode values), "absent" (no op of its own: folded, or nothing to compute)
+    or "quantize/dequantize" (an activation quantizer); runtime_detail names the ops.
     """
 
     name: str
@@ -24,16 +30,30 @@ class ReportRow:
     status: str
     detail: str
     has_kernel: bool
+    runtime_status: str = ""
+    runtime_detail: str = ""
 
 
-def quantization_report(model, skipped=None):
+def quantization_report(model, skipped=None, *, runtime=None, **export_options):
     """Rows (``ReportRow``) for every layer of a model made by ``quantize_model`` (nested
     models included, their layer names prefixed with the model's name). ``skipped``: the
-    names passed as ``skip_layers`` (default: those ``quantize_model`` recorded on the model)."""
+    names passed as ``skip_layers`` (default: those ``quantize_model`` recorded on the model).
+
+    ``runtime="onnxruntime"`` or ``"tflite"`` exports the model (``to_onnx`` / ``to_tflite``,
+    given ``export_options`` such as ``opset=``; unverified, since the report is for looking)
+    and fills in what that runtime runs for each layer: integer kernel or float, and why
+    (``runtime_status``, ``runtime_detail``); ``print(report_summary(rows, runtime=...))`` counts them.
+    """
     skipped = getattr(model, "_qdq_skip_layers", ()) if skipped is None else skipped
     rows = []
     for prefix, layer in _walk(model, ""):
         rows.append(_row(prefix + layer.name, layer, skipped))
+    if runtime is not None:
+        # The one import from keras/ into deploy/: the runtime's view needs the exporters,
+        # loaded only when asked for (deploy/ imports keras/, never the other way at import time).
+        from tensorflow_qdq.deploy import _runtime_report
+
+        rows = _runtime_report.runtime_rows(model, rows, runtime, export_options)
     return rows
 
 
@@ -73,8 +93,14 @@ def _row(name, layer, skipped):
     return ReportRow(name, kind, "float", reason, has_kernel)
 
 
-def summary(rows, model_name):
-    """A short text: counts, then every layer with weights that stayed float and why."""
+def report_summary(rows, model_name="model", runtime=None):
+    """The text ``quantize_model`` prints, for any report (see ``summary``)."""
+    return summary(rows, model_name, runtime)
+
+
+def summary(rows, model_name, runtime=None):
+    """A short text: counts, then every layer with weights that stayed float and why; for
+    rows with a runtime's view (``runtime`` names it), the layers that runtime runs in float."""
     weighted = [r for r in rows if r.has_kernel]
     quantized = [r for r in weighted if r.status == "quantized"]
     folds = sum("folded" in r.detail for r in rows)
@@ -84,4 +110,11 @@ def summary(rows, model_name):
     left = [r for r in rows if r.status == "float"]
     for r in left:
         lines.append(f"  left float: {r.name} ({r.kind}): {r.detail}")
+    if any(r.runtime_status for r in rows):
+        where = runtime or "the runtime"
+        integer = [r for r in weighted if r.runtime_status == "integer"]
+        lines.append(f"{where}: {len(integer)} of {len(weighted)} layers with kernels run as integer kernels")
+        for r in rows:
+            if r.runtime_status == "float":
+                lines.append(f"  float in {where}: {r.name} ({r.kind}): {r.runtime_detail}")
     return "\n".join(lines)

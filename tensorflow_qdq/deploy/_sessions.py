@@ -1,0 +1,113 @@
+"""An exported model run in the runtime that deploys it, over the Keras model's inputs.
+
+``onnx_session`` and ``tflite_session`` return ``run(inputs) -> (outputs, steps)``: ``inputs``
+a list of arrays in the order of the Keras model's inputs, ``outputs`` the runtime's outputs in
+the order of the Keras model's (flattened) outputs, ``steps`` for each output the grid step
+of the quantized tensor it was dequantized from, or None for a float output (verification
+allows an output a few of its own steps of difference).
+"""
+
+import numpy as np
+
+
+def onnx_session(proto):
+    """ONNX Runtime's CPU session with every graph optimization, as users run it (that is
+    where the QDQ pairs become integer kernels). 4-bit models run with the QDQ fusion off (see
+    ``four_bit_options``)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    four_bit_options(proto, options)
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    steps = [_onnx_output_step(proto, o.name) for o in proto.graph.output]
+
+    def run(inputs):
+        feeds = {name: np.asarray(x) for name, x in zip(names, inputs)}
+        return [np.asarray(y) for y in session.run(None, feeds)], steps
+
+    return run
+
+
+def four_bit_options(proto, options):
+    """ONNX Runtime 1.32 has no 4-bit integer conv/matmul kernels, and its QDQ fusion leaves a
+    uint4 MaxPool that it then rejects: a model with 4-bit tensors runs with the fusion off
+    (the 4-bit grid is computed exactly either way)."""
+    from onnx import TensorProto
+
+    four = (TensorProto.INT4, TensorProto.UINT4)
+    if any(t.data_type in four for t in proto.graph.initializer) or any(
+            a.t.data_type in four for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute):
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+
+
+def _onnx_output_step(proto, name):
+    from onnx import numpy_helper
+
+    producer = next((n for n in proto.graph.node if name in n.output), None)
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return None
+    scale = next((t for t in proto.graph.initializer if t.name == producer.input[1]), None)
+    if scale is None:
+        return None
+    value = numpy_helper.to_array(scale)
+    return float(np.max(value)) if value.size else None
+
+
+def tflite_session(flatbuffer, input_names=()):
+    """The TFLite interpreter (LiteRT) with its default delegates, as deployed; inputs are
+    matched to ``input_names`` (the traced signature's) by name, outputs kept in the
+    converter's order (that of the traced function's outputs)."""
+    from tensorflow_qdq.deploy import _quiet, tflite
+
+    with _quiet.converter_output_hidden():  # LiteRT announces its XNNPACK delegate on stderr
+        interpreter = tflite.interpreter(flatbuffer, default_delegates=True)
+    details = _by_name(interpreter.get_input_details(), input_names)
+    outputs = interpreter.get_output_details()
+    steps = _tflite_output_steps(flatbuffer, [o["index"] for o in outputs])
+    shapes = {}
+
+    def run(inputs):
+        for detail, x in zip(details, inputs):
+            x = np.asarray(x, detail["dtype"])
+            if shapes.get(detail["index"]) != x.shape:
+                interpreter.resize_tensor_input(detail["index"], x.shape)
+                shapes[detail["index"]] = x.shape
+        interpreter.allocate_tensors()
+        for detail, x in zip(details, inputs):
+            interpreter.set_tensor(detail["index"], np.asarray(x, detail["dtype"]))
+        interpreter.invoke()
+        return [interpreter.get_tensor(o["index"]).copy() for o in outputs], steps
+
+    return run
+
+
+def _by_name(details, names):
+    """``details`` reordered to follow ``names`` when every name is found (the converter may
+    prefix them, e.g. ``serving_default_image:0``), else as they are."""
+    def bare(name):
+        return name.split(":")[0].removeprefix("serving_default_")
+
+    found = {bare(d["name"]): d for d in details}
+    if names and len(names) == len(details) and all(n in found for n in names):
+        return [found[n] for n in names]
+    return list(details)
+
+
+def _tflite_output_steps(flatbuffer, indices):
+    """The scale of the int8 tensor each output is dequantized from (ops as converted, no
+    delegate: XNNPACK would hide them), or None."""
+    from tensorflow_qdq.deploy import tflite
+
+    graph = tflite.interpreter(flatbuffer)
+    tensors = {t["index"]: t for t in graph.get_tensor_details()}
+    producer = {out: op for op in graph._get_ops_details() for out in op["outputs"]}
+    steps = []
+    for index in indices:
+        op = producer.get(index)
+        scale = None
+        if op is not None and op["op_name"] == "DEQUANTIZE":
+            scale = tensors[op["inputs"][0]]["quantization"][0] or None
+        steps.append(scale)
+    return steps

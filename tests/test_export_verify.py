@@ -190,3 +190,33 @@ def test_exports_print_nothing():
     for stream in (done.stdout, done.stderr):
         between = stream.split("<<<", 1)[1].split(">>>", 1)[0]
         assert between.strip() == "", between
+
+
+def test_segment_bound():
+    step = 0.5
+    exact = np.arange(-8, 8, dtype=np.float64) * step
+    assert _verify._segment_agreement(exact, exact + step, step) is None  # one step everywhere
+    few = exact.repeat(100)
+    echoed = few.copy()
+    echoed[0] += 2 * step  # one element in 1,600 two steps off: a rounding flip and its echo
+    assert _verify._segment_agreement(few, echoed, step) is None
+    echoed[:10] += 2 * step
+    assert "more than one step apart" in _verify._segment_agreement(few, echoed, step)
+    assert "3 steps" in _verify._segment_agreement(exact, exact + 3 * step, step)
+
+
+@pytest.mark.slow
+def test_rounding_grown_by_depth_warns_instead_of_raising():
+    """An untrained EfficientNetV2B1 (random biases): each stretch between quantizers agrees with
+    Keras, the logits do not (docs/DEPLOY.md, 'Verified exports'). Both exporters return the
+    model and say why in a warning."""
+    from tests.test_onnx_fidelity import quantized
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.EfficientNetV2B1(weights=None, input_shape=(64, 64, 3), classes=10,
+                                                classifier_activation=None)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 64, 64, 3)).astype(np.float32)
+    model = quantized(model, images)
+    for export in (qdq.to_onnx, qdq.to_tflite):
+        with pytest.warns(ExportMismatchWarning, match="Segment by segment the export agrees"):
+            assert export(model)

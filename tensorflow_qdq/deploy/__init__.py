@@ -6,6 +6,6 @@ runtime turns into integer kernels (see ``_trace``), then convert with the runti
 converter (tf2onnx, the TFLite converter) and check the result.
 """
 
-from tensorflow_qdq.deploy._verify import ExportMismatchError, ExportMismatchWarning  # noqa: E402
+from tensorflow_qdq.deploy._errors import ExportMismatchError, ExportMismatchWarning  # noqa: E402
 
 __all__ = ["ExportMismatchError", "ExportMismatchWarning"]

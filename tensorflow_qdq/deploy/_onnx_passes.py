@@ -1,8 +1,10 @@
 """Passes over the tf2onnx output that give ONNX Runtime's QDQ fusion the form it expects.
 
-* ``fold_weight_layout``: tf2onnx puts Reshape/Transpose between a weight's
-  DequantizeLinear and the Conv (depthwise kernels, NHWC -> NCHW); ONNX Runtime fuses only a
-  DequantizeLinear that feeds the op directly. The codes are moved into the final layout.
+* ``fold_weight_layout``: tf2onnx puts Reshape/Transpose/Unsqueeze/Squeeze between a
+  weight's DequantizeLinear and its Conv/ConvTranspose/MatMul/Gemm (depthwise kernels, NHWC ->
+  NCHW, Conv1D's added axis, an attention projection's kernel flattened to a matrix); ONNX
+  Runtime fuses only a DequantizeLinear that feeds the op directly. The codes are moved into
+  the final layout when every output channel still has one scale, else left as they are.
 * ``quantize_on_grid_weights``: a float weight that already lies on a symmetric per-channel
   grid (a SavedModel whose weight quantizers were exported as built-in ops and then folded)
   gets its codes and a per-channel DequantizeLinear; left float, ONNX Runtime would quantize it
@@ -14,6 +16,19 @@
   needed by QGemm without an output quantizer, and what every integer runtime computes.
 * ``layout_before_narrow_quantize``: a 4-bit activation's Reshape/Transpose moves before its
   QuantizeLinear (equal for a per-tensor grid): ONNX Runtime has no 4-bit Reshape/Transpose.
+* ``fold_bias_through_squeeze``: Conv -> Squeeze -> Add(per-channel constant) (Conv1D's
+  BiasAdd after its added axis is removed) becomes Conv with that bias -> Squeeze: ONNX
+  Runtime fuses a bias only as the Conv's third input.
+* ``dequantize_after_layout``: DequantizeLinear -> Pad(zeros)/Unsqueeze/Reshape/... -> Conv
+  becomes the layout ops on the codes (padding with the zero point) -> DequantizeLinear -> Conv:
+  Keras' causal Conv1D pads its input, and ONNX Runtime fuses only a DequantizeLinear that feeds
+  the op directly.
+* ``layout_after_quantize``: Conv -> Squeeze (Conv1D) -> Relu -> QuantizeLinear becomes
+  Conv -> Relu -> QuantizeLinear -> Squeeze: ONNX Runtime fuses a Conv/MatMul into an integer
+  kernel only when its output reaches the QuantizeLinear through activations alone.
+* ``conv_transpose_as_conv`` (ONNX Runtime only): a quantized ConvTranspose becomes zeros
+  inserted between the input codes (the zero point) -> DequantizeLinear -> Conv with the kernel
+  flipped: the same sums, and ONNX Runtime's CPU has an integer Conv but no integer ConvTranspose.
 * ``retype_narrow_widths``: zero points of 4-bit grids become INT4/UINT4 (opset 21).
 """
 
@@ -27,6 +42,8 @@ _FOUR_BIT = {"qdq_zp_i4": TensorProto.INT4, "qdq_zp_u4": TensorProto.UINT4}
 _NUMPY_TYPES = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
                 np.dtype(np.int16): TensorProto.INT16, np.dtype(np.uint16): TensorProto.UINT16}
 _LAYOUT_OPS = ("Reshape", "Transpose", "Identity")
+# Ops that only move a weight's elements, which fold_weight_layout applies to the codes instead.
+_WEIGHT_LAYOUT_OPS = _LAYOUT_OPS + ("Unsqueeze", "Squeeze")
 # The weight input of each integer-capable op and the axis of that weight holding output channels.
 _WEIGHT_AXIS = {"Conv": (1, 0), "ConvTranspose": (1, 1)}
 
@@ -59,6 +76,11 @@ def finish(model, opset, runtime):
     fold_weight_layout(model.graph)
     store_weight_codes(model.graph)
     layout_before_narrow_quantize(model.graph)
+    fold_bias_through_squeeze(model.graph)
+    layout_after_quantize(model.graph)
+    dequantize_after_layout(model.graph)
+    if runtime == "onnxruntime":
+        conv_transpose_as_conv(model.graph)
     quantize_biases(model.graph)
     current = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset != current:
@@ -155,10 +177,14 @@ def _expand(values, axis, rank):
 
 
 def _apply_layout(node, array, g):
+    """``array`` moved as the layout op ``node`` moves its input; None if that needs a value
+    that is not a constant."""
     if node.op_type == "Identity":
         return array
     if node.op_type == "Transpose":
         return np.transpose(array, _attr(node, "perm"))
+    if node.op_type in ("Unsqueeze", "Squeeze"):
+        return _apply_axes(node, array, g)
     shape = g.const(node.input[1])
     if shape is None:
         return None
@@ -166,18 +192,54 @@ def _apply_layout(node, array, g):
     return array.reshape(shape)
 
 
+def _apply_axes(node, array, g):
+    """Unsqueeze/Squeeze: axes are an input from opset 13, an attribute before."""
+    axes = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else _attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        return None  # axes computed at run time
+    if node.op_type == "Squeeze":
+        axes = [a for a in range(array.ndim) if array.shape[a] == 1] if axes is None else list(axes)
+        return np.squeeze(array, axis=tuple(int(a) % array.ndim for a in axes))
+    if axes is None:
+        return None
+    rank = array.ndim + len(axes)
+    return np.expand_dims(array, axis=tuple(int(a) % rank for a in axes))
+
+
+def _weight_slot(node, rank):
+    """(input index, output-channel axis) of the weight that ``node``'s integer kernel reads
+    (``rank``: that weight's rank), or None for an op without one."""
+    if node.op_type in _WEIGHT_AXIS:
+        return _WEIGHT_AXIS[node.op_type]
+    if node.op_type == "MatMul":
+        return 1, rank - 1  # [..., K, N]: the last axis indexes output columns
+    if node.op_type == "Gemm":
+        return 1, 0 if _attr(node, "transB", 0) else 1
+    return None
+
+
+def _channel_per_output(channel, out_axis):
+    """The source channel of each output channel, given an index array moved like the codes;
+    None when some output channel mixes source channels (its scales would not be one)."""
+    moved = np.moveaxis(channel, out_axis, 0).reshape(channel.shape[out_axis], -1)
+    if not np.all(moved == moved[:, :1]):
+        return None
+    return moved[:, 0]
+
+
 # ------------------------------------------------------------------------------ passes
 
 
 def fold_weight_layout(graph):
-    """DQ -> Reshape/Transpose... -> Conv becomes DQ (codes in the final layout) -> Conv."""
+    """DQ -> Reshape/Transpose/Unsqueeze/Squeeze... -> Conv/ConvTranspose/MatMul/Gemm becomes
+    DQ (codes in the final layout) -> op, when the per-channel scales still line up with the
+    op's output channels; otherwise the graph is left as it is (exact, run in float)."""
     g = _Graph(graph)
     for node in list(graph.node):
-        if node.op_type not in _WEIGHT_AXIS:
+        if _weight_slot(node, 2) is None or len(node.input) < 2:
             continue
-        index, out_axis = _WEIGHT_AXIS[node.op_type]
-        chain, name = [], node.input[index]
-        while g.producer.get(name) is not None and g.producer[name].op_type in _LAYOUT_OPS:
+        chain, name = [], node.input[1]
+        while g.producer.get(name) is not None and g.producer[name].op_type in _WEIGHT_LAYOUT_OPS:
             chain.append(g.producer[name])
             name = g.producer[name].input[0]
         dq = g.producer.get(name)
@@ -194,10 +256,10 @@ def fold_weight_layout(graph):
             if codes is None or channel is None:
                 break
         else:
-            moved = np.moveaxis(channel, out_axis, 0).reshape(channel.shape[out_axis], -1)
-            if scale.ndim and not np.all(moved == moved[:, :1]):
+            index, out_axis = _weight_slot(node, codes.ndim)
+            picks = _channel_per_output(channel, out_axis) if scale.ndim else None
+            if scale.ndim and picks is None:
                 continue  # channels do not line up with the op's output channels
-            picks = moved[:, 0]
             new_scale = scale[picks] if scale.ndim else scale
             new_zp = zp[picks] if zp.ndim else zp
             inputs = [g.add_init(codes, dq.input[0] + "_codes"), g.add_init(new_scale.astype(np.float32), "w_scale"),
@@ -312,6 +374,275 @@ def _move_one_layout(graph):
     return False
 
 
+# Producers whose output ONNX Runtime fuses with a following QuantizeLinear, and the
+# elementwise activations it fuses between them; both commute with moving elements around.
+_FUSED_PRODUCERS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+_ELEMENTWISE = ("Relu", "Clip", "LeakyRelu")
+
+
+def layout_after_quantize(graph):
+    """Op -> Squeeze/Unsqueeze/Reshape/Transpose -> activations -> QuantizeLinear (per tensor,
+    8 bits) becomes op -> activations -> QuantizeLinear -> layout op: quantizing and the
+    activations act on each element alone, so the values are the same."""
+    while _move_one_layout_after(graph):
+        pass
+
+
+def _move_one_layout_after(graph):
+    g = _Graph(graph)
+    for layout in graph.node:
+        source = g.producer.get(layout.input[0]) if layout.input else None
+        if layout.op_type not in _WEIGHT_LAYOUT_OPS or source is None or source.op_type not in _FUSED_PRODUCERS:
+            continue
+        chain, name = [], layout.output[0]
+        while len(g.consumers.get(name, [])) == 1 and g.consumers[name][0].op_type in _ELEMENTWISE \
+                and all(g.const(i) is not None and g.const(i).ndim == 0 for i in g.consumers[name][0].input[1:] if i):
+            chain.append(g.consumers[name][0])
+            name = chain[-1].output[0]
+        q = g.consumers.get(name, [])
+        renamed = {layout.output[0]} | {n.output[0] for n in chain}
+        if len(q) != 1 or q[0].op_type != "QuantizeLinear" or renamed & {o.name for o in graph.output}:
+            continue
+        q = q[0]
+        scale = g.const(q.input[1])
+        if scale is None or scale.ndim or not _eight_bit(g, q):
+            continue
+        _swap_layout_after(graph, layout, chain, q)
+        return True
+    return False
+
+
+def _swap_layout_after(graph, layout, chain, q):
+    """Rewires ``layout`` -> chain -> ``q`` as chain -> ``q`` -> ``layout``."""
+    first = chain[0] if chain else q
+    first.input[0] = layout.input[0]
+    moved_names = [n.output[0] for n in chain]
+    quantized = q.output[0]
+    q.output[0] = quantized + "_before_layout"
+    layout.input[0] = q.output[0]
+    layout.output[0] = quantized
+    nodes = [n for n in graph.node if n is not layout]
+    nodes.insert(nodes.index(q) + 1, layout)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    # The activations' outputs now have the unmoved shape: drop tf2onnx's recorded shapes.
+    _forget_types(graph, set(moved_names) | {quantized})
+
+
+def _forget_types(graph, names):
+    """Drops tf2onnx's recorded type and shape of values whose type or shape a pass changed."""
+    kept = [v for v in graph.value_info if v.name not in names]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+
+
+def fold_bias_through_squeeze(graph):
+    """Conv -> Squeeze (not the batch or channel axis) -> Add(constant varying only along the
+    channels) becomes Conv(bias) -> Squeeze; the values are the same."""
+    g = _Graph(graph)
+    for add in list(graph.node):
+        squeeze = g.producer.get(add.input[0]) if add.op_type == "Add" else None
+        conv = g.producer.get(squeeze.input[0]) if squeeze is not None and squeeze.op_type == "Squeeze" else None
+        weight = _weight_shape(g, conv.input[1]) if conv is not None and conv.op_type == "Conv" else None
+        if weight is None or len(g.consumers.get(squeeze.output[0], [])) != 1 \
+                or len(g.consumers.get(conv.output[0], [])) != 1:
+            continue
+        bias = _channel_bias(g, add, squeeze, weight)
+        if bias is None:
+            continue
+        if len(conv.input) > 2 and conv.input[2]:
+            old = g.const(conv.input[2])
+            if old is None:
+                continue
+            bias = bias + old.astype(np.float32)
+        name = g.add_init(bias.astype(np.float32), conv.output[0] + "_bias")
+        conv.input[:] = list(conv.input[:2]) + [name]
+        squeeze.output[0] = add.output[0]  # the Add's readers read the squeezed conv output
+        graph.node.remove(add)
+    _prune(graph)
+
+
+def _weight_shape(g, name):
+    """The shape of a constant weight, or of the constant codes its DequantizeLinear reads."""
+    value = g.const(name)
+    dq = g.producer.get(name)
+    if value is None and dq is not None and dq.op_type == "DequantizeLinear":
+        value = g.const(dq.input[0])
+    return None if value is None else value.shape
+
+
+def _channel_bias(g, add, squeeze, weight_shape):
+    """The per-channel vector that ``add`` adds to the squeezed output of a Conv whose weight
+    has ``weight_shape`` (channels: axis 1 of its output), or None if the constant varies along
+    other axes or the squeeze removes the batch or channel axis."""
+    constant = g.const(add.input[1])
+    rank = len(weight_shape)  # a Conv's output has its weight's rank
+    axes = _apply_axes_list(g, squeeze, rank)
+    if constant is None or axes is None or 0 in axes or 1 in axes or constant.ndim > rank - len(axes):
+        return None
+    channels = weight_shape[0]
+    full = constant.reshape((1,) * (rank - len(axes) - constant.ndim) + constant.shape)
+    if any(d != 1 for i, d in enumerate(full.shape) if i != 1) or full.shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(full.reshape(-1), (channels,)).copy()
+
+
+def _apply_axes_list(g, node, rank):
+    """The axes (non-negative) a Squeeze removes, when they are given as constants."""
+    axes = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else _attr(node, "axes")
+    return None if axes is None else sorted(int(a) % rank for a in np.ravel(axes))
+
+
+# Ops between a DequantizeLinear and a Conv/MatMul that may act on the codes instead.
+_CODE_LAYOUT_OPS = _WEIGHT_LAYOUT_OPS + ("Pad",)
+
+
+def dequantize_after_layout(graph):
+    """DQ(per tensor) -> Pad(constant 0)/layout ops -> op input 0 becomes the Pad (with the zero
+    point) and layout ops on the codes -> DQ -> op: the dequantized values are the same."""
+    g = _Graph(graph)
+    for node in list(graph.node):
+        if _weight_slot(node, 2) is None:
+            continue
+        chain, name = [], node.input[0]
+        while g.producer.get(name) is not None and g.producer[name].op_type in _CODE_LAYOUT_OPS \
+                and len(g.consumers.get(name, [])) == 1:
+            chain.append(g.producer[name])
+            name = chain[-1].input[0]
+        dq = g.producer.get(name)
+        if not chain or dq is None or dq.op_type != "DequantizeLinear" or len(g.consumers.get(name, [])) != 1:
+            continue
+        scale, zp = g.const(dq.input[1]), g.const(dq.input[2]) if len(dq.input) > 2 else None
+        if scale is None or not _eight_bit(g, dq) or scale.ndim or not all(_pads_with_zero(g, n) for n in chain):
+            continue
+        for pad in (n for n in chain if n.op_type == "Pad"):
+            value = g.add_init(np.asarray(zp).reshape(()), "pad_zero_point")
+            pad.input[:] = list(pad.input[:2]) + [value] + list(pad.input[3:])
+        _forget_types(graph, {n.output[0] for n in chain})  # they now hold codes, not floats
+        chain[-1].input[0] = dq.input[0]  # the layout ops move the codes,
+        dq.input[0] = node.input[0]  # the dequantizer reads their result
+        dq.output[0] = node.input[0] + "_dq"
+        node.input[0] = dq.output[0]
+        graph.node.remove(dq)
+        graph.node.insert(list(graph.node).index(node), dq)
+    _prune(graph)
+
+
+def _eight_bit(g, node):
+    """True for a Quantize/DequantizeLinear with an 8-bit zero point: ONNX Runtime moves 8-bit
+    codes through every layout op and Pad (4-bit codes through none, 16-bit not through Pad)."""
+    zp = g.const(node.input[2]) if len(node.input) > 2 else None
+    four_bit = zp is not None and any(node.input[2].startswith(p) for p in _FOUR_BIT)
+    return zp is not None and zp.dtype in (np.uint8, np.int8) and not four_bit
+
+
+def _pads_with_zero(g, node):
+    """True for a layout op, or a constant-mode Pad that adds zeros (ONNX's default value)."""
+    if node.op_type != "Pad":
+        return True
+    if _attr(node, "mode", b"constant") not in (b"constant", "constant"):
+        return False
+    if len(node.input) > 2 and node.input[2]:
+        value = g.const(node.input[2])
+        return value is not None and value.size == 1 and float(value.reshape(())) == 0.0
+    return True
+
+
+def conv_transpose_as_conv(graph):
+    """DQ(x) -> ConvTranspose(DQ(w)) becomes codes of x with stride-1 zero points inserted
+    between them -> DQ -> Conv(DQ(flipped w)): a transposed convolution is the convolution of
+    the zero-stuffed input with the spatially flipped kernel, in/out channels swapped."""
+    g = _Graph(graph)
+    for node in list(graph.node):
+        plan = _conv_transpose_plan(g, node) if node.op_type == "ConvTranspose" else None
+        if plan is None:
+            continue
+        x_dq, w_codes, w_scale, w_zp, pads = plan
+        stuffed = _zero_stuffed(graph, g, x_dq, _attr(node, "strides"), node.name or node.output[0])
+        x_new = helper.make_node("DequantizeLinear", [stuffed] + list(x_dq.input[1:]), [stuffed + "_dq"])
+        weight = np.ascontiguousarray(np.flip(np.swapaxes(w_codes, 0, 1), axis=tuple(range(2, w_codes.ndim))))
+        w_inputs = [g.add_init(weight, node.input[1] + "_as_conv"), g.add_init(w_scale, "w_scale"),
+                    g.add_init(w_zp, "w_zero_point")]
+        w_new = helper.make_node("DequantizeLinear", w_inputs, [node.input[1] + "_as_conv_dq"],
+                                 **({"axis": 0} if w_scale.ndim else {}))
+        rank = w_codes.ndim - 2
+        conv = helper.make_node("Conv", [x_new.output[0], w_new.output[0]] + list(node.input[2:3]), list(node.output),
+                                name=node.name, kernel_shape=list(w_codes.shape[2:]), strides=[1] * rank,
+                                dilations=_attr(node, "dilations", [1] * rank), pads=pads, group=1)
+        at = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, new in enumerate((x_new, w_new, conv)):
+            graph.node.insert(at + offset, new)
+    _prune(graph)
+
+
+def _conv_transpose_plan(g, node):
+    """(input DQ, kernel codes, scale, zero point, Conv pads) for a ConvTranspose that can be a
+    Conv: 8-bit per-tensor input, constant weight codes per output channel or per tensor,
+    one group, explicit pads; None otherwise."""
+    x_dq, w_dq = g.producer.get(node.input[0]), g.producer.get(node.input[1])
+    if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+        return None
+    scale = g.const(x_dq.input[1])
+    found = _dequantized_codes(g, w_dq)
+    if scale is None or scale.ndim or not _eight_bit(g, x_dq) or found is None or _attr(node, "group", 1) != 1:
+        return None
+    codes, w_scale, w_zp, axis = found
+    if _attr(node, "output_shape") is not None or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    if w_scale.ndim and axis % codes.ndim != 1:
+        return None
+    rank = codes.ndim - 2
+    dilations = _attr(node, "dilations", [1] * rank)
+    pads = _attr(node, "pads", [0] * 2 * rank)
+    extra = _attr(node, "output_padding", [0] * rank)
+    span = [(k - 1) * d for k, d in zip(codes.shape[2:], dilations)]
+    # Conv pads: full correlation minus what the ConvTranspose cropped, plus its output padding
+    conv_pads = [s - p for s, p in zip(span, pads[:rank])] + [s + e - p for s, e, p in zip(span, extra, pads[rank:])]
+    if min(conv_pads) < 0:
+        return None
+    return x_dq, codes, w_scale.astype(np.float32), w_zp, conv_pads
+
+
+def _zero_stuffed(graph, g, x_dq, strides, prefix):
+    """Nodes (inserted before the ConvTranspose's users) that put stride - 1 zero points between
+    neighbouring codes along each spatial axis; returns the name of the stuffed codes."""
+    codes, zp = x_dq.input[0], x_dq.input[2]
+    nodes = []
+    for i, stride in enumerate(strides or []):
+        if stride == 1:
+            continue
+        axis = 2 + i
+        last = helper.make_node("Transpose", [codes], [f"{prefix}_stuff{i}_t"], perm=_swap_last(axis, len(strides) + 2))
+        pad = np.zeros(2 * (len(strides) + 3), np.int64)
+        pad[-1] = stride - 1  # after each code of the (now last) axis, stride - 1 zero points
+        nodes += [last,
+                  helper.make_node("Unsqueeze", [last.output[0], g.add_init(np.array([-1], np.int64), "axes")],
+                                   [f"{prefix}_stuff{i}_u"]),
+                  helper.make_node("Pad", [f"{prefix}_stuff{i}_u", g.add_init(pad, "stuff_pads"), zp],
+                                   [f"{prefix}_stuff{i}_p"]),
+                  helper.make_node("Reshape", [f"{prefix}_stuff{i}_p",
+                                               g.add_init(np.array([0] * (len(strides) + 1) + [-1], np.int64),
+                                                          "stuff_shape")], [f"{prefix}_stuff{i}_r"]),
+                  helper.make_node("Slice", [f"{prefix}_stuff{i}_r", g.add_init(np.array([0], np.int64), "starts"),
+                                             g.add_init(np.array([1 - stride], np.int64), "ends"),
+                                             g.add_init(np.array([-1], np.int64), "axes")], [f"{prefix}_stuff{i}_s"]),
+                  helper.make_node("Transpose", [f"{prefix}_stuff{i}_s"], [f"{prefix}_stuff{i}"],
+                                   perm=_swap_last(axis, len(strides) + 2))]
+        codes = nodes[-1].output[0]
+    at = next(i for i, n in enumerate(graph.node) if n.output[0] == x_dq.output[0]) + 1
+    for offset, new in enumerate(nodes):
+        graph.node.insert(at + offset, new)
+    return codes
+
+
+def _swap_last(axis, rank):
+    """The permutation that swaps ``axis`` with the last axis (its own inverse)."""
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    return perm
+
+
 def quantize_biases(graph):
     """Float bias of Conv / Gemm with dequantized input and weight -> int32 DequantizeLinear."""
     g = _Graph(graph)
@@ -370,9 +701,22 @@ def _prune(graph):
         if any(out in needed for out in node.output):
             keep.append(node)
             needed.update(node.input)
+            needed.update(_subgraph_reads(node))
     keep.reverse()
     del graph.node[:]
     graph.node.extend(keep)
     inits = [t for t in graph.initializer if t.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(inits)
+
+
+def _subgraph_reads(node):
+    """Every value that the subgraphs of ``node`` read (a Loop or If body reads values of the
+    outer graph by name, not through the node's inputs: tf2onnx's Loop for a Keras 3 GRU)."""
+    names = set()
+    for attr in node.attribute:
+        for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for inner in graph.node:
+                names.update(inner.input)
+                names.update(_subgraph_reads(inner))
+    return names

@@ -24,10 +24,11 @@ _ONNX_NEUTRAL = ("QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "
 _ONNX_WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul")
 _ONNX_WEIGHTED_INTEGER = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
                           "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearConvTranspose")
+_INTEGER_TYPES = (2, 3, 21, 22)  # onnx.TensorProto UINT8, INT8, UINT4, INT4
 _TFLITE_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D",
-                    "CONV_3D_TRANSPOSE", "BATCH_MATMUL", "EMBEDDING_LOOKUP")
+                    "CONV_3D_TRANSPOSE", "BATCH_MATMUL", "EMBEDDING_LOOKUP", "GATHER")
 _TFLITE_NEUTRAL = ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PAD", "PADV2",
-                   "MAX_POOL_2D", "STRIDED_SLICE", "SLICE", "GATHER", "SHAPE", "PACK", "UNPACK", "SPLIT", "CAST")
+                   "MAX_POOL_2D", "STRIDED_SLICE", "SLICE", "SHAPE", "PACK", "UNPACK", "SPLIT", "CAST")
 
 
 def runtime_rows(model, rows, runtime, export_options):
@@ -36,22 +37,24 @@ def runtime_rows(model, rows, runtime, export_options):
         raise ValueError(f"runtime={runtime!r} is not one of {', '.join(map(repr, RUNTIMES))}")
     ops = _onnx_ops(model, export_options) if runtime == "onnxruntime" else _tflite_ops(model, export_options)
     names = _name_tree(model)
+    suffixed = _suffixed_scopes([scope for op in ops for scope in op.scopes])
     found = {}
     for op in ops:
-        for scope in op.scopes:
-            row_name = _layer_of(scope, names)
-            if row_name is not None:
-                found.setdefault(row_name, []).append(op)
+        rows_of_op = [r for r in dict.fromkeys(_layer_of(scope, names, suffixed) for scope in op.scopes)
+                      if r is not None]
+        for row_name in rows_of_op[:1] if op.first_only else rows_of_op:
+            found.setdefault(row_name, []).append(op)
     return [_with_runtime(row, found.get(row.name, [])) for row in rows]
 
 
 class _Op:
-    """One runtime op: its kind, the names it carries, whether it computes in integers,
-    whether it only moves data, whether it is a weighted op (conv/matmul), and why it is float."""
+    """One runtime op: its kind, the names it carries (``first_only``: the first that names a
+    layer decides; else every layer named shares the op, as TFLite's fused ops list them),
+    whether it computes in integers, only moves data, is a weighted op, and why it is float."""
 
-    def __init__(self, kind, scopes, integer, neutral, weighted, reason=""):
+    def __init__(self, kind, scopes, integer, neutral, weighted, reason="", first_only=False):
         self.kind, self.scopes, self.integer, self.neutral = kind, scopes, integer, neutral
-        self.weighted, self.reason = weighted, reason
+        self.weighted, self.reason, self.first_only = weighted, reason, first_only
 
 
 def _with_runtime(row, ops):
@@ -102,30 +105,37 @@ def _name_tree(model):
     return walk(model, "")
 
 
-def _layer_of(scope, tree):
+def _suffixed_scopes(scopes):
+    """Whether the trace numbered every layer's name scope (``conv2d_1`` for layer ``conv2d``,
+    ``conv2d_1_2`` for layer ``conv2d_1``): then a trailing ``_N`` is stripped before an exact
+    match is tried, else the other way round."""
+    layer_parts = [s.split("/")[1] for s in scopes if s.count("/") >= 2]
+    return bool(layer_parts) and all(re.search(r"_\d+$", part) for part in layer_parts)
+
+
+def _layer_of(scope, tree, suffixed=True):
     """The report row name of the layer a traced op name belongs to, or None. The first path
-    component is the model's own name scope; the next ones are matched to layer names
-    (tracing may add ``_1``, ``_2`` ... to a name scope), into nested models."""
-    return _descend(scope.split("/")[1:-1], tree)
+    component is the model's own name scope; the next ones are matched to layer names, into
+    nested models."""
+    return _descend(scope.split("/")[1:-1], tree, suffixed)
 
 
-def _descend(parts, tree):
+def _descend(parts, tree, suffixed):
     for i, part in enumerate(parts):
-        entry = _match(part, tree)
+        entry = _match(part, tree, suffixed)
         if entry is None:
             continue
         row_name, subtree = entry
         if subtree is not None:
-            return _descend(parts[i + 1:], subtree) or row_name
+            return _descend(parts[i + 1:], subtree, suffixed) or row_name
         return row_name
     return None
 
 
-def _match(part, tree):
-    if part in tree:
-        return tree[part]
+def _match(part, tree, suffixed):
     base = re.sub(r"_\d+$", "", part)
-    return tree.get(base)
+    order = (base, part) if suffixed else (part, base)
+    return next((tree[name] for name in order if name in tree), None)
 
 
 # ---------------------------------------------------------------------------- ONNX Runtime
@@ -152,17 +162,30 @@ def _onnx_ops(model, export_options):
     for n in exported.graph.node:
         for name in n.input:
             consumers.setdefault(name, []).append(n)
+    tables = {t.name: t.data_type for t in optimized.graph.initializer}
     ops = []
     for node in optimized.graph.node:
         kind = node.op_type
         integer = kind.startswith("QLinear") or kind in _ONNX_INTEGER
         neutral = kind in _ONNX_NEUTRAL
+        weighted = kind in _ONNX_WEIGHTED or kind in _ONNX_WEIGHTED_INTEGER
+        if kind == "Gather" and node.input[0] in tables:  # an embedding lookup: integer if it reads codes
+            integer = tables[node.input[0]] in _INTEGER_TYPES
+            neutral, weighted = False, True
         reason = ""
         if not integer and not neutral:
-            reason = _onnx_float_reason(before.get(node.name), producer, consumers)
-        weighted = kind in _ONNX_WEIGHTED or kind in _ONNX_WEIGHTED_INTEGER
-        ops.append(_Op(kind, [node.name] + list(node.output), integer, neutral, weighted, reason))
+            reason = "it looks up a float table" if kind == "Gather" else \
+                _onnx_float_reason(before.get(node.name), producer, consumers)
+        ops.append(_Op(kind, _onnx_names(node, weighted), integer, neutral, weighted, reason, first_only=True))
     return ops
+
+
+def _onnx_names(node, weighted):
+    """Where to look for the layer's name scope: the node's name and outputs, then, for a
+    weighted op that a converter renamed (tf2onnx's ``Conv__870`` for a depthwise conv with a
+    bias), its weight and bias (both the layer's own). Other inputs come from other layers."""
+    own = {"QLinearConv": (3, 8), "QLinearMatMul": (3,), "QGemm": (3, 6)}.get(node.op_type, (1, 2)) if weighted else ()
+    return [node.name] + list(node.output) + [node.input[i] for i in own if i < len(node.input)]
 
 
 def _onnx_float_reason(node, producer, consumers):

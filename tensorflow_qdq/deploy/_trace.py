@@ -1,13 +1,24 @@
 """Traces a quantization-aware Keras model for one runtime: constants in, runtime ops out."""
 
+import contextlib
+import sys
+
 import keras
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from tensorflow_qdq.keras import _deploy
+from tensorflow_qdq.keras import _deploy, _placement
 from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
 from tensorflow_qdq.keras._wrapper import QuantizeWrapper
+
+# Elementwise affine preprocessing at a model input (see ``preprocessed_inputs``).
+_AFFINE_PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
+# Attributes that keep a function from being inlined: Keras 3 runs grouped convolutions (and
+# channels-first 3-D ones) in a ``tf.function(jit_compile=True)``, which stays a PartitionedCall
+# that no converter rule handles (tf2onnx: "PartitionedCall is not supported").
+_NO_INLINE_ATTRS = ("_noinline", "_XlaMustCompile")
 
 
 def check_quantized(model, what):
@@ -15,6 +26,10 @@ def check_quantized(model, what):
     if not isinstance(model, keras.Model):
         raise TypeError(f"{what}: model must be a Keras model from tensorflow_qdq.keras.quantize_model, "
                         f"got {type(model).__name__}")
+    if not model.built:  # a subclassed model before its first call: no weights, no ranges yet
+        raise ValueError(f"{what}: model {model.name!r} ({type(model).__name__}) was never called, so it has no "
+                         "weights or ranges yet and its input shape is unknown: calibrate it (calibrate(model, x)) "
+                         "or train it first")
     layers = list(model._flatten_layers(include_self=False, recursive=True))
     if not any(isinstance(layer, (QuantizeAndDequantize, QuantizeWrapper, QuantizedMultiHeadAttention))
                for layer in layers):
@@ -23,25 +38,521 @@ def check_quantized(model, what):
     return layers
 
 
-def input_signature(model):
-    return [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=t.name.split(":")[0]) for t in model.inputs]
+# -- the input signature --------------------------------------------------------------------
 
 
-def trace(model, target):
-    """A concrete function of ``model`` in inference mode whose quantizers emit ``target``'s ops."""
-    signature = input_signature(model)
+def input_signature(model, signature=None):
+    """One ``tf.TensorSpec`` per model input, the batch dimension free.
+
+    Functional and Sequential models have their ``inputs``; a subclassed model has the shapes of
+    the first call that built it (``model(x)``, ``fit`` or ``calibrate``); ``signature`` (a
+    TensorSpec or a list of them) overrides both."""
+    if signature is not None:
+        specs = [signature] if isinstance(signature, tf.TensorSpec) else list(signature)
+        if not specs or not all(isinstance(s, tf.TensorSpec) for s in specs):
+            raise TypeError(f"input_signature must be a tf.TensorSpec or a list of them, got {signature!r}")
+        return [tf.TensorSpec(s.shape, s.dtype, name=s.name or f"input_{i}") for i, s in enumerate(specs)]
+    inputs = functional_inputs(model)
+    if inputs is not None:
+        return [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=t.name.split(":")[0]) for t in inputs]
+    shapes = called_shapes(model)
+    if shapes is None:
+        raise ValueError(
+            f"model {model.name!r} ({type(model).__name__}) is a subclassed model that was never called, so its input "
+            "shape is unknown: call it on a batch first (model(x), or calibrate(model, x)), or pass "
+            "input_signature=[tf.TensorSpec((None, ...), tf.float32)] (one spec per input)")
+    dtype = tf.as_dtype(getattr(model, "input_dtype", None) or "float32")
+    return [tf.TensorSpec((None,) + tuple(shape[1:]), dtype, name=name) for name, shape in shapes]
+
+
+def functional_inputs(model):
+    """A functional or built Sequential model's input tensors, else None (subclassed models)."""
+    try:
+        inputs = model.inputs
+    except AttributeError:  # a subclassed keras.Model has no graph of inputs
+        return None
+    return list(inputs) if inputs else None
+
+
+def called_shapes(model):
+    """[(name, shape)] of a built subclassed model's inputs, from the shapes Keras recorded when
+    the model was first called; None when it was never called."""
+    recorded = getattr(model, "_build_shapes_dict", None)
+    if not recorded:
+        samples = _deploy.remembered_samples(model) if hasattr(_deploy, "remembered_samples") else None
+        return None if samples is None else [(f"input_{i}", np.shape(a)) for i, a in enumerate(samples)]
+    found = []
+    for key, shape in recorded.items():
+        name = key.removesuffix("_shape")
+        if _is_shape(shape):
+            found.append((name, tuple(shape)))
+        else:  # one argument holding a list of inputs
+            found.extend((f"{name}_{i}", tuple(s)) for i, s in enumerate(shape))
+    return found
+
+
+def _is_shape(value):
+    return isinstance(value, (tuple, list)) and all(d is None or isinstance(d, int) for d in value)
+
+
+def _calls_with_list(model, count):
+    """Whether a model with several inputs takes them as one list (functional models and a
+    subclassed ``call(self, inputs)``) rather than as separate arguments."""
+    recorded = getattr(model, "_build_shapes_dict", None)
+    if functional_inputs(model) is not None or not recorded:
+        return True
+    return len(recorded) == 1 and count > 1
+
+
+# -- tracing ----------------------------------------------------------------------------------
+
+
+def trace(model, target, signature=None):
+    """A concrete function of ``model`` in inference mode whose quantizers emit ``target``'s ops.
+
+    A target may ask for changes of form (attributes, all for TFLite): ``unroll_recurrent``
+    traces recurrent layers unrolled; ``one_scale_per_tensor`` changes how Concatenate
+    inputs are quantized to what the converter accepts (see ``_one_scale_per_tensor``);
+    ``batch_norm_form(layer, shape)`` gives a BatchNormalization that reads a quantized tensor
+    as one op (see ``_batch_norms_in_one_op``);
+    ``quantize_input(x, layers, quantizer)`` quantizes a model input that feeds elementwise
+    preprocessing layers (see ``preprocessed_inputs``), and ``affine_form(layers, shape)``
+    gives their calls as one, in the form the converter quantizes."""
+    specs = input_signature(model, signature)
+    as_list = _calls_with_list(model, len(specs))
+    preprocessing = {}
+    if hasattr(target, "quantize_input"):
+        preprocessing = {i: found for i, found in preprocessed_inputs(model).items() if specs[i].dtype.is_floating}
+    replaced = {}
+    for index, (layers, _) in preprocessing.items():
+        call = target.affine_form(layers, specs[index].shape)
+        if call is not None:  # the chain as one op: the first layer computes it, the others pass
+            replaced.update({layer: _identity for layer in layers[1:]})
+            replaced[layers[0]] = call
+    if getattr(target, "one_scale_per_tensor", False):
+        replaced = {**_one_scale_per_tensor(model, target), **replaced}  # the preprocessing's form first
+    if hasattr(target, "batch_norm_form"):
+        replaced = {**_batch_norms_in_one_op(model, target), **replaced}
 
     def serve(*inputs):
-        return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        inputs = [target.quantize_input(x, *preprocessing[i]) if i in preprocessing else x
+                  for i, x in enumerate(inputs)]
+        if len(inputs) == 1:
+            return model(inputs[0], training=False)
+        return model(list(inputs), training=False) if as_list else model(*inputs, training=False)
 
-    function = tf.function(serve, input_signature=signature, autograph=False)
-    with _deploy.tracing_for(target):
+    function = tf.function(serve, input_signature=specs, autograph=False)
+    with (_deploy.tracing_for(target), _unrolled(model, getattr(target, "unroll_recurrent", False)),
+          _calls_replaced(replaced)):
         concrete = function.get_concrete_function()
     return function, concrete
 
 
-def frozen(model, target):
+def _identity(inputs):
+    return inputs
+
+
+# Layers that TFLite runs with one scale on input and output (MAX_POOL_2D, AVERAGE_POOL_2D,
+# RESHAPE, PAD, TRANSPOSE, ...) or drops (dropouts): a quantized input gives a quantized output.
+_SAME_SCALE_LAYERS = _placement.PASSTHROUGH_LAYERS + (
+    keras.layers.AveragePooling1D, keras.layers.AveragePooling2D, keras.layers.AveragePooling3D)
+
+
+def _one_scale_per_tensor(model, target):
+    """{layer: replacement call} that give the TFLite converter a graph where a Concatenate's
+    input is never requantized twice. Measured on TF 2.21, the converter fails ("'tfl.concatenation'
+    op quantization parameters violate the same scale constraint") where a CONCATENATION reads
+
+    * a FakeQuant that requantizes an already quantized tensor (an AveragePooling2D of a
+      quantized tensor, then the Concatenate's input quantizer: DenseNet's transitions): it
+      cannot requantize once more onto the output's scale. The input quantizer is left out
+      (``_requantizing_concat_inputs``); the converter requantizes the tensor itself, once
+      (Keras rounds to the input quantizer's grid and then to the output's: at most a step);
+    * a FakeQuant of a tensor that other layers read unquantized (DenseNet's pooled stem: the
+      MaxPooling2D output goes to a Concatenate through a passthrough of the ReLU's quantizer,
+      and to a BatchNormalization as it is). The tensor is quantized at its source for all its
+      readers (``_quantized_at_source``), as the runtime computes it anyway (an int8 op writes
+      one tensor); for a passthrough the values are on the grid already."""
+    readers = _readers_index(model)
+    found = _quantized_at_source(model, target, readers)
+    found.update(_requantizing_concat_inputs(model, target, readers))
+    return found
+
+
+def _batch_norms_in_one_op(model, target):
+    """{BatchNormalization: ``target.batch_norm_form`` of it} for each one that follows no
+    foldable layer (DenseNet's BN -> ReLU -> conv after every concatenation) and reads a
+    quantized tensor. TensorFlow computes it as a MUL then an ADD, and the tensor between them
+    has no range, so both stay float; as one op (with the ReLU after it fused) it runs in int8
+    wherever its output is quantized."""
+    found = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        args = layer._inbound_nodes[0].arguments.keras_tensors
+        if len(args) == 1 and _quantized(args[0]):
+            call = target.batch_norm_form(layer, args[0].shape)
+            if call is not None:
+                found[layer] = call
+    return found
+
+
+def _readers_index(model):
+    """{id(tensor): [(reading layer, its node), ...]} over every call inside ``model``."""
+    index = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for node in layer._inbound_nodes:
+            for tensor in node.arguments.keras_tensors:
+                index.setdefault(id(tensor), []).append((layer, node))
+    return index
+
+
+def _model_outputs(model):
+    """The output tensors of a functional model (none for a subclassed one)."""
+    try:
+        return list(model.outputs or [])
+    except AttributeError:
+        return []
+
+
+def _quantized_at_source(model, target, readers):
+    """{layer: its call with a quantizer's FakeQuant on the output} for each layer (called
+    once, one output, not a model output) whose output one activation quantizer reads beside
+    layers that read it unquantized. Not where the layer keeps its input's scale and the
+    quantizer is not a passthrough: its range would then differ from the layer's input's, which
+    TFLite does not allow (``_requantizing_concat_inputs`` handles that case)."""
+    outputs = {id(t) for t in _model_outputs(model)}
+    found = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, (QuantizeAndDequantize, keras.Model)) or len(layer._inbound_nodes) != 1:
+            continue
+        tensors = layer._inbound_nodes[0].outputs
+        if len(tensors) != 1 or id(tensors[0]) in outputs:
+            continue
+        users = readers.get(id(tensors[0]), [])
+        quantizers = {user for user, _ in users if isinstance(user, QuantizeAndDequantize)}
+        if len(quantizers) != 1 or len(quantizers) == len({user for user, _ in users}):
+            continue  # no reader or several quantizers read it, or no reader reads it unquantized
+        passthrough = all(_is_passthrough(node) for user, node in users if user in quantizers)
+        if passthrough or not isinstance(layer, _SAME_SCALE_LAYERS):
+            found[layer] = _quantized_output_call(layer, quantizers.pop(), target)
+    return found
+
+
+def _requantizing_concat_inputs(model, target, readers):
+    """{quantizer: a call that passes its input through} for each quantizer (called once, not
+    as a passthrough) that a Concatenate reads and whose input is already quantized. Its other
+    readers (a conv that the pooled tensor also feeds) then read the tensor on its first grid,
+    which the converter accepts, where a requantized tensor shared with the CONCATENATION
+    fails too ("'tfl.average_pool_2d' op ... violate the same scale constraint")."""
+    found = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, QuantizeAndDequantize) or len(layer._inbound_nodes) != 1:
+            continue
+        node = layer._inbound_nodes[0]
+        args = node.arguments.keras_tensors
+        if _is_passthrough(node) or len(args) != 1 or len(node.outputs) != 1:
+            continue
+        users = readers.get(id(node.outputs[0]), [])
+        if any(isinstance(user, keras.layers.Concatenate) for user, _ in users) and _quantized(args[0]):
+            found[layer] = _left_out_call(layer, target)
+    return found
+
+
+def _is_passthrough(node):
+    return bool(node.arguments.kwargs.get("passthrough"))
+
+
+def _quantized(tensor):
+    """Whether ``tensor`` is an activation quantizer's output, moved by same-scale layers only."""
+    while True:
+        layer, node_index, _ = tensor._keras_history
+        if isinstance(layer, QuantizeAndDequantize):
+            return True
+        if not isinstance(layer, _SAME_SCALE_LAYERS):
+            return False
+        args = layer._inbound_nodes[node_index].arguments.keras_tensors
+        if len(args) != 1:
+            return False
+        tensor = args[0]
+
+
+def _left_out_call(quantizer, target):
+    def call(inputs, *args, **kwargs):
+        target.check(quantizer)  # still named if it could not be exported anyway (8 bits, per tensor)
+        return inputs
+
+    return call
+
+
+def _quantized_output_call(layer, quantizer, target):
+    def call(*args, **kwargs):
+        lo, hi = quantizer.constant_range()
+        return target.activation(type(layer).call(layer, *args, **kwargs), quantizer, lo, hi)
+
+    return call
+
+
+@contextlib.contextmanager
+def _calls_replaced(replacements):
+    """Layers traced with another (equivalent) call: the form a converter quantizes."""
+    saved = {layer: layer.__dict__.get("call") for layer in replacements}
+    for layer, call in replacements.items():
+        object.__setattr__(layer, "call", call)  # past Keras's attribute tracking: a plain function
+    try:
+        yield
+    finally:
+        for layer, previous in saved.items():
+            if previous is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", previous)
+
+
+@contextlib.contextmanager
+def _unrolled(model, unroll):
+    """Recurrent layers traced in a portable form: never through cuDNN (Keras 3's LSTM/GRU take
+    it when a GPU is present; no converter reads CudnnRNN ops), and unrolled when ``unroll``:
+    the TFLite converter rejects Keras 3's while loop ("TensorListReserve requires element_shape
+    to be static": its element shape holds the free batch size), while the unrolled steps are
+    plain ops that take any batch size."""
+    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+              if isinstance(layer, keras.layers.RNN)]
+    saved = [(layer, layer.unroll, getattr(layer, "use_cudnn", None)) for layer in layers]
+    for layer in layers:
+        layer.unroll = layer.unroll or unroll
+        if hasattr(layer, "use_cudnn"):
+            layer.use_cudnn = False
+    try:
+        yield
+    except ValueError as exc:
+        if unroll and layers and "unroll" in str(exc).lower():
+            raise ValueError(
+                f"the recurrent layers {', '.join(repr(layer.name) for layer in layers)} need a fixed sequence "
+                "length to convert to TFLite (the converter cannot convert Keras 3's recurrent while loop with a "
+                "free batch size, so they are unrolled): give the model input a fixed length, e.g. "
+                "keras.Input((timesteps, features))") from exc
+        raise
+    finally:
+        for layer, was_unrolled, use_cudnn in saved:
+            layer.unroll = was_unrolled
+            if use_cudnn is not None:
+                layer.use_cudnn = use_cudnn
+
+
+def preprocessed_inputs(model):
+    """{input index: (layers, quantizer)} for each model input read only by a chain of Rescaling
+    or Normalization layers whose output only an activation quantizer reads. The preprocessing
+    ops then have a float input; a runtime that needs quantized inputs on every op (TFLite) gets
+    the model input quantized on the grid that the quantizer's grid maps back to."""
+    inputs = functional_inputs(model)
+    if inputs is None:
+        return {}
+    found = {}
+    for index, tensor in enumerate(inputs):
+        chain = []
+        readers = _readers(model, tensor)
+        # One reader at each step, called once (a shared layer is traced with one call only).
+        while (len(readers) == 1 and isinstance(readers[0][0], _AFFINE_PREPROCESSING)
+               and len(readers[0][0]._inbound_nodes) == 1):
+            layer, node = readers[0]
+            chain.append(layer)
+            readers = [r for out in node.outputs for r in _readers(model, out)]
+        if chain and readers and all(isinstance(r, QuantizeAndDequantize) for r, _ in readers):
+            found[index] = (tuple(chain), readers[0][0])
+    return found
+
+
+def _readers(model, tensor):
+    """(layer, node) for every call of a layer of ``model`` on ``tensor``."""
+    return [(layer, node) for layer in model.layers for node in layer._inbound_nodes
+            if any(t is tensor for t in node.arguments.keras_tensors)]
+
+
+def affine_map(layers, shape):
+    """(a, b) with ``layers(x) == a * x + b`` elementwise (the layers applied in turn), read by
+    calling them on 0 and 1 (broadcastable to an input of ``shape``, free dimensions as 1)."""
+    probe = (1,) + tuple(1 if d is None else int(d) for d in shape[1:])
+
+    def apply(x):
+        for layer in layers:
+            x = layer(x)
+        return np.asarray(x, np.float64)
+
+    with tf.init_scope():
+        b = apply(tf.zeros(probe))
+        a = apply(tf.ones(probe)) - b
+    return a, b
+
+
+# -- freezing ---------------------------------------------------------------------------------
+
+
+def frozen(model, target, signature=None):
     """``trace`` with every variable and captured tensor made a constant: converters see the whole
     model in one graph (tf2onnx turns captured tensors it cannot resolve, e.g. a
-    Normalization layer's mean, into extra graph inputs)."""
-    return convert_variables_to_constants_v2(trace(model, target)[1])
+    Normalization layer's mean, into extra graph inputs).
+
+    Control flow stays functional (a ``While`` op: tf2onnx's loop rules read recurrent layers in
+    that form, not lowered to Enter/Exit/Merge), and functions Keras marks as not to be inlined
+    (XLA-compiled grouped convolutions) are inlined, so no call op is left for a converter."""
+    if "tf2onnx" in sys.modules:  # an ONNX export (to_onnx imports tf2onnx first): our rules
+        from tensorflow_qdq.deploy import _tf2onnx_handlers
+
+        _tf2onnx_handlers.register()
+    concrete = trace(model, target, signature)[1]
+    function = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
+    graph_def = function.graph.as_graph_def()
+    changed = _allow_inlining(graph_def)
+    if changed:
+        graph_def = _inline_functions(graph_def, function)
+    if getattr(target, "matmul_for_tensordot", False):
+        changed = _tensordot_as_matmul(graph_def) or changed
+    if getattr(target, "unsplat_biases", False):
+        changed = _unsplat_biases(graph_def) or changed
+    return _function_of(graph_def, function) if changed else function
+
+
+def _allow_inlining(graph_def):
+    """Drops the attributes that keep functions from being inlined; returns whether any was."""
+    changed = False
+    for function in graph_def.library.function:
+        for key in _NO_INLINE_ATTRS:
+            if key in function.attr:
+                del function.attr[key]
+                changed = True
+    for node in _all_nodes(graph_def):
+        if node.op.endswith("PartitionedCall") and "_XlaMustCompile" in node.attr:
+            del node.attr["_XlaMustCompile"]
+            changed = True
+    return changed
+
+
+def _all_nodes(graph_def):
+    yield from graph_def.node
+    for function in graph_def.library.function:
+        yield from function.node_def
+
+
+def _inline_functions(graph_def, function):
+    """Grappler's function inlining alone (no constant folding: it would fold the weight
+    quantizers into float constants)."""
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    config = config_pb2.ConfigProto()
+    config.graph_options.rewrite_options.optimizers[:] = ["function"]
+    with tf.Graph().as_default():  # exporting a meta graph needs graph mode
+        meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def)
+    fetches = meta_graph_pb2.CollectionDef()
+    fetches.node_list.value.extend(t.name for t in list(function.inputs) + list(function.outputs))
+    meta_graph.collection_def["train_op"].CopyFrom(fetches)
+    return tf_optimizer.OptimizeGraph(config, meta_graph)
+
+
+def _function_of(graph_def, function):
+    """A concrete function over ``graph_def`` with ``function``'s inputs and outputs (same
+    tensor names)."""
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
+    graph = wrapped.graph
+    return wrapped.prune([graph.get_tensor_by_name(t.name) for t in function.inputs],
+                         [graph.get_tensor_by_name(t.name) for t in function.outputs])
+
+
+# -- Dense on inputs of rank > 2 ------------------------------------------------------------------
+
+
+def _tensordot_as_matmul(graph_def):
+    """Rewrites each ``tf.tensordot(x, w, [[-1], [0]])`` (Keras's Dense on an input of rank > 2:
+    Transpose, Reshape to 2-D, MatMul, Reshape back) as one ``BatchMatMulV2(x, w)``: the TFLite
+    converter fuses that and the following bias into one int8 FULLY_CONNECTED, while after the
+    tensordot's reshape the bias stays a float ADD (and the MatMul float: its output has no
+    range). Returns whether any was rewritten."""
+    nodes = {n.name: n for n in graph_def.node}
+    changed = False
+    for node in list(graph_def.node):
+        x, w = _tensordot_operands(node, nodes)
+        if x is None:
+            continue
+        dtype = node.attr["T"].type
+        node.op = "BatchMatMulV2"
+        del node.input[:]
+        node.input.extend([x, w])
+        for key in list(node.attr):
+            del node.attr[key]
+        node.attr["T"].type = dtype
+        node.attr["adj_x"].b = False
+        node.attr["adj_y"].b = False
+        changed = True
+    return changed
+
+
+def _tensordot_operands(node, nodes):
+    """(x, w) when ``node`` is the final Reshape of a tensordot over x's last axis and w's first,
+    with the transpose the identity; else (None, None)."""
+    if node.op != "Reshape":
+        return None, None
+    matmul = nodes.get(_source(node.input[0]))
+    if matmul is None or matmul.op != "MatMul" or matmul.attr["transpose_a"].b or matmul.attr["transpose_b"].b:
+        return None, None
+    flat = nodes.get(_source(matmul.input[0]))
+    if flat is None or flat.op != "Reshape":
+        return None, None
+    transpose = nodes.get(_source(flat.input[0]))
+    if transpose is None or transpose.op != "Transpose":
+        return None, None
+    perm = _constant_value(transpose.input[1], nodes)
+    if perm is None or list(perm) != list(range(len(perm))) or len(perm) < 3:
+        return None, None
+    return transpose.input[0], matmul.input[1]
+
+
+def _source(name):
+    return name.lstrip("^").split(":")[0]
+
+
+def _constant_value(name, nodes):
+    """The value of a Const, or of a ConcatV2 of Consts (how tf.tensordot builds its
+    permutation), else None."""
+    node = nodes.get(_source(name))
+    if node is None:
+        return None
+    if node.op == "Const":
+        return tf.make_ndarray(node.attr["value"].tensor)
+    if node.op == "ConcatV2":
+        parts = [_constant_value(i, nodes) for i in node.input[:-1]]
+        if any(p is None for p in parts):
+            return None
+        return np.concatenate([np.reshape(p, [-1]) for p in parts])
+    return None
+
+
+# -- uniform biases -------------------------------------------------------------------------------
+
+_BIAS_OPS = ("BiasAdd", "Add", "AddV2")
+
+
+def _unsplat_biases(graph_def):
+    """Moves one value of each uniform bias constant (all values equal, not zero) by one float32
+    ulp. The TFLite converter (TF 2.21) quantizes a bias whose values are all equal to int32 with
+    the scale of the first output channel only (every channel gets the same code), so with
+    per-channel weight scales every other channel's bias is wrong (a Dense initialized with
+    ``bias_initializer="ones"``: outputs off by many steps). One ulp is ~1e-7 of the value, far
+    below the int32 bias step. Returns whether any constant was changed."""
+    nodes = {n.name: n for n in graph_def.node}
+    changed = False
+    for node in graph_def.node:
+        if node.op not in _BIAS_OPS:
+            continue
+        for name in node.input[:2]:
+            const = nodes.get(_source(name))
+            if const is None or const.op != "Const":
+                continue
+            value = tf.make_ndarray(const.attr["value"].tensor)
+            if value.dtype != np.float32 or value.size < 2 or value.flat[0] == 0 or np.any(value != value.flat[0]):
+                continue
+            value = value.copy()
+            value.flat[0] = np.nextafter(value.flat[0], np.float32(np.inf))
+            const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+            changed = True
+    return changed

@@ -14,8 +14,12 @@ here and there (the runtimes sum int8 products exactly and requantize once; Kera
 float32), which keeps correlation far above the bound; a wrong export falls far below it.
 
 When an output disagrees, the model is exported again with every quantized tensor (the output
-of each activation quantizer) as an extra output, and the first of them in graph order that
-disagrees is named, with the layer that produced it.
+of each activation quantizer) as an extra output, and Keras evaluates its graph teacher-forced:
+each quantized tensor recomputed from the runtime's own upstream quantized tensors. The first
+stretch of the graph whose result parts from the runtime's is named (``ExportMismatchError``).
+If every stretch agrees, the export computes the model's function and the end-to-end
+difference is float32 rounding amplified by depth (deep untrained squeeze-excite networks show
+it): that is a warning (``ExportMismatchWarning``), not an error.
 """
 
 import dataclasses
@@ -23,21 +27,18 @@ import warnings
 
 import keras
 import numpy as np
+import tensorflow as tf
+
+from tensorflow_qdq.deploy import _trace
+from tensorflow_qdq.deploy._errors import ExportMismatchError, ExportMismatchWarning
 
 MIN_CORRELATION = 0.99
 MAX_STEPS = 2
 FLOAT_RTOL = 1e-3
 SAMPLES = 16  # rows of the sample inputs (data passed in is cut to this)
+SEGMENT_FLIPS = 1e-3  # share of a stretch's elements allowed two steps off (rounding, then its echo)
 
 MODES = ("raise", "warn")
-
-
-class ExportMismatchError(ValueError):
-    """The exported model, run in its runtime, disagrees with the Keras model."""
-
-
-class ExportMismatchWarning(UserWarning):
-    """``verify="warn"``: the exported model disagrees with the Keras model."""
 
 
 def parse(verify, verify_data):
@@ -118,11 +119,28 @@ def verify_export(model, run, *, what, runtime, mode, data, probe=None):
     message = (f"{what}: {runtime}'s output {index} disagrees with the Keras model on {_rows(inputs)} sample inputs: "
                f"{result.describe()}; the bound is correlation >= {MIN_CORRELATION} or every element within "
                f"{_bound_text(result)}.")
-    if probe is not None:
-        message += " " + _locate(model, probe, inputs)
-    message += (" The exported model computes something else than the Keras model: please report it with the "
-                "model. verify='warn' exports it anyway, verify=False skips the check.")
-    _report(mode, message)
+    if probe is None or not getattr(model, "_nodes_by_depth", None):
+        _report(mode, message + _ADVICE)
+        return
+    try:
+        parted = _first_parting_segment(model, probe, inputs)
+    except Exception as exc:  # the diagnosis must not hide the finding it explains
+        _report(mode, f"{message} (Comparing segment by segment failed too: {type(exc).__name__}: {exc}.){_ADVICE}")
+        return
+    if parted is not None:
+        _report(mode, f"{message} {parted}{_ADVICE}")
+        return
+    # Every segment computes what Keras computes from the same quantized tensors: the end-to-end
+    # difference is float rounding (a value one step off here and there) grown by depth.
+    warnings.warn(f"{message} Segment by segment the export agrees with Keras (each stretch between two "
+                  "activation quantizers, fed the runtime's own quantized tensors, reproduces the next one within "
+                  "a step): the difference is float32 rounding that the model's depth amplifies, as another float32 "
+                  "evaluation of the Keras model (e.g. XLA-compiled) shows too. Exported.",
+                  ExportMismatchWarning, stacklevel=3)
+
+
+_ADVICE = (" The exported model computes something else than the Keras model: please report it with the model. "
+           "verify='warn' exports it anyway, verify=False skips the check.")
 
 
 def _bound_text(result):
@@ -163,7 +181,7 @@ def _as_list(batch):
 
 
 def _take(model, data):
-    count = len(model.inputs)
+    count = len(_trace.input_signature(model))
     if isinstance(data, (list, tuple)) and len(data) == count and all(hasattr(d, "shape") for d in data):
         return [np.asarray(d)[:SAMPLES] for d in data]
     if hasattr(data, "shape"):
@@ -191,19 +209,21 @@ def _drawn(model):
     normal; an integer input uniform over the vocabulary of the Embedding that reads it."""
     rng = np.random.default_rng(0)
     arrays = []
-    for tensor in model.inputs:
+    # A subclassed model has no input tensors: its signature's specs (no layer reads a spec).
+    for tensor in _trace.functional_inputs(model) or _trace.input_signature(model):
         shape = (SAMPLES,) + tuple(8 if d is None else int(d) for d in tensor.shape[1:])
         readers = _readers(model, tensor)
-        if "int" in str(tensor.dtype):
+        dtype = tf.as_dtype(tensor.dtype).name
+        if "int" in dtype:
             vocab = min((r.input_dim for r in readers if isinstance(r, keras.layers.Embedding)), default=2)
-            arrays.append(rng.integers(0, vocab, shape).astype(str(tensor.dtype)))
+            arrays.append(rng.integers(0, vocab, shape).astype(dtype))
             continue
         span = _quantizer_span(readers)
         if span is None:
             values = rng.standard_normal(shape)
         else:
             values = rng.uniform(span[0], span[1], shape)
-        arrays.append(values.astype(str(tensor.dtype)))
+        arrays.append(values.astype(dtype))
     return arrays
 
 
@@ -238,27 +258,70 @@ def keras_outputs(model, inputs):
 # ---------------------------------------------------------------------------- locating
 
 
-def _locate(model, probe, inputs):
-    """Names the first quantized tensor (an activation quantizer's output) where the runtime
-    parts from Keras, exporting ``model`` once more with those tensors as extra outputs."""
-    try:
-        sites = _quantized_tensors(model)
-        if not sites:
-            return "(The model has no activation quantizer at its top level to compare tensors at.)"
-        tap = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs,
-                          [tensor for _, _, tensor in sites])
-        expected = keras_outputs(tap, inputs)
-        got, steps = probe(tap)(inputs)
-    except Exception as exc:  # the diagnosis must not hide the finding it explains
-        return f"(Comparing intermediate tensors failed too: {type(exc).__name__}: {exc}.)"
-    for (quantizer, source, _), k, r, s in zip(sites, expected, got, steps):
-        found = agreement(k, r, s)
+def _first_parting_segment(model, probe, inputs):
+    """Exports ``model`` once more with every quantized tensor (an activation quantizer's output)
+    as an extra output, then evaluates the Keras graph layer by layer *teacher-forced*: each
+    quantized tensor is recomputed by Keras from the runtime's own upstream quantized tensors
+    and compared with the runtime's, and the runtime's value is carried on. Rounding differences
+    then cannot accumulate, and a stretch of the graph that the runtime computes differently
+    shows at once. Returns a text naming the first quantizer (and the layer feeding it) where
+    they part, or None when every stretch agrees."""
+    from keras.src.models.functional import operation_fn
+
+    sites = _quantized_tensors(model)
+    outputs = keras.tree.flatten(model.outputs)
+    tap = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs,
+                      [tensor for _, _, tensor in sites] + list(outputs))
+    got, steps = probe(tap)(inputs)
+    runtime = {id(tensor): value for (_, _, tensor), value in zip(sites, got)}
+    site_of = {id(tensor): (quantizer, source) for quantizer, source, tensor in sites}
+    values = {id(t): tf.convert_to_tensor(x) for t, x in zip(model.inputs, inputs)}
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if not node.operation or node.is_input:
+                continue
+            args, kwargs = node.arguments.fill_in(values)
+            computed = keras.tree.flatten(operation_fn(node.operation, training=False)(*args, **kwargs))
+            for tensor, value in zip(node.outputs, computed):
+                values[id(tensor)] = value
+                if id(tensor) not in site_of:
+                    continue
+                quantizer, source = site_of[id(tensor)]
+                found = _segment_agreement(np.asarray(value), runtime[id(tensor)], _grid_step(quantizer))
+                if found is not None:
+                    after = "" if source is None else f", after layer {source.name!r} ({type(source).__name__})"
+                    return (f"Fed the runtime's own quantized tensors, Keras and the runtime first part at the output "
+                            f"of quantizer {quantizer.name!r}{after}: {found}.")
+                values[id(tensor)] = tf.convert_to_tensor(runtime[id(tensor)])  # carry the runtime's on
+    for i, (tensor, value, step) in enumerate(zip(outputs, got[len(sites):], steps[len(sites):])):
+        found = agreement(np.asarray(values[id(tensor)]), value, step)
         if not found.ok:
-            after = "" if source is None else f", after layer {source.name!r} ({type(source).__name__})"
-            return (f"The first quantized tensor where they part is the output of quantizer {quantizer.name!r}"
-                    f"{after}: {found.describe()}; the quantized tensors before it agree.")
-    return ("Every quantized tensor agrees; they part after the last activation quantizer, in the layers that "
-            "lead from it to the output.")
+            return (f"Fed the runtime's own quantized tensors, Keras and the runtime part after the last activation "
+                    f"quantizer, in the layers that lead to output {i}: {found.describe()}.")
+    return None
+
+
+def _grid_step(quantizer):
+    from tensorflow_qdq.deploy import _grid
+
+    lo, hi = quantizer.constant_range()
+    return float(np.max(_grid.step(lo, hi, quantizer.num_bits, quantizer.signed, quantizer.narrow_range)))
+
+
+def _segment_agreement(expected, got, step):
+    """None when one stretch of the graph agrees: every element within one grid step, except
+    at most ``SEGMENT_FLIPS`` of them within two (a float32 sum landing on the other side of a
+    rounding boundary, then once more downstream inside the stretch); else a description."""
+    k = np.asarray(expected, np.float64).reshape(-1)
+    r = np.asarray(got, np.float64).reshape(-1)
+    if k.shape != r.shape:
+        return f"shapes {k.shape} and {r.shape} differ"
+    diff = np.abs(k - r) / max(step, np.finfo(np.float32).tiny)
+    if np.all(np.isfinite(diff)) and np.mean(diff > 1.5) <= SEGMENT_FLIPS and np.all(diff <= 2.5):
+        return None
+    far = float(np.mean(diff > 1.5)) if diff.size else 0.0
+    worst = float(np.max(diff)) if diff.size else 0.0
+    return f"{far:.2%} of the elements more than one step apart, the worst {worst:.0f} steps"
 
 
 def _quantized_tensors(model):

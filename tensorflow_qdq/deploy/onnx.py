@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tensorflow_qdq.deploy import _grid, _onnx_passes, _trace
+from tensorflow_qdq.deploy import _grid, _onnx_passes, _preflight, _quiet, _sessions, _tf2onnx_handlers, _trace, _verify
 
 RUNTIMES = ("onnxruntime", "tensorrt")
 # Widths that ONNX has integer types for (4 and 16 bits from opset 21).
@@ -48,9 +48,12 @@ class OnnxTarget:
             input=tf.constant(flat), input_min=tf.constant(-amax), input_max=tf.constant(amax),
             num_bits=tf.constant(num_bits, tf.int32), signed_input=True, range_given=True, narrow_range=True,
             axis=len(others), name="weight_qdq")
-        if flat.shape != weight.shape:
+        # Undo the merge and the move separately: a moved weight can have its original shape
+        # (a transposed conv with as many inputs as outputs) and still need the inverse transpose.
+        if flat.shape != moved.shape:
             out = tf.reshape(out, moved.shape)
-            out = tf.transpose(out, [perm.index(a) for a in range(rank)]) if perm != list(range(rank)) else out
+        if perm != list(range(rank)):
+            out = tf.transpose(out, [perm.index(a) for a in range(rank)])
         return out
 
     def activation(self, x, quantizer, lo, hi):
@@ -71,7 +74,8 @@ class OnnxTarget:
             narrow_range=quantizer.narrow_range, axis=-1)
 
 
-def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime"):
+def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime", verify=True, verify_data=None,
+            input_signature=None):
     """Converts a quantization-aware Keras model to a QDQ ONNX model; returns the ModelProto.
 
     Every quantized layer gets its weights as integer codes behind a DequantizeLinear with one
@@ -80,35 +84,76 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime"):
     ``x_scale * w_scale`` (what ONNX Runtime's integer kernels take). 4- and 16-bit grids get
     INT4/UINT4/INT16/UINT16 (opset 21); other widths raise.
 
+    The export is verified: ONNX Runtime runs it on sample inputs and its outputs must agree
+    with the Keras model's (docs/DEPLOY.md, "Verified exports"), else
+    ``tensorflow_qdq.deploy.ExportMismatchError`` names the first quantized tensor where they
+    part.
+
     Args:
       model: a Keras model from ``tensorflow_qdq.keras.quantize_model`` (calibrated or
         trained), or a SavedModel directory whose graph holds TensorFlow's
-        QuantizeAndDequantize ops (not ``Qdq>`` ops: convert the Keras model instead).
-      path: where to write the ``.onnx`` file (optional).
+        QuantizeAndDequantize ops (not ``Qdq>`` ops: convert the Keras model instead; a
+        SavedModel has no Keras model to verify against).
+      path: where to write the ``.onnx`` file (optional; written only once verified).
       opset: the ONNX opset (default 17, or 21 when a 4- or 16-bit grid needs it).
       runtime: ``"onnxruntime"`` (default): activations and weights as uint8 (a signed grid
         with zero point 128, exact), which ONNX Runtime's CPU kernels fuse by default and
         compute exactly also on CPUs without VNNI; ``"tensorrt"``: symmetric int8 with zero
         point 0 everywhere (TensorRT's rule; ONNX Runtime fuses it with the session option
         ``session.qdqisint8allowed=1``).
+      verify: True (default) raises on disagreement, ``"warn"`` warns, False skips the check;
+        sample inputs may be passed here directly instead of True.
+      verify_data: the sample inputs (an array, a list of arrays for several inputs, or batches);
+        default: the first rows ``calibrate`` saw, else inputs drawn from the input spec.
+      input_signature: a ``tf.TensorSpec`` per model input (batch dimension None), for a
+        subclassed model whose input shapes or dtypes Keras did not record at its first call.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r} is not one of {', '.join(map(repr, RUNTIMES))}")
+    mode, data = _verify.parse(verify, verify_data)
     try:
         import onnx
-        import tf2onnx
+        import tf2onnx  # noqa: F401 - checked here for the error below
     except ImportError as exc:  # pragma: no cover - the set-up script installs both
         raise ImportError(f"to_onnx needs tf2onnx and onnx ({exc}); pip install tf2onnx onnx") from exc
-    target = OnnxTarget(runtime)
     if isinstance(model, (str, os.PathLike)):
-        graph_def, inputs, outputs = _saved_model_graph(os.fspath(model))
+        proto = _saved_model_to_onnx(os.fspath(model), runtime, opset)
+    else:
+        _preflight.check_exportable(model, "to_onnx")
+        proto = _keras_to_onnx(model, runtime, opset, input_signature)
+        _verify.verify_export(
+            model, _sessions.onnx_session(proto), what="to_onnx", runtime="ONNX Runtime", mode=mode, data=data,
+            probe=lambda tap: _sessions.onnx_session(_keras_to_onnx(tap, runtime, opset)))
+    if path is not None:
+        onnx.save(proto, os.fspath(path))
+    return proto
+
+
+def _keras_to_onnx(model, runtime, opset, input_signature=None):
+    _tf2onnx_handlers.register()
+    target = OnnxTarget(runtime)
+    with _quiet.converter_output_hidden(), _qdq_rewriter(runtime, target):
+        proto = convert_frozen(_trace.frozen(model, target, input_signature))
+    return _finish(proto, target, runtime, opset)
+
+
+def _saved_model_to_onnx(directory, runtime, opset):
+    import tf2onnx
+
+    _tf2onnx_handlers.register()
+    target = OnnxTarget(runtime)
+    with _quiet.converter_output_hidden():
+        graph_def, inputs, outputs = _saved_model_graph(directory)
         with _qdq_rewriter(runtime, target):
             proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
                                                       opset=_CONVERT_OPSET)
-    else:
-        _trace.check_quantized(model, "to_onnx")
-        with _qdq_rewriter(runtime, target):
-            proto = convert_frozen(_trace.frozen(model, target))
+    return _finish(proto, target, runtime, opset)
+
+
+def _finish(proto, target, runtime, opset):
+    """The passes and the opset the widths need, checked by onnx's checker."""
+    import onnx
+
     wide = target.widths - {8}
     if opset is None:
         opset = 21 if wide else _CONVERT_OPSET
@@ -116,8 +161,6 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime"):
         raise ValueError(f"to_onnx: {sorted(wide)}-bit grids need ONNX opset 21 (INT4/INT16 types), got opset={opset}")
     proto = _onnx_passes.finish(proto, opset, runtime)
     onnx.checker.check_model(proto)
-    if path is not None:
-        onnx.save(proto, os.fspath(path))
     return proto
 
 

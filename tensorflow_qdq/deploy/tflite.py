@@ -18,10 +18,15 @@ _BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
 class TFLiteTarget:
     """Emits FakeQuant ops (activations) and on-grid constants (weights) for the TFLite converter."""
 
+    def __init__(self):
+        # What keeps the model off TFLite's integer kernels, found while tracing: the trace goes on
+        # (with 8-bit stand-ins) so that ``raise_problems`` names every offending layer at once.
+        self.problems = []
+
     def weight(self, weight, channel_axes, num_bits, layer):
         if num_bits != 8:
-            raise ValueError(f"to_tflite: the weights of layer {layer.name!r} are quantized to {num_bits} bits; "
-                             "TFLite's integer kernels take 8-bit weights (export with to_onnx, or quantize to 8 bits)")
+            self.problems.append(f"the weights of layer {layer.name!r} are quantized to {num_bits} bits; TFLite's "
+                                 "integer kernels take 8-bit weights (export with to_onnx, or quantize to 8 bits)")
         amax = _grid.channel_amax(weight, channel_axes)
         inv = _grid.step(-amax, amax, 8, True, True)
         shape = [1] * weight.ndim
@@ -36,29 +41,130 @@ class TFLiteTarget:
         # for a constant it picks max|w_c| / 127 per output channel itself, which is this grid.
         return tf.constant(on_grid)
 
+    # Forms of the trace the converter needs (see _trace.trace and _trace.frozen).
+    unroll_recurrent = True
+    matmul_for_tensordot = True
+    unsplat_biases = True
+    one_scale_per_tensor = True
+
     def activation(self, x, quantizer, lo, hi):
-        name = f"quantizer {quantizer.name!r}"
-        if quantizer.num_bits != 8:
-            raise ValueError(f"to_tflite: {name} is {quantizer.num_bits}-bit; TFLite's integer kernels take 8-bit "
-                             "activations (export with to_onnx, or quantize to 8 bits)")
-        if quantizer.axis is not None:
-            raise ValueError(f"to_tflite: {name} quantizes per channel; TFLite activations are per tensor")
-        inv = float(_grid.step(lo, hi, 8, quantizer.signed, quantizer.narrow_range))
-        if inv <= 0:
-            raise ValueError(f"to_tflite: {name} has the degenerate range [{float(lo)}, {float(hi)}]; "
-                             "calibrate or train the model before exporting")
-        qmin, qmax = _grid.code_range(8, quantizer.signed, quantizer.narrow_range)
+        lo, hi = self._grid_range(quantizer, lo, hi)
         return tf.quantization.fake_quant_with_min_max_vars(
-            x, tf.constant(qmin * inv, tf.float32), tf.constant(qmax * inv, tf.float32), num_bits=8,
+            x, tf.constant(lo, tf.float32), tf.constant(hi, tf.float32), num_bits=8,
             narrow_range=quantizer.narrow_range)
 
+    def quantize_input(self, x, layers, quantizer):
+        """A model input read by elementwise affine ``layers`` (Rescaling, Normalization) whose
+        output ``quantizer`` quantizes: FakeQuant on the input over the range that the layers map
+        onto the quantizer's, so their op (``affine_form``) reads int8 as well as writes it.
+        With one scale and an offset on the grid (Rescaling(1/255)) the grids coincide and the
+        result equals the Keras model's; per-channel statistics share one input grid (TFLite's
+        activations are per tensor), coarser than the quantizer's for the channels whose range
+        maps to a narrower input range."""
+        lo, hi = self._grid_range(quantizer, *quantizer.constant_range())
+        a, b = _trace.affine_map(layers, x.shape)
+        a, b = np.broadcast_arrays(a, b)
+        moving = a != 0  # a channel the layers set to a constant needs no input range
+        ends = np.concatenate([(lo - b[moving]) / a[moving], (hi - b[moving]) / a[moving]])
+        if not ends.size or not np.all(np.isfinite(ends)):
+            return x
+        # FakeQuant moves its zero point onto the grid: a range that holds 0 stays where it is.
+        lo_in, hi_in = min(float(ends.min()), 0.0), max(float(ends.max()), 0.0)
+        return tf.quantization.fake_quant_with_min_max_vars(
+            x, tf.constant(lo_in, tf.float32), tf.constant(hi_in, tf.float32), num_bits=8)
 
-def integer_tflite(model, *, allow_float_ops=False):
-    """The full-integer flatbuffer of a quantization-aware Keras model (see to_tflite)."""
+    @staticmethod
+    def affine_form(layers, shape):
+        """The calls of elementwise affine preprocessing layers as one op that the converter
+        quantizes: ``x @ diag(a) + b``, an int8 FULLY_CONNECTED with one weight per channel (exact
+        on its per-channel grid). The layers' own ops (MUL then ADD, SUB then MUL) would leave
+        the tensor between them without a range, so float. None where the map varies along
+        other axes than the last, or the channel count is unknown."""
+        channels = shape[-1]
+        if channels is None:
+            return None
+        a, b = _trace.affine_map(layers, shape)
+        a, b = (np.broadcast_to(v, v.shape[:-1] + (channels,)).reshape(-1, channels) for v in (a, b))
+        if np.any(a != a[0]) or np.any(b != b[0]):
+            return None
+        kernel = tf.constant(np.diag(a[0]).astype(np.float32))
+        bias = tf.constant(b[0].astype(np.float32))
+
+        def call(inputs):
+            return tf.nn.bias_add(tf.matmul(tf.cast(inputs, tf.float32), kernel), bias)
+
+        return call
+
+    @staticmethod
+    def batch_norm_form(layer, shape):
+        """A BatchNormalization in inference (``x * a + b`` per channel) as one op that the
+        converter quantizes: a 1x1 DEPTHWISE_CONV_2D with weight ``a`` and bias ``b`` (one weight
+        per channel, so exact on its per-channel int8 grid; the ReLU after it fuses). None
+        unless it normalizes the channels of an NHWC image tensor."""
+        if len(shape) != 4 or shape[-1] is None or layer.axis not in (-1, 3):
+            return None
+        a, b = _trace.affine_map([layer], shape)
+        a, b = (np.broadcast_to(v, v.shape[:-1] + (shape[-1],)).reshape(-1, shape[-1]) for v in (a, b))
+        if np.any(a != a[0]) or np.any(b != b[0]) or np.any(a[0] == 0):
+            return None  # a zero weight would give its channel no scale
+        kernel = tf.constant(a[0].reshape(1, 1, -1, 1).astype(np.float32))
+        bias = tf.constant(b[0].astype(np.float32))
+
+        def call(inputs, *args, **kwargs):
+            weight, shift = tf.cast(kernel, inputs.dtype), tf.cast(bias, inputs.dtype)  # a float16 policy
+            return tf.nn.bias_add(tf.nn.depthwise_conv2d(inputs, weight, [1, 1, 1, 1], "VALID"), shift)
+
+        return call
+
+    def check(self, quantizer):
+        """Records why ``quantizer`` cannot be a TFLite activation, if it cannot (a quantizer
+        that the trace leaves out, see ``_trace._one_scale_per_tensor``)."""
+        self._grid_range(quantizer, *quantizer.constant_range())
+
+    def _grid_range(self, quantizer, lo, hi):
+        """[qmin * step, qmax * step] of an 8-bit per-tensor quantizer (FakeQuant's range); for any
+        other the problem is recorded and a stand-in range returned."""
+        found = self._range_problems(quantizer, lo, hi)
+        if found:
+            self.problems.extend(found)
+            return -1.0, 1.0
+        inv = float(_grid.step(lo, hi, 8, quantizer.signed, quantizer.narrow_range))
+        qmin, qmax = _grid.code_range(8, quantizer.signed, quantizer.narrow_range)
+        return qmin * inv, qmax * inv
+
+    @staticmethod
+    def _range_problems(quantizer, lo, hi):
+        """Why ``quantizer`` cannot be a TFLite activation (a list, empty if it can)."""
+        name = f"quantizer {quantizer.name!r}"
+        found = []
+        if quantizer.num_bits != 8:
+            found.append(f"{name} is {quantizer.num_bits}-bit; TFLite's integer kernels take 8-bit activations "
+                         "(export with to_onnx, or quantize to 8 bits)")
+        if quantizer.axis is not None:
+            found.append(f"{name} quantizes per channel; TFLite activations are per tensor")
+        elif np.all(_grid.step(lo, hi, 8, quantizer.signed, quantizer.narrow_range) <= 0):
+            found.append(f"{name} has the degenerate range [{float(lo)}, {float(hi)}]; calibrate or train the model "
+                         "before exporting")
+        return found
+
+    def raise_problems(self):
+        """One ValueError naming every problem the trace recorded (each once, in graph order)."""
+        found = list(dict.fromkeys(self.problems))
+        if found:
+            count = f"{len(found)} problem{'s' if len(found) > 1 else ''}"
+            raise ValueError(f"to_tflite: the model cannot run on TFLite's integer kernels ({count}):\n"
+                             + "\n".join(f"  - {problem}" for problem in found))
+
+
+def integer_tflite(model, *, allow_float_ops=False, input_signature=None):
+    """The full-integer flatbuffer of a quantization-aware Keras model (see to_tflite).
+    ``input_signature``: TensorSpecs for the model inputs (a subclassed model never called)."""
     _trace.check_quantized(model, "to_tflite")
     # Variables the quantizers do not own (LayerNormalization, an unfolded BatchNorm) become
     # constants: left as resource variables they would stay float READ_VARIABLE ops.
-    frozen = _trace.frozen(model, TFLiteTarget())
+    target = TFLiteTarget()
+    frozen = _trace.frozen(model, target, input_signature)
+    target.raise_problems()  # before converting: the converter would fail on the stand-in ranges, or hide them
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     flatbuffer = converter.convert()

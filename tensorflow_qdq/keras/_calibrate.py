@@ -34,8 +34,14 @@ def calibrate(model, data, method="max", num_batches=None, *, batch_size=32, ver
       verbose: show a progress bar.
       **options: the method's options (``percentile``, ``num_bins``).
     """
-    quantizers = [layer for layer in _quantizers(model) if layer.range_mode in ("tracked", "learned")]
+    every = list(_quantizers(model))
+    quantizers = [layer for layer in every if layer.range_mode in ("tracked", "learned")]
     if not quantizers:
+        if every:  # e.g. a subclassed model's own QuantizeAndDequantize() layers: range_mode="batch"
+            modes = sorted({layer.range_mode for layer in every})
+            raise ValueError(f"calibrate: the quantizers of model {model.name!r} have range_mode "
+                             f"{', '.join(map(repr, modes))}, which calibration does not set; create them with "
+                             "QuantizeAndDequantize(range_mode='tracked') (or 'learned') to calibrate them")
         raise ValueError(f"calibrate: model {model.name!r} has no QuantizeAndDequantize layer with a tracked or "
                          "learned range; make it with tensorflow_qdq.keras.quantize_model first")
     if method not in CALIBRATION_METHODS:
@@ -57,6 +63,13 @@ def calibrate(model, data, method="max", num_batches=None, *, batch_size=32, ver
             if num_batches is not None and seen >= num_batches:
                 break
             _check_batch(model, batch)
+            if not model.built:
+                # Built with the observers off: Keras then records the input shapes (the
+                # exporters read them from a subclassed model); with them on, its symbolic build
+                # trace fails on the observers and no shape is recorded.
+                with _deploy.calibration_pass(None):
+                    model(batch, training=False)
+            _deploy.remember_samples(model, batch)  # the exporters verify on these rows
             model(batch, training=False)  # eager: each quantizer hands over its float input
             seen += 1
             if verbose:
@@ -120,13 +133,37 @@ def _length(data, batch_size):
 
 def _check_batch(model, batch):
     """A batch of the wrong shape gets an error naming the expected shape, not a deep Keras trace."""
-    expected = [tuple(t.shape) for t in model.inputs]
+    expected = _input_shapes(model)
+    if expected is None:  # a subclassed model not yet called: the first batch builds it
+        return
     got = [tuple(np.shape(b)) for b in tf.nest.flatten(batch)]
     if len(expected) != len(got) or any(
         len(e) != len(g) or any(a is not None and a != b for a, b in zip(e[1:], g[1:])) for e, g in zip(expected, got)
     ):
         raise ValueError(f"calibrate: a batch of shape {got if len(got) > 1 else got[0]} does not fit the model's "
                          f"input {expected if len(expected) > 1 else expected[0]} (None = any size)")
+
+
+def _input_shapes(model):
+    """The input shapes a model takes (the batch size free), or None when they are unknown: a
+    subclassed model has no ``inputs``, only the shapes Keras recorded at its first call."""
+    try:
+        inputs = model.inputs
+    except AttributeError:
+        inputs = None
+    if inputs:
+        return [tuple(t.shape) for t in inputs]
+    recorded = getattr(model, "_build_shapes_dict", None)
+    if not recorded:
+        return None
+    shapes = []
+    for shape in recorded.values():
+        nested = isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple))
+        if nested:  # one argument holding a list of inputs
+            shapes.extend(tuple(s) for s in shape)
+        else:
+            shapes.append(tuple(shape))
+    return [(None,) + s[1:] for s in shapes]
 
 
 def _progress(done, total, method):

@@ -11,7 +11,15 @@ activation quantizer (one per tensor, shared by all its consumers):
   * the outputs of weighted and merge layers, taken after the activation that runtimes fuse
     into them (a following ReLU/ReLU6, or a BatchNormalization that is folded): both runtimes
     need a quantized output to keep the op in int8, and ONNX Runtime drops a ReLU/Clip whose
-    following quantizer already clips at 0 (and 6).
+    following quantizer already clips at 0 (and 6). Before an activation they do not fuse
+    (swish, sigmoid, hard_swish after the conv or its folded BatchNorm) the output is
+    quantized there, and after that activation as well;
+  * the outputs of standalone activation layers (not softmax) that read a quantized tensor,
+    with swish's sigmoid gate quantized too (TFLite's int8 LOGISTIC/HARD_SWISH/MUL, ONNX
+    Runtime's QLinearSigmoid/QLinearMul need both sides quantized);
+  * keras.ops add/subtract/multiply/divide nodes of a functional graph are placed like merges;
+  * a pad or reshape in front of a quantized input reads the quantized tensor (the quantizer
+    goes before it).
 ``"tensorrt"``:
   * TensorRT's explicit-quantization rules (and NVIDIA's TensorFlow toolkit): quantizers on
     the inputs of weighted layers and on the inputs of Add only; TensorRT propagates scales
@@ -52,6 +60,17 @@ GRID_KEEPING_LAYERS = (
 NON_NEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "softmax", "hard_sigmoid", "exponential")
 # Activations that ONNX Runtime and TFLite fuse into the op before them.
 FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
+# Standalone activation layers. One that reads a quantized tensor gets its output quantized as
+# well (default scheme): TFLite has int8 LOGISTIC, HARD_SWISH, TANH, LEAKY_RELU, ELU, and ONNX
+# Runtime QLinearSigmoid/QLinearLeakyRelu, which need a range on both sides; without one the
+# op and everything reading it (the squeeze-excite pooling and Multiply) stay float.
+ACTIVATION_LAYERS = (_L.Activation, _L.ReLU, _L.LeakyReLU, _L.ELU)
+# Activations that TensorFlow computes as x * sigmoid(x): the gate between the two ops needs a
+# range of its own, or TFLite keeps LOGISTIC and MUL float.
+GATED_ACTIVATIONS = ("silu", "swish")
+# keras.ops arithmetic on KerasTensors in a functional graph (MobileNetV3's hard sigmoid is
+# ``ReLU(6.)(x + 3.) * (1. / 6.)``): nodes that are operations, not layers. Placed like merges.
+_ARITHMETIC_OPS = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide")
 # Layers that are never quantized, each with the reason the report gives.
 FLOAT_REASONS = {
     _L.LSTM: "recurrent kernels are not quantized (LSTM)",
@@ -77,7 +96,33 @@ def is_weighted(layer):
 
 
 def is_merge(layer):
-    return isinstance(layer, MERGE_LAYERS)
+    return isinstance(layer, MERGE_LAYERS) or is_arithmetic(layer)
+
+
+def is_arithmetic(operation):
+    """A keras.ops add/subtract/multiply/divide node of a functional graph (not a layer)."""
+    kind = type(operation)
+    return kind.__module__ == "keras.src.ops.numpy" and kind.__name__ in _ARITHMETIC_OPS
+
+
+def scales_without_sign_change(layer):
+    """A product or quotient: non-negative when its tensors are and its constants positive."""
+    return isinstance(layer, _L.Multiply) or (is_arithmetic(layer) and type(layer).__name__ in (
+        "Multiply", "Divide", "TrueDivide"))
+
+
+def sigmoid_grid(num_bits):
+    """The fixed unsigned grid of step 2^-bits on [0, 1): what TFLite's int8 LOGISTIC writes
+    (scale 1/256, zero point -128). A tracked range there would make the converter add a
+    requantization after LOGISTIC, a second rounding that Keras does not do."""
+    return dict(range_mode="fixed", signed=False, min_value=0.0, max_value=(2.0 ** num_bits - 1) / 2.0 ** num_bits)
+
+
+def quantizes_activation_output(layer, scheme):
+    """Whether a standalone activation layer that reads a quantized tensor gets its output
+    quantized. Not softmax: TFLite gives SOFTMAX its fixed output grid by itself."""
+    return (scheme == "default" and isinstance(layer, ACTIVATION_LAYERS)
+            and activation_of(layer) not in ("softmax", "linear"))
 
 
 def activation_of(layer):
@@ -128,5 +173,5 @@ def quantizes_output(layer, scheme):
         return False
     if not (is_weighted(layer) or is_merge(layer)):
         return False
-    # A fixed-range activation (softmax, sigmoid): the runtimes give it a fixed output grid.
-    return activation_of(layer) not in ("softmax", "sigmoid")
+    # Softmax: TFLite gives its output a fixed grid by itself (and ONNX Runtime keeps it float).
+    return activation_of(layer) != "softmax"

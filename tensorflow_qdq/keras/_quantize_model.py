@@ -49,13 +49,17 @@ def quantize_model(
       in inference; exports hold a conv with a bias and no BatchNormalization.
     * Activation quantizers (``activation_bits``, per tensor, tracked moving-average ranges
       with ``momentum``) go where the ``scheme`` says (see ``_placement``): ``"default"``
-      deploys to ONNX Runtime and TFLite, ``"tensorrt"`` follows TensorRT's Q/DQ rules.
-      Run :func:`calibrate` before training to start them from data.
+      deploys to ONNX Runtime and TFLite (every weighted op with a quantized input and output,
+      also before and after a non-fusable activation such as swish, sigmoid or hard_swish,
+      and the activation layers and squeeze-excite products after them), ``"tensorrt"``
+      follows TensorRT's Q/DQ rules. Run :func:`calibrate` before training to start them
+      from data.
 
-    Layers it cannot quantize (recurrent layers, a BatchNormalization that cannot fold,
-    ``skip_layers``) stay float and are listed by the summary it prints (``verbose``) and by
-    :func:`quantization_report`; ``strict=True`` raises instead if a layer with a kernel is
-    left float.
+    Layers it cannot quantize (recurrent and normalization layers, a BatchNormalization that
+    cannot fold, custom layers whose weights no rule covers, ``Lambda`` layers, and
+    ``skip_layers``) stay float and are listed with the reason by the summary it prints
+    (``verbose``) and by :func:`quantization_report`; ``strict=True`` raises one
+    ``ValueError`` naming all of them (``skip_layers`` excepted) instead.
 
     Args:
       model: a ``keras.Sequential`` (with a known input) or functional ``keras.Model``.
@@ -70,10 +74,11 @@ def quantize_model(
       fold_batch_norm: fold BatchNormalization into the layer before it.
       freeze_bn_delay: training steps after which folded BatchNorms use moving statistics.
       skip_layers: names of layers to leave float.
-      strict: raise ``ValueError`` if any layer with a kernel would stay float.
+      strict: raise ``ValueError`` if any layer with a kernel, custom weighted layer or
+        ``Lambda`` would stay float (one error listing them all).
       verbose: print the per-layer summary.
     """
-    _check_rebuildable(model, frozenset(skip_layers))
+    _check_rebuildable(model)
     options = dict(
         weight_bits=check_num_bits(weight_bits, True),
         activation_bits=check_num_bits(activation_bits, True),
@@ -88,16 +93,15 @@ def quantize_model(
     unknown = options["skip_layers"] - {layer.name for layer in _all_layers(model)}
     if unknown:
         raise ValueError(f"skip_layers names layers that are not in {model.name!r}: {sorted(unknown)}")
+    unquantizable = _unquantizable(model, options["skip_layers"])
     copy = _Rebuild(options).model(model)
     copy._qdq_skip_layers = options["skip_layers"]  # for quantization_report(copy)
-    report = _report.quantization_report(copy)
+    copy._qdq_float_reasons = {name: reason for name, (_, reason) in unquantizable.items()}
+    report = _with_reasons(_report.quantization_report(copy), unquantizable)
     if strict:
-        left = [row for row in report if row.status == "float" and row.has_kernel]
-        if left:
-            raise ValueError(
-                "quantize_model(strict=True): layers with a kernel would stay float: "
-                + "; ".join(f"{row.name} ({row.kind}): {row.detail}" for row in left)
-            )
+        error = _strict_error(report, unquantizable)
+        if error is not None:
+            raise error
     if verbose:
         print(_report.summary(report, model.name))
     return copy
@@ -124,7 +128,7 @@ def _rebuildable(model):
     return isinstance(model, keras.Sequential) or _is_functional(model)
 
 
-def _check_rebuildable(model, skip_layers=frozenset()):
+def _check_rebuildable(model):
     if not _rebuildable(model):
         raise ValueError(
             f"quantize_model needs a keras.Sequential or functional keras.Model, got {type(model).__name__}; "
@@ -134,21 +138,50 @@ def _check_rebuildable(model, skip_layers=frozenset()):
     if isinstance(model, keras.Sequential) and not model.built:
         raise ValueError(f"quantize_model: Sequential model {model.name!r} has no input shape yet; "
                          "start it with keras.Input(shape) or build it first")
+
+
+def _unquantizable(model, skip_layers):
+    """{name: (layer, reason)} for the layers quantize_model cannot quantize and keeps float:
+    Lambda layers (their function is opaque) and layers with weights that no rule covers (a
+    custom LayerScale, a learned position embedding). Found all at once, so one report (or one
+    strict error) names every one of them."""
+    found = {}
     for layer in _all_layers(model):
+        if layer.name in skip_layers or _rebuildable(layer):
+            continue
         if isinstance(layer, _L.Lambda):
-            raise ValueError(
-                f"quantize_model cannot see inside Lambda layer {layer.name!r}: replace it with a layer (or a "
-                "keras.ops call in a custom layer without weights), or pass skip_layers=[...] for layers after it"
-            )
-        if (not _rebuildable(layer) and layer.weights and weight_specs(layer) is None
-                and layer.name not in skip_layers
-                and not isinstance(layer, (_L.MultiHeadAttention, QuantizeAndDequantize,
-                                           *_placement.FLOAT_REASONS))):
-            raise ValueError(
-                f"quantize_model does not know which weights of layer {layer.name!r} ({type(layer).__name__}) to "
-                "quantize: pass skip_layers=[{!r}] to keep it float, or wrap its weighted sublayers with "
-                "QuantizeWrapper".format(layer.name)
-            )
+            found[layer.name] = (layer, "Lambda layer: quantize_model cannot see inside its function, so it runs "
+                                        "float (a layer it calls is not quantized); replace it with a layer to "
+                                        "quantize what it computes")
+        elif (layer.weights and weight_specs(layer) is None
+              and not isinstance(layer, (_L.MultiHeadAttention, QuantizeAndDequantize, *_placement.FLOAT_REASONS))):
+            names = ", ".join(sorted({w.path.split("/")[-1] for w in layer.weights}))
+            found[layer.name] = (layer, f"no quantization rule for its weights ({names}): it runs float; wrap its "
+                                        "weighted sublayers with QuantizeWrapper to quantize them")
+    return found
+
+
+def _strict_error(report, unquantizable):
+    """One ValueError naming every layer that would stay float (strict=True)."""
+    rows = {row.name: f"{row.name} ({row.kind}): {row.detail}" for row in report
+            if row.status == "float" and row.has_kernel}
+    for name, (layer, reason) in unquantizable.items():
+        rows[name] = f"{name} ({type(layer).__name__}): {reason}"
+    if not rows:
+        return None
+    return ValueError(f"quantize_model(strict=True): {len(rows)} layers would stay float: " + "; ".join(rows.values())
+                      + ". Pass skip_layers=[...] to keep them float on purpose.")
+
+
+def _with_reasons(report, unquantizable):
+    """The report's rows, with the reason for each layer that quantize_model kept float itself."""
+    out = []
+    for row in report:
+        found = unquantizable.get(row.name.split("/")[-1])
+        if found is not None:
+            row = _report.ReportRow(row.name, type(found[0]).__name__, "float", found[1], row.has_kernel)
+        out.append(row)
+    return out
 
 
 def _all_layers(model):
@@ -203,8 +236,9 @@ class _Rebuild:
             return _placement.quantizes_output(layer, scheme)
 
         # The output quantizer moves past a fused tail (a folded BatchNorm, ReLU, ReLU6).
+        # model.operations: keras.ops arithmetic nodes (not layers) are placed like merges.
         quantize_after = set()
-        for layer in model.layers:
+        for layer in model.operations:
             if not head(layer):
                 continue
             current = layer
@@ -232,12 +266,15 @@ class _Rebuild:
             layer = tensor._keras_history.operation
             if isinstance(layer, QuantizeAndDequantize):
                 return not layer.signed
-            source = original_of.get(id(layer))
-            if source is None:
-                return False
+            source = original_of.get(id(layer), layer)  # layers made here (a swish's gate) are their own source
             if _placement.is_passthrough(source):
-                args = [t for t in _node_of(tensor).arguments.keras_tensors]
+                args = _node_of(tensor).arguments.keras_tensors
                 return bool(args) and all(non_negative(t) for t in args)
+            if _placement.scales_without_sign_change(source):  # x * (1/6) after a ReLU6
+                node = _node_of(tensor)
+                constants = [a for a in node.arguments.args if not _is_keras_tensor(a)]
+                return (all(non_negative(t) for t in node.arguments.keras_tensors)
+                        and all(isinstance(c, numbers.Real) and c > 0 for c in constants))
             if id(source) in absorbed or isinstance(source, _L.BatchNormalization):
                 return False
             return _placement.is_non_negative(source)
@@ -268,28 +305,68 @@ class _Rebuild:
                 out = owner(tensor, passthrough=True)
                 memo[id(tensor)] = memo[id(out)] = out
                 return out
-            quantizer = QuantizeAndDequantize(
-                num_bits=self.options["activation_bits"], range_mode=self.options["activation_range"],
-                momentum=self.options["momentum"], range_update=self.options["range_update"],
-                # TensorRT has int8 activations only; elsewhere a non-negative tensor gets the finer unsigned grid
-                signed=scheme == "tensorrt" or not non_negative(tensor), name=_unique(name, model_names),
-                dtype=_policy_of(tensor),
-            )
+            bits = self.options["activation_bits"]
+            producer = tensor._keras_history.operation
+            if scheme == "default" and _placement.activation_of(original_of.get(id(producer), producer)) == "sigmoid":
+                grid = _placement.sigmoid_grid(bits)  # the grid TFLite's LOGISTIC writes
+            else:
+                grid = dict(range_mode=self.options["activation_range"], momentum=self.options["momentum"],
+                            range_update=self.options["range_update"],
+                            # TensorRT has int8 activations only; elsewhere a non-negative tensor gets
+                            # the finer unsigned grid
+                            signed=scheme == "tensorrt" or not non_negative(tensor))
+            quantizer = QuantizeAndDequantize(num_bits=bits, name=_unique(name, model_names),
+                                              dtype=_policy_of(tensor), **grid)
             out = quantizer(tensor)
             memo[id(tensor)] = memo[id(out)] = out
             return out
 
         model_names = {layer.name for layer in _all_layers(model)}
 
+        def feeds_quantized_inputs(layer):
+            """Whether everything reading ``layer``'s output quantizes it, directly or through
+            more grid-keeping layers (in the original graph)."""
+            users = consumers.get(id(layer), [])
+            return bool(users) and all(
+                user.name not in skip and (_placement.quantizes_inputs(user, scheme)
+                                           or (_placement.keeps_grid(user) and feeds_quantized_inputs(user)))
+                for user in users)
+
+        def reads_quantized(args, kwargs):
+            tensors = [t for t in keras.tree.flatten((args, kwargs)) if _is_float(t)]
+            return bool(tensors) and all(grid_owner(t) is not None for t in tensors)
+
+        def activate(layer, source, x):
+            """A standalone activation reading a quantized tensor: its output quantized too, and
+            swish computed as x * sigmoid(x) with the gate quantized (TFLite runs LOGISTIC and
+            MUL in int8 only with a range between them)."""
+            if _placement.activation_of(source) not in _placement.GATED_ACTIVATIONS:
+                out = layer(x)
+            else:
+                gate = _L.Activation("sigmoid", name=_unique(f"{source.name}_sigmoid", model_names),
+                                     dtype=source.dtype_policy)(x)
+                gate = quantize(gate, f"{source.name}_gate_quantizer")
+                out = _L.Multiply(name=_unique(f"{source.name}_multiply", model_names),
+                                  dtype=source.dtype_policy)([x, gate])
+            return quantize(out, f"{source.name}_output_quantizer")
+
         def call(layer, *args, **kwargs):
             source = original_of[id(layer)]
             if id(source) in absorbed:
-                return args[0]  # folded into the layer before it
-            if _placement.quantizes_inputs(source, scheme) and source.name not in skip:
-                args, kwargs = keras.tree.map_structure(
-                    lambda t: quantize(t, f"{source.name}_input_quantizer") if _is_keras_tensor(t) else t,
-                    (args, kwargs))
-            out = layer(*args, **kwargs)
+                out = args[0]  # folded into the layer before it; its output quantizer stays
+            elif (_placement.quantizes_activation_output(source, scheme) and source.name not in skip
+                  and len(args) == 1 and not kwargs and reads_quantized(args, kwargs)):
+                out = activate(layer, source, args[0])
+            else:
+                # A pad or reshape in front of a quantized input reads the quantized tensor instead:
+                # one range either way, the op runs on integers too, and a preprocessing layer
+                # before it (Rescaling) stays next to its quantizer, where the exporters fold it.
+                early = _placement.keeps_grid(source) and feeds_quantized_inputs(source)
+                if (_placement.quantizes_inputs(source, scheme) or early) and source.name not in skip:
+                    args, kwargs = keras.tree.map_structure(
+                        lambda t: quantize(t, f"{source.name}_input_quantizer") if _is_keras_tensor(t) else t,
+                        (args, kwargs))
+                out = layer(*args, **kwargs)
             if id(source) in quantize_after:
                 out = keras.tree.map_structure(lambda t: quantize(t, f"{source.name}_output_quantizer"), out)
             return out
@@ -301,6 +378,8 @@ class _Rebuild:
     def _clone_layer(self, layer, batch_norm, quantized):
         if _rebuildable(layer):
             return self.model(layer)
+        if isinstance(layer, _L.Lambda):
+            return layer  # no weights to copy, and Keras will not rebuild a Python lambda from its config
         fresh = layer.__class__.from_config(layer.get_config())
         if not quantized:
             return fresh

@@ -25,6 +25,7 @@ from keras import ops
 from tensorflow_qdq._contract import check_num_bits
 from tensorflow_qdq.keras import _deploy, _weights
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
+from tensorflow_qdq.keras._placement import GATED_ACTIVATIONS, sigmoid_grid
 from tensorflow_qdq.keras._weights import activation_name
 
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
@@ -48,7 +49,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         ``quantize_model`` places input quantizers in the graph instead and leaves this None.
       output_bits: if set, the output is quantized (per tensor, tracked range) after the bias and
         before the layer's activation: ``quantize_model`` sets it when that activation is one no
-        runtime fuses into the op (softmax, sigmoid, gelu, ...), so the op itself stays integer.
+        runtime fuses into the op (softmax, sigmoid, swish, gelu, ...), so the op itself stays
+        integer. A swish (silu) activation is then computed as ``y * q(sigmoid(y))`` with its
+        gate on the fixed grid of TFLite's int8 LOGISTIC (``gate_quantizer``: unsigned, step
+        2^-bits), as TFLite's LOGISTIC and MUL need.
     """
 
     def __init__(self, layer, weight_bits=8, batch_norm=None, freeze_bn_delay=None, input_bits=None,
@@ -81,6 +85,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
             self.input_quantizer = QuantizeAndDequantize(num_bits=input_bits, name="input_quantizer", **common)
         if output_bits is not None:
             self.output_quantizer = QuantizeAndDequantize(num_bits=output_bits, name="output_quantizer", **common)
+        # swish is x * sigmoid(x) in TensorFlow: TFLite runs its LOGISTIC and MUL in int8 only
+        # with a range on the sigmoid's output (the gate) too.
+        self.gate_quantizer = None
+        if output_bits is not None and activation_name(layer) in GATED_ACTIVATIONS:
+            self.gate_quantizer = QuantizeAndDequantize(num_bits=output_bits, name="gate_quantizer",
+                                                        **sigmoid_grid(output_bits))
         # A separable conv is a depthwise and a pointwise conv: the tensor between them needs a
         # range too, or no runtime keeps the pair in integer arithmetic.
         self.intermediate_quantizer = None
@@ -97,6 +107,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             self.input_quantizer.build(input_shape)
         if self.output_quantizer is not None:
             self.output_quantizer.build(self.layer.compute_output_shape(input_shape))
+        if self.gate_quantizer is not None:
+            self.gate_quantizer.build(self.layer.compute_output_shape(input_shape))
         if self.intermediate_quantizer is not None:
             self.intermediate_quantizer.build(input_shape)
         if self.batch_norm is not None:
@@ -165,6 +177,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             else:
                 y = tf.cond(self.fold_steps < self.freeze_bn_delay, lambda: self._batch_statistics(y, factor), frozen)
             self.fold_steps.assign_add(1)
+        elif self.batch_norm is not None and self._calibrating_untrained_batch_norm():
+            y = self._batch_statistics(y, factor, update=False)
         else:
             y = self._add_bias(y, self._folded_bias(factor))
         return self._activate(y, training)
@@ -190,6 +204,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def _activate(self, y, training=None):
         if self.output_quantizer is not None:
             y = self.output_quantizer(y, training=training)
+        if self.gate_quantizer is not None:
+            return ops.multiply(y, self.gate_quantizer(ops.sigmoid(y), training=training))
         activation = getattr(self.layer, "activation", None)
         return y if activation is None else activation(y)
 
@@ -203,13 +219,27 @@ class QuantizeWrapper(keras.layers.Wrapper):
             return tf.nn.bias_add(y, bias)  # one op that converters fuse into the conv/gemm
         return ops.add(y, bias)
 
-    def _batch_statistics(self, y, factor):
+    def _calibrating_untrained_batch_norm(self):
+        """Whether ``calibrate`` is running and the folded BatchNorm has never seen data (moving
+        mean 0 and variance 1, Keras' initial values: a model trained from scratch). Its
+        inference output is then the raw conv output, not the normalized one that training
+        computes, and ranges calibrated on it can be orders of magnitude off: QAT then starts
+        with most activations clipped, the batch variances collapse and BatchNorm's
+        1/sqrt(variance) blows the gradients up. Calibration normalizes with the batch's
+        statistics instead, as the training step will (the moving statistics stay as they are)."""
+        if _deploy.calibration_observer() is None or not tf.executing_eagerly():
+            return False
+        bn = self.batch_norm
+        return bool(np.all(np.asarray(bn.moving_mean) == 0.0) and np.all(np.asarray(bn.moving_variance) == 1.0))
+
+    def _batch_statistics(self, y, factor, update=True):
         """Training before the freeze: BatchNorm with batch statistics of the unfolded output
         ``z = y / f + bias`` (f = gamma * r, r = rsqrt(moving_variance + eps) > 0). z is affine
         in y per channel, so its statistics come from y's (mean_z = mean_y / f + bias,
         var_z = var_y / f^2), and BatchNorm(z) = gamma * (z - mean_z) * rsqrt(var_z + eps) + beta
         = |gamma| * (y - mean_y) * rsqrt(var_y + eps * f^2) + beta: one multiply-add on y, and
-        no division in the part that is differentiated."""
+        no division in the part that is differentiated. ``update=False`` (calibrating untrained
+        statistics) leaves the moving statistics alone."""
         bn = self.batch_norm
         axis = _weights.output_channel_axis(self.layer) % len(y.shape)
         # The moving statistics (assigned, so not differentiated) divide by f; a zero f zeroed
@@ -217,14 +247,16 @@ class QuantizeWrapper(keras.layers.Wrapper):
         safe = ops.where(ops.equal(factor, 0.0), ops.ones_like(factor), factor)
         reduce = [a for a in range(len(y.shape)) if a != axis]
         mean_y, variance_y = ops.moments(ops.cast(y, "float32"), axes=reduce)
-        mean = ops.divide(mean_y, safe)
-        bias = getattr(self.layer, "bias", None)
-        if bias is not None:
-            mean = ops.add(mean, bias)
-        variance = ops.divide(variance_y, ops.square(safe))
-        m = bn.momentum
-        bn.moving_mean.assign(ops.add(ops.multiply(bn.moving_mean, m), ops.multiply(mean, 1.0 - m)))
-        bn.moving_variance.assign(ops.add(ops.multiply(bn.moving_variance, m), ops.multiply(variance, 1.0 - m)))
+        if update:  # not while calibrating: calibration only reads the model
+            mean = ops.divide(mean_y, safe)
+            bias = getattr(self.layer, "bias", None)
+            if bias is not None:
+                mean = ops.add(mean, bias)
+            variance = ops.divide(variance_y, ops.square(safe))
+            m = bn.momentum
+            bn.moving_mean.assign(ops.add(ops.multiply(bn.moving_mean, m), ops.multiply(mean, 1.0 - m)))
+            bn.moving_variance.assign(ops.add(ops.multiply(bn.moving_variance, m),
+                                              ops.multiply(variance, 1.0 - m)))
         # (safe for f: where f = 0, y = 0 and var_y = 0, and rsqrt(0 + eps * 1) * |gamma| = 0.)
         scale = ops.rsqrt(ops.add(variance_y, ops.multiply(ops.square(safe), bn.epsilon)))
         if bn.gamma is not None:

@@ -28,7 +28,7 @@ import keras  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import tensorflow_qdq  # noqa: E402
-from tensorflow_qdq.deploy import ExportMismatchWarning  # noqa: E402
+from tensorflow_qdq.deploy import ExportMismatchWarning, _sessions  # noqa: E402
 from tensorflow_qdq.keras import calibrate, quantization_report, quantize_model  # noqa: E402
 
 L = keras.layers
@@ -55,9 +55,11 @@ APPLICATIONS = {
     "VGG": ("VGG16", 32, {}),
     "Xception": ("Xception", 71, {}),
 }
-# Families whose float ops (LayerNormalization, attention's softmax) have no int8 kernel in
-# TFLite: exported with allow_float_ops=True, as docs/DEPLOY.md says.
-PARTLY_FLOAT_TFLITE = ("ConvNeXt",)
+# Families with ops TFLite runs in float, exported with allow_float_ops=True (docs/DEPLOY.md):
+# ConvNeXt's LayerNormalization has no int8 kernel; InceptionResNetV2's CustomScaleLayer
+# computes x + scale * y inside one custom layer, with no range between its MUL and ADD for the
+# converter (quantize_model cannot place one inside a layer's call).
+PARTLY_FLOAT_TFLITE = ("ConvNeXt", "InceptionResNetV2")
 
 
 def application(family, classes=10):
@@ -88,6 +90,8 @@ class Coverage:
     onnx_integer_corr: float = float("nan")
     tflite_integer: int = 0
     tflite_corr: float = float("nan")
+    onnx_steps: float = float("nan")  # max |ONNX Runtime - Keras| in steps of the output grid
+    tflite_steps: float = float("nan")
     float_layers: tuple = ()
     drift: tuple = ()  # exporters that warned: every stretch agrees, the outputs drift (rounding x depth)
     error: str = ""
@@ -95,15 +99,23 @@ class Coverage:
 
     def row(self):
         if self.error:
-            return f"| {self.family} | {self.kernels} | failed: {self.error} | | | | |"
+            return f"| {self.family} | {self.kernels} | failed: {self.error[:300]} | | | | |"
         drift = " (drift)" if self.drift else ""
         return (f"| {self.family}{drift} | {self.kernels} | {self.onnx_integer / max(self.kernels, 1):.0%} | "
-                f"{self.onnx_graph_corr:.4f} | {self.onnx_integer_corr:.4f} | "
-                f"{self.tflite_integer / max(self.kernels, 1):.0%} | {self.tflite_corr:.4f} |")
+                f"{self.onnx_graph_corr:.4f} | {self.onnx_integer_corr:.4f} ({self.onnx_steps:.0f}) | "
+                f"{self.tflite_integer / max(self.kernels, 1):.0%} | "
+                f"{self.tflite_corr:.4f} ({self.tflite_steps:.0f}) |")
 
 
-HEADER = ("| family | layers with kernels | ONNX Runtime integer share | graph correlation | integer correlation | "
-          "TFLite integer share | TFLite correlation |\n|---|---|---|---|---|---|---|")
+HEADER = ("| family | layers with kernels | ONNX Runtime integer share | graph correlation | integer correlation "
+          "(max steps) | TFLite integer share | TFLite correlation (max steps) |\n|---|---|---|---|---|---|---|")
+
+
+def steps_apart(expected, got, step):
+    """max |got - expected| in steps of the output grid (nan for a float output)."""
+    if not step:
+        return float("nan")
+    return float(np.max(np.abs(np.asarray(got, np.float64) - expected)) / step)
 
 
 def correlation(a, b):
@@ -132,11 +144,26 @@ def _rows(x, start, stop):
     return [a[start:stop] for a in x] if isinstance(x, list) else x[start:stop]
 
 
+def batch_norm_statistics_from(model, x):
+    """A random-weight model as a trained one has it: every BatchNormalization's moving
+    statistics set from one batch (momentum 0 for one training-mode call). Untrained, they are
+    the identity, and the activations of a deep network collapse or explode in inference."""
+    norms = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, L.BatchNormalization)]
+    saved = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer, momentum in zip(norms, saved):
+        layer.momentum = momentum
+
+
 def evaluate(family, float_model, images, labels, *, train_steps=2, allow_float_ops=False):
-    """quantize_model (no skip_layers) -> calibrate -> a few QAT steps -> both exports, measured."""
+    """BatchNorm statistics from data -> quantize_model (no skip_layers) -> calibrate -> a few QAT
+    steps -> both exports, measured."""
     start = time.perf_counter()
     found = Coverage(family)
     try:
+        batch_norm_statistics_from(float_model, _rows(images, 0, 32))
         model = quantize_model(float_model, verbose=False)
         calibrate(model, _rows(images, 0, 32), verbose=False)
         if train_steps:
@@ -157,13 +184,17 @@ def evaluate(family, float_model, images, labels, *, train_steps=2, allow_float_
             flatbuffer = tensorflow_qdq.to_tflite(model, allow_float_ops=allow_float_ops)
         found.drift = tuple(str(w.message).split(":")[0] for w in caught if w.category is ExportMismatchWarning)
         found.onnx_graph_corr = correlation(expected, onnx_outputs(proto, test, optimized=False))
-        found.onnx_integer_corr = correlation(expected, onnx_outputs(proto, test, optimized=True))
+        onnx_integer = onnx_outputs(proto, test, optimized=True)
+        found.onnx_integer_corr = correlation(expected, onnx_integer)
+        found.onnx_steps = steps_apart(expected, onnx_integer, _sessions.onnx_output_steps(proto)[0])
         names = [t.name.split(":")[0] for t in model.inputs]
-        found.tflite_corr = correlation(expected, tflite_outputs(flatbuffer, test, names))
+        tflite_out = tflite_outputs(flatbuffer, test, names)
+        found.tflite_corr = correlation(expected, tflite_out)
+        found.tflite_steps = steps_apart(expected, tflite_out, _sessions.tflite_output_steps(flatbuffer)[0])
         tflite_rows = quantization_report(model, runtime="tflite", allow_float_ops=allow_float_ops)
         found.tflite_integer = sum(r.runtime_status == "integer" for r in tflite_rows if r.has_kernel)
     except Exception as exc:  # a table row per family, failures included
-        found.error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        found.error = f"{type(exc).__name__}: {exc}"
     found.seconds = time.perf_counter() - start
     return found
 
@@ -414,6 +445,8 @@ def main():
     for family in [f for f in names if not args.only or f in args.only.split(",")]:
         found = evaluate_one(family)
         print(found.row(), flush=True)
+        if found.error:
+            print(f"<!-- {family}: {found.error} -->", file=sys.stderr)
         for detail in found.float_layers:
             print(f"<!-- {family}: float in ONNX Runtime: {detail} -->", file=sys.stderr)
         print(f"<!-- {family}: {found.seconds:.0f} s -->", file=sys.stderr, flush=True)

@@ -197,12 +197,13 @@ def test_segment_bound():
     exact = np.arange(-8, 8, dtype=np.float64) * step
     assert _verify._segment_agreement(exact, exact + step, step) is None  # one step everywhere
     few = exact.repeat(100)
-    echoed = few.copy()
-    echoed[0] += 2 * step  # one element in 1,600 two steps off: a rounding flip and its echo
-    assert _verify._segment_agreement(few, echoed, step) is None
-    echoed[:10] += 2 * step
-    assert "more than one step apart" in _verify._segment_agreement(few, echoed, step)
+    flipped = few.copy()
+    flipped[0] += 3 * step  # one element in 1,600 off: a rounding flip widened by a sigmoid
+    assert _verify._segment_agreement(few, flipped, step) is None
+    flipped[:10] += 2 * step
+    assert "more than one step apart" in _verify._segment_agreement(few, flipped, step)
     assert "3 steps" in _verify._segment_agreement(exact, exact + 3 * step, step)
+    assert _verify._segment_agreement(exact, exact * np.nan, step) is not None
 
 
 @pytest.mark.slow

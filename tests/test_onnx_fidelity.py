@@ -19,6 +19,7 @@ from onnx import numpy_helper
 
 import tensorflow_qdq as qdq
 from tensorflow_qdq.keras import calibrate, quantize_model
+from tests.test_onnx import output_step
 
 L = keras.layers
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "ConvInteger", "MatMulInteger")
@@ -67,16 +68,6 @@ def op_counts(graph_proto):
 
 def correlation(a, b):
     return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
-
-
-def output_step(proto):
-    """The scale of the DequantizeLinear that produces the model's output (read from the export)."""
-    producer = {out: n for n in proto.graph.node for out in n.output}
-    node = producer[proto.graph.output[0].name]
-    while node.op_type != "DequantizeLinear":
-        node = producer[node.input[0]]
-    inits = {t.name: t for t in proto.graph.initializer}
-    return float(numpy_helper.to_array(inits[node.input[1]]))
 
 
 def float_weighted_ops(optimized):

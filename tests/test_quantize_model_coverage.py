@@ -243,9 +243,11 @@ def test_layers_without_a_rule_stay_float_and_are_all_reported(capsys):
     assert "no quantization rule for its weights (gamma)" in printed
     assert "Lambda layer: quantize_model cannot see inside" in printed
     assert "3 of 3 layers with kernels quantized" in printed
-    rows = {row.name: row for row in quantization_report(q)}
+    rows = {row.name: row for row in quantization_report(q)}  # later, from the model alone
     assert all(rows[name].status == "quantized" for name in ("proj", "mlp", "head"))
-    assert all(rows[name].status == "float" for name in ("pos", "scale_1", "scale_2"))
+    assert all(rows[name].status == "float" for name in float_layers)
+    assert rows["scale_1"].detail.startswith("no quantization rule for its weights (gamma)")
+    assert "Lambda layer" in rows["double"].detail
     # the float layers keep their weights and compute what they did: with fine grids the copy
     # is the float model
     fine = quantize_model(model, weight_bits=24, activation_bits=24, verbose=False)
@@ -348,3 +350,30 @@ def test_calibrate_keeps_inference_statistics_of_a_trained_batch_norm():
     data = np.random.default_rng(2).normal(size=(16, 4, 4, 2)).astype(np.float32)
     ranges = calibrate(q, data, verbose=False)
     assert ranges["relu_output_quantizer"][1] == pytest.approx(float(model(data).numpy().max()), rel=1e-3)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class ConfigDoesNotRebuild(L.Layer):
+    """A float layer whose get_config() writes a key its __init__ refuses (KerasHub 0.32's
+    ViTPatchingAndEmbedding does so with num_patches/num_positions)."""
+
+    def build(self, input_shape):
+        self.offset = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x + self.offset
+
+    def get_config(self):
+        return dict(super().get_config(), derived_size=3)
+
+
+def test_a_float_layer_whose_config_does_not_rebuild_it_is_shared_with_a_warning():
+    inputs = keras.Input((4,))
+    x = ConfigDoesNotRebuild(name="odd")(L.Dense(4, name="dense")(inputs))
+    model = keras.Model(inputs, L.Dense(2, name="head")(x))
+    with pytest.warns(UserWarning, match="'odd'.*shares it with the original model"):
+        q = quantize_model(model, verbose=False)
+    assert q.get_layer("odd") is model.get_layer("odd")
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    calibrate(q, x, verbose=False)
+    assert np.corrcoef(q(x).numpy().ravel(), model(x).numpy().ravel())[0, 1] > 0.99

@@ -21,7 +21,7 @@ def onnx_session(proto):
     four_bit_options(proto, options)
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    steps = [_onnx_output_step(proto, o.name) for o in proto.graph.output]
+    steps = onnx_output_steps(proto)
 
     def run(inputs):
         feeds = {name: np.asarray(x) for name, x in zip(names, inputs)}
@@ -40,6 +40,11 @@ def four_bit_options(proto, options):
     if any(t.data_type in four for t in proto.graph.initializer) or any(
             a.t.data_type in four for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute):
         options.add_session_config_entry("session.disable_quant_qdq", "1")
+
+
+def onnx_output_steps(proto):
+    """For each graph output, the step of the grid it is dequantized from (None: float)."""
+    return [_onnx_output_step(proto, o.name) for o in proto.graph.output]
 
 
 def _onnx_output_step(proto, name):
@@ -65,7 +70,7 @@ def tflite_session(flatbuffer, input_names=()):
         interpreter = tflite.interpreter(flatbuffer, default_delegates=True)
     details = _by_name(interpreter.get_input_details(), input_names)
     outputs = interpreter.get_output_details()
-    steps = _tflite_output_steps(flatbuffer, [o["index"] for o in outputs])
+    steps = tflite_output_steps(flatbuffer)
     shapes = {}
 
     def run(inputs):
@@ -95,12 +100,13 @@ def _by_name(details, names):
     return list(details)
 
 
-def _tflite_output_steps(flatbuffer, indices):
-    """The scale of the int8 tensor each output is dequantized from (ops as converted, no
-    delegate: XNNPACK would hide them), or None."""
+def tflite_output_steps(flatbuffer):
+    """For each output, the scale of the int8 tensor it is dequantized from (ops as converted,
+    no delegate: XNNPACK would hide them), or None."""
     from tensorflow_qdq.deploy import tflite
 
     graph = tflite.interpreter(flatbuffer)
+    indices = [o["index"] for o in graph.get_output_details()]
     tensors = {t["index"]: t for t in graph.get_tensor_details()}
     producer = {out: op for op in graph._get_ops_details() for out in op["outputs"]}
     steps = []

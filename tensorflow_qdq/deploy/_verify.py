@@ -36,7 +36,7 @@ MIN_CORRELATION = 0.99
 MAX_STEPS = 2
 FLOAT_RTOL = 1e-3
 SAMPLES = 16  # rows of the sample inputs (data passed in is cut to this)
-SEGMENT_FLIPS = 1e-3  # share of a stretch's elements allowed two steps off (rounding, then its echo)
+SEGMENT_FLIPS = 1e-3  # share of a stretch's elements allowed more than a step off (rounding flips)
 
 MODES = ("raise", "warn")
 
@@ -309,18 +309,20 @@ def _grid_step(quantizer):
 
 
 def _segment_agreement(expected, got, step):
-    """None when one stretch of the graph agrees: every element within one grid step, except
-    at most ``SEGMENT_FLIPS`` of them within two (a float32 sum landing on the other side of a
-    rounding boundary, then once more downstream inside the stretch); else a description."""
+    """None when one stretch of the graph agrees: all but ``SEGMENT_FLIPS`` of its elements
+    within one grid step. The few others are rounding flips: a float32 sum on the other side of
+    a rounding boundary, whose step a steep op inside the stretch (a sigmoid after a quantizer
+    inside the layer) may widen to several steps of the next grid. A stretch computed wrongly
+    parts on a large share of its elements. Else a description."""
     k = np.asarray(expected, np.float64).reshape(-1)
     r = np.asarray(got, np.float64).reshape(-1)
     if k.shape != r.shape:
         return f"shapes {k.shape} and {r.shape} differ"
     diff = np.abs(k - r) / max(step, np.finfo(np.float32).tiny)
-    if np.all(np.isfinite(diff)) and np.mean(diff > 1.5) <= SEGMENT_FLIPS and np.all(diff <= 2.5):
+    if np.all(np.isfinite(diff)) and np.mean(diff > 1.5) <= SEGMENT_FLIPS:
         return None
-    far = float(np.mean(diff > 1.5)) if diff.size else 0.0
-    worst = float(np.max(diff)) if diff.size else 0.0
+    far = float(np.mean(~(diff <= 1.5))) if diff.size else 0.0
+    worst = float(np.nanmax(diff)) if diff.size else 0.0
     return f"{far:.2%} of the elements more than one step apart, the worst {worst:.0f} steps"
 
 

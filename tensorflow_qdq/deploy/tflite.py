@@ -13,6 +13,8 @@ from tensorflow_qdq.deploy import _grid, _trace
 
 # Ops that move or fix values: they may read and write int8 without a range of their own.
 _BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
+# Ops the converter makes from matmuls (see ``_dequantize_float_matmul_inputs``).
+_MATMUL_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
 
 
 class TFLiteTarget:
@@ -167,7 +169,7 @@ def integer_tflite(model, *, allow_float_ops=False, input_signature=None):
     target.raise_problems()  # before converting: the converter would fail on the stand-in ranges, or hide them
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    flatbuffer = converter.convert()
+    flatbuffer = _dequantize_float_matmul_inputs(converter.convert())
     float_ops = float_compute_ops(flatbuffer)
     if float_ops and not allow_float_ops:
         raise ValueError(
@@ -175,6 +177,69 @@ def integer_tflite(model, *, allow_float_ops=False, input_signature=None):
             f"range): {', '.join(float_ops)}; quantize what feeds them, or pass allow_float_ops=True to accept a "
             "partly float model")
     return flatbuffer
+
+
+def _dequantize_float_matmul_inputs(flatbuffer):
+    """``flatbuffer`` with a DEQUANTIZE before each float matmul that reads an int8 activation.
+
+    The converter (TF 2.21) emits such an op, which the interpreter refuses ("fully_connected.cc
+    input->type != kTfLiteFloat32 (INT8 != FLOAT32)"), for a BatchMatMul (a Dense or EinsumDense on
+    a rank-3 input: MultiHeadAttention's projections) whose input is quantized but whose output is
+    not (it feeds the float attention products): when it turns the BatchMatMul into a
+    FULLY_CONNECTED it drops the DEQUANTIZE the op read, unless another op read it too. The float
+    op over the dequantized input is what it meant and what the Keras model computes."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    codes = model.operatorCodes
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    matmuls = {i for i, c in enumerate(codes) if names.get(max(c.builtinCode, c.deprecatedBuiltinCode)) in _MATMUL_OPS}
+    changed = False
+    for graph in model.subgraphs:
+        dequantized, operators = {}, []
+        for op in graph.operators:
+            if op.opcodeIndex in matmuls and graph.tensors[op.outputs[0]].type == schema.TensorType.FLOAT32:
+                for k, index in enumerate(op.inputs):
+                    if index < 0 or graph.tensors[index].type != schema.TensorType.INT8 or _is_constant(
+                            model, graph.tensors[index]):
+                        continue  # int8 weights of a hybrid op stay
+                    if index not in dequantized:
+                        dequantized[index] = _add_dequantize(model, graph, index, operators)
+                    op.inputs[k] = dequantized[index]
+                    changed = True
+            operators.append(op)
+        graph.operators = operators
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
+
+
+def _is_constant(model, tensor):
+    buffer = model.buffers[tensor.buffer]
+    return (buffer.data is not None and len(buffer.data) > 0) or bool(getattr(buffer, "offset", 0))
+
+
+def _add_dequantize(model, graph, index, operators):
+    """Appends to ``operators`` a DEQUANTIZE of tensor ``index`` into a new float tensor; its index."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    code = next((i for i, c in enumerate(model.operatorCodes)
+                 if max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE), None)
+    if code is None:
+        code = len(model.operatorCodes)
+        opcode = schema.OperatorCodeT()
+        opcode.builtinCode = opcode.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+        opcode.version = 2  # int8 input
+        model.operatorCodes.append(opcode)
+    source = graph.tensors[index]
+    tensor = schema.TensorT()
+    tensor.shape, tensor.shapeSignature = source.shape, source.shapeSignature
+    tensor.type, tensor.buffer = schema.TensorType.FLOAT32, 0  # buffer 0: the empty one
+    tensor.name = (source.name.decode() if isinstance(source.name, bytes) else source.name) + "/dequantized"
+    graph.tensors.append(tensor)
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = code, [index], [len(graph.tensors) - 1]
+    operators.append(op)
+    return len(graph.tensors) - 1
 
 
 def float_compute_ops(flatbuffer):

@@ -78,7 +78,8 @@ FLOAT_REASONS = {
     _L.SimpleRNN: "recurrent kernels are not quantized (SimpleRNN)",
     _L.RNN: "recurrent cells are not quantized",
     _L.Bidirectional: "recurrent kernels are not quantized (Bidirectional)",
-    _L.BatchNormalization: "BatchNormalization that does not follow a foldable layer stays float",
+    _L.BatchNormalization: "BatchNormalization that does not follow a foldable layer is not folded: it runs "
+                           "between quantizers as its own op (TFLite: an int8 depthwise conv)",
     _L.LayerNormalization: "normalization layers stay float",
     _L.GroupNormalization: "normalization layers stay float",
     _L.Normalization: "preprocessing stays float",
@@ -97,6 +98,7 @@ def is_weighted(layer):
 
 def is_merge(layer):
     return isinstance(layer, MERGE_LAYERS) or is_arithmetic(layer)
+
 
 
 def is_arithmetic(operation):
@@ -159,6 +161,16 @@ def keeps_grid(layer):
     return isinstance(layer, GRID_KEEPING_LAYERS)
 
 
+def is_unfolded_norm(layer):
+    """A BatchNormalization that quantize_model did not fold (DenseNet's pre-activation ones):
+    under "default" its output (after a fused ReLU) is quantized, so TFLite runs it as one int8
+    depthwise conv (deploy/_trace) on the quantized tensor it reads, instead of float MUL and ADD.
+    Its input gets no quantizer of its own: it reads a tensor that is quantized already (a
+    concat's output, a pooled conv output), and a second quantizer there would make the TFLite
+    converter requantize a concat input twice."""
+    return isinstance(layer, _L.BatchNormalization)
+
+
 def quantizes_inputs(layer, scheme):
     if isinstance(layer, _L.Embedding):
         return False  # integer token ids
@@ -171,7 +183,7 @@ def quantizes_output(layer, scheme):
     """Whether the output of ``layer`` (or of its fused tail) gets a quantizer."""
     if scheme == "tensorrt" or isinstance(layer, _L.Embedding):
         return False
-    if not (is_weighted(layer) or is_merge(layer)):
+    if not (is_weighted(layer) or is_merge(layer) or is_unfolded_norm(layer)):
         return False
     # Softmax: TFLite gives its output a fixed grid by itself (and ONNX Runtime keeps it float).
     return activation_of(layer) != "softmax"

@@ -8,6 +8,7 @@ activation quantizers are inserted on the tensors that the placement scheme name
 
 import collections
 import numbers
+import warnings
 
 import keras
 
@@ -97,7 +98,7 @@ def quantize_model(
     copy = _Rebuild(options).model(model)
     copy._qdq_skip_layers = options["skip_layers"]  # for quantization_report(copy)
     copy._qdq_float_reasons = {name: reason for name, (_, reason) in unquantizable.items()}
-    report = _with_reasons(_report.quantization_report(copy), unquantizable)
+    report = _report.quantization_report(copy)
     if strict:
         error = _strict_error(report, unquantizable)
         if error is not None:
@@ -173,17 +174,6 @@ def _strict_error(report, unquantizable):
                       + ". Pass skip_layers=[...] to keep them float on purpose.")
 
 
-def _with_reasons(report, unquantizable):
-    """The report's rows, with the reason for each layer that quantize_model kept float itself."""
-    out = []
-    for row in report:
-        found = unquantizable.get(row.name.split("/")[-1])
-        if found is not None:
-            row = _report.ReportRow(row.name, type(found[0]).__name__, "float", found[1], row.has_kernel)
-        out.append(row)
-    return out
-
-
 def _all_layers(model):
     for layer in model.layers:
         yield layer
@@ -231,7 +221,8 @@ class _Rebuild:
 
         def head(layer):
             """Whether the layer's output is quantized, before any fused tail moves it on."""
-            if layer.name in skip or not (quantized(layer) or _placement.is_merge(layer)):
+            if layer.name in skip or id(layer) in absorbed or not (
+                    quantized(layer) or _placement.is_merge(layer) or _placement.is_unfolded_norm(layer)):
                 return False
             return _placement.quantizes_output(layer, scheme)
 
@@ -380,7 +371,17 @@ class _Rebuild:
             return self.model(layer)
         if isinstance(layer, _L.Lambda):
             return layer  # no weights to copy, and Keras will not rebuild a Python lambda from its config
-        fresh = layer.__class__.from_config(layer.get_config())
+        try:
+            fresh = layer.__class__.from_config(layer.get_config())
+        except Exception as exc:  # a layer class whose get_config() does not rebuild it
+            if quantized:
+                raise ValueError(f"quantize_model: layer {layer.name!r} ({type(layer).__name__}) cannot be rebuilt "
+                                 f"from its own get_config(): {exc}") from exc
+            # Float layers are used as they are: the copy shares this one with the original model.
+            warnings.warn(f"quantize_model: layer {layer.name!r} ({type(layer).__name__}) cannot be rebuilt from its "
+                          f"own get_config() ({type(exc).__name__}), so the quantized copy shares it with the "
+                          "original model: training the copy also trains it there", stacklevel=4)
+            return layer
         if not quantized:
             return fresh
         bits = self.options["weight_bits"]

@@ -45,9 +45,10 @@ def quantization_report(model, skipped=None, *, runtime=None, **export_options):
     (``runtime_status``, ``runtime_detail``); ``print(report_summary(rows, runtime=...))`` counts them.
     """
     skipped = getattr(model, "_qdq_skip_layers", ()) if skipped is None else skipped
+    reasons = getattr(model, "_qdq_float_reasons", {})  # layers quantize_model kept float, and why
     rows = []
     for prefix, layer in _walk(model, ""):
-        rows.append(_row(prefix + layer.name, layer, skipped))
+        rows.append(_row(prefix + layer.name, layer, skipped, reasons))
     if runtime is not None:
         # The one import from keras/ into deploy/: the runtime's view needs the exporters,
         # loaded only when asked for (deploy/ imports keras/, never the other way at import time).
@@ -65,7 +66,7 @@ def _walk(model, prefix):
             yield prefix, layer
 
 
-def _row(name, layer, skipped):
+def _row(name, layer, skipped, reasons):
     kind = type(layer).__name__
     if isinstance(layer, QuantizeWrapper):
         inner = type(layer.layer).__name__
@@ -79,10 +80,12 @@ def _row(name, layer, skipped):
         grid = "signed" if layer.signed else "unsigned"
         return ReportRow(name, kind, "activation quantizer", f"{layer.num_bits}-bit {grid}, {layer.range_mode} range",
                          False)
-    if not layer.weights:
-        return ReportRow(name, kind, "no weights", "", False)
     has_kernel = _placement.is_weighted(layer) or any(
         "kernel" in w.path.split("/")[-1] for w in layer.weights)
+    if layer.name in reasons:
+        return ReportRow(name, kind, "float", reasons[layer.name], has_kernel)
+    if not layer.weights:
+        return ReportRow(name, kind, "no weights", "", False)
     if layer.name in skipped:
         reason = "skipped (skip_layers)"
     elif _placement.is_weighted(layer):

@@ -128,19 +128,21 @@ def _transition_into_concat(trained_bn):
 def test_pooled_transition_concatenated_through_its_own_input_quantizer_exports():
     keras.utils.set_random_seed(0)
     model, data = _calibrated(_transition_into_concat(trained_bn=False), (12, 12, 3))
-    assert "concat_input_quantizer" in {layer.name for layer in model.layers}
+    # the pooled output is rounded onto the transition conv's own grid again (requantize=True),
+    # as TFLite's AVERAGE_POOL_2D keeps its input's scale: no quantizer of its own
+    assert "concat_input_quantizer" not in {layer.name for layer in model.layers}
     _check_export(model, data)
 
 
 def test_pooled_tensor_read_by_a_conv_and_a_concat_through_one_quantizer():
-    """The pool's output quantizer (a requantization after the AVERAGE_POOL_2D) is shared by the
-    conv and the Concatenate: the converter rejects the pool's two scales unless it is left out."""
+    """The pool's output (rounded again on the first conv's grid, as the AVERAGE_POOL_2D keeps
+    its input's scale) is shared by the conv and the Concatenate."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((12, 12, 3))
     x = keras.layers.AveragePooling2D(2, name="pool")(keras.layers.Conv2D(8, 3, padding="same")(inputs))
     x = keras.layers.Concatenate(name="concat")([x, keras.layers.Conv2D(4, 1, name="reader")(x)])
     model, data = _calibrated(keras.Model(inputs, keras.layers.Flatten()(x)), (12, 12, 3))
-    assert "reader_input_quantizer" in {layer.name for layer in model.layers}
+    assert "reader_input_quantizer" not in {layer.name for layer in model.layers}
     _check_export(model, data)
 
 
@@ -292,3 +294,27 @@ def test_converter_matmul_reading_a_quantize_directly_gets_a_dequantize():
     data = np.random.default_rng(0).normal(size=(4, 8, 16)).astype(np.float32)
     expected = serve(data).numpy()
     np.testing.assert_allclose(_tflite_run(fixed, data), expected, atol=1e-5)
+
+
+def test_average_pooling_output_is_rounded_on_its_inputs_grid():
+    """quantize_model rounds an AveragePooling output onto the grid of the quantizer it averages
+    (requantize=True), as the runtimes' int8 pooling does: checked against NumPy, and the export
+    agrees with Keras."""
+    from tests import reference
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    pooled = keras.layers.AveragePooling2D(2, name="pool")(x)
+    model, data = _calibrated(keras.Model(inputs, keras.layers.Conv2D(2, 1, name="after")(pooled)), (8, 8, 3))
+    quantizer = model.get_layer("conv_output_quantizer")
+    requantized = model.get_layer("after").input
+    assert requantized._keras_history.operation is quantizer  # no quantizer of its own
+    values = keras.Model(model.inputs, [model.get_layer("pool").output, requantized])(data)
+    averaged, got = (np.asarray(v) for v in values)
+    lo, hi = quantizer.constant_range()
+    expected = reference.quantize(averaged, lo, hi, signed_input=quantizer.signed, num_bits=8, range_given=True,
+                                  narrow_range=quantizer.narrow_range)  # the NumPy model of the op
+    np.testing.assert_array_equal(got, expected)
+    assert np.mean(averaged != got) > 0.5  # it did round
+    _check_export(model, data)

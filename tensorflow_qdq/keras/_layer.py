@@ -248,17 +248,24 @@ class QuantizeAndDequantize(keras.layers.Layer):
 
     # -- calling ----------------------------------------------------------------------------
 
-    def call(self, inputs, training=None, passthrough=False):
+    def call(self, inputs, training=None, passthrough=False, requantize=False):
         """``passthrough=True``: the input is already on this quantizer's grid (it is this
         layer's output moved by layers that keep values, e.g. ZeroPadding2D or MaxPooling2D;
         ``quantize_model`` calls a quantizer so). It passes through unchanged and unobserved;
         an export emits this quantizer's range again, so the runtime sees the same scale on
-        both sides of the moving layer."""
+        both sides of the moving layer.
+
+        ``requantize=True``: the input is this layer's output averaged (AveragePooling): it is
+        rounded onto this quantizer's grid again, with the range as it stands (not observed,
+        not updated), as the runtimes' int8 average pooling does (TFLite requires the same
+        scale on both sides)."""
         x = tf.convert_to_tensor(inputs)
         if not x.dtype.is_floating:  # else TF's op-level error names the attr T, not the argument
             raise TypeError(f"{type(self).__name__}: inputs must be {dtypes_text()}, "
                             f"got {x.dtype.name}")
-        if passthrough:
+        if requantize and _deploy.calibration_observer() is None and _deploy.current_target() is None:
+            return self.call(x, training=False)  # the inference path: the range as it stands
+        if passthrough or requantize:
             target = _deploy.current_target()
             return x if target is None else target.activation(x, self, *self.constant_range())
         observe = _deploy.calibration_observer()

@@ -153,6 +153,12 @@ def is_non_negative(layer):
     return False
 
 
+def averages_on_grid(layer):
+    """An average pooling (not global: TFLite's MEAN may rescale): its int8 form keeps the
+    input's scale, so its output is quantized again on its input's grid (``requantize``)."""
+    return isinstance(layer, (_L.AveragePooling1D, _L.AveragePooling2D, _L.AveragePooling3D))
+
+
 def is_passthrough(layer):
     return isinstance(layer, PASSTHROUGH_LAYERS)
 
@@ -164,10 +170,9 @@ def keeps_grid(layer):
 def is_unfolded_norm(layer):
     """A BatchNormalization that quantize_model did not fold (DenseNet's pre-activation ones):
     under "default" its output (after a fused ReLU) is quantized, so TFLite runs it as one int8
-    depthwise conv (deploy/_trace) on the quantized tensor it reads, instead of float MUL and ADD.
-    Its input gets no quantizer of its own: it reads a tensor that is quantized already (a
-    concat's output, a pooled conv output), and a second quantizer there would make the TFLite
-    converter requantize a concat input twice."""
+    depthwise conv (deploy/_trace) instead of float MUL and ADD; its input is quantized like a
+    weighted layer's (after an AveragePooling: on the pooled quantizer's own grid, ``requantize``,
+    which TFLite's int8 pooling keeps)."""
     return isinstance(layer, _L.BatchNormalization)
 
 
@@ -176,7 +181,7 @@ def quantizes_inputs(layer, scheme):
         return False  # integer token ids
     if scheme == "tensorrt":
         return is_weighted(layer) or isinstance(layer, _L.Add)
-    return is_weighted(layer) or is_merge(layer)
+    return is_weighted(layer) or is_merge(layer) or is_unfolded_norm(layer)
 
 
 def quantizes_output(layer, scheme):

@@ -283,6 +283,14 @@ class _Rebuild:
                     return None
                 tensor = args[0]
 
+        def averaged_owner(tensor):
+            """The quantizer whose grid an AveragePooling output averages, or None."""
+            source = original_of.get(id(tensor._keras_history.operation))
+            args = _node_of(tensor).arguments.keras_tensors
+            if not _placement.averages_on_grid(source) or len(args) != 1:
+                return None
+            return grid_owner(args[0])
+
         def quantize(tensor, name):
             if id(tensor) in memo or not _is_float(tensor):
                 return memo.get(id(tensor), tensor)
@@ -294,6 +302,13 @@ class _Rebuild:
                 # the tensor in training and a rescale at run time; the owner passes it through
                 # and gives the export its scale again.
                 out = owner(tensor, passthrough=True)
+                memo[id(tensor)] = memo[id(out)] = out
+                return out
+            owner = averaged_owner(tensor)
+            if owner is not None:
+                # An average of owner's grid values, rounded onto that grid again: what the
+                # runtimes' int8 average pooling computes (TFLite keeps the input's scale).
+                out = owner(tensor, requantize=True)
                 memo[id(tensor)] = memo[id(out)] = out
                 return out
             bits = self.options["activation_bits"]

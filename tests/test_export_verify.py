@@ -221,3 +221,13 @@ def test_rounding_grown_by_depth_warns_instead_of_raising():
     for export in (qdq.to_onnx, qdq.to_tflite):
         with pytest.warns(ExportMismatchWarning, match="Segment by segment the export agrees"):
             assert export(model)
+
+
+def test_onnx_names_every_quantizer_it_cannot_export_in_one_error():
+    model = _model()
+    model.get_layer("conv1_input_quantizer").set_range(0.0, 0.0)  # degenerate
+    model.get_layer("head_input_quantizer").set_range(0.0, 0.0)
+    with pytest.raises(ValueError, match="2 problems") as info:
+        qdq.to_onnx(model)
+    assert "'conv1_input_quantizer' has the degenerate range" in str(info.value)
+    assert "'head_input_quantizer' has the degenerate range" in str(info.value)

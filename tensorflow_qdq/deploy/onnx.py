@@ -27,15 +27,34 @@ class OnnxTarget:
     def __init__(self, runtime):
         self.runtime = runtime
         self.widths = set()
+        self.problems = []  # what cannot be exported, collected over the whole trace
+
+    def _width_problem(self, num_bits, what):
+        if num_bits in _WIDTHS:
+            self.widths.add(num_bits)
+            return None
+        return (f"{what} is quantized to {num_bits} bits, and ONNX has integer types of "
+                f"{', '.join(map(str, _WIDTHS))} bits only; quantize it to one of those widths")
 
     def _check_width(self, num_bits, what):
-        if num_bits not in _WIDTHS:
-            raise ValueError(f"to_onnx: {what} is quantized to {num_bits} bits, and ONNX has integer types of "
-                             f"{', '.join(map(str, _WIDTHS))} bits only; quantize it to one of those widths")
-        self.widths.add(num_bits)
+        problem = self._width_problem(num_bits, what)
+        if problem is not None:
+            raise ValueError(f"to_onnx: {problem}")
+
+    def raise_problems(self):
+        """One ValueError naming every problem of the trace (a single one on one line)."""
+        found = list(dict.fromkeys(self.problems))
+        if len(found) == 1:
+            raise ValueError(f"to_onnx: {found[0]}")
+        if found:
+            raise ValueError(f"to_onnx: the model cannot be exported to ONNX ({len(found)} problems):\n"
+                             + "\n".join(f"  - {problem}" for problem in found))
 
     def weight(self, weight, channel_axes, num_bits, layer):
-        self._check_width(num_bits, f"the weights of layer {layer.name!r}")
+        problem = self._width_problem(num_bits, f"the weights of layer {layer.name!r}")
+        if problem is not None:
+            self.problems.append(problem)
+            return tf.constant(weight)  # a stand-in, so that the trace goes on to find the rest
         amax = _grid.channel_amax(weight, channel_axes)
         # An all-zero channel has no range; any positive one gives it the same (zero) codes.
         amax = np.where(amax > 0, amax, np.float32(1.0)).astype(np.float32)
@@ -57,21 +76,29 @@ class OnnxTarget:
         return out
 
     def activation(self, x, quantizer, lo, hi):
-        name = f"quantizer {quantizer.name!r}"
-        self._check_width(quantizer.num_bits, name)
-        if quantizer.axis is not None:
-            raise ValueError(f"to_onnx: {name} quantizes per channel; ONNX activations are exported per tensor only")
-        if self.runtime == "tensorrt" and not quantizer.signed:
-            raise ValueError(f"to_onnx(runtime='tensorrt'): {name} is unsigned, and TensorRT runs symmetric int8 "
-                             "only; make the model with quantize_model(..., scheme='tensorrt')")
-        inv = _grid.step(lo, hi, quantizer.num_bits, quantizer.signed, quantizer.narrow_range)
-        if not np.all(inv > 0):
-            raise ValueError(f"to_onnx: {name} has the degenerate range [{float(lo)}, {float(hi)}] (no grid step); "
-                             "calibrate or train the model before exporting")
+        problems = self._activation_problems(quantizer, lo, hi)
+        if problems:
+            self.problems.extend(problems)
+            return x  # a stand-in, so that the trace goes on to find the rest
         return tf.raw_ops.QuantizeAndDequantizeV3(
             input=x, input_min=tf.constant(lo, x.dtype), input_max=tf.constant(hi, x.dtype),
             num_bits=tf.constant(quantizer.num_bits, tf.int32), signed_input=quantizer.signed, range_given=True,
             narrow_range=quantizer.narrow_range, axis=-1)
+
+
+    def _activation_problems(self, quantizer, lo, hi):
+        name = f"quantizer {quantizer.name!r}"
+        found = [self._width_problem(quantizer.num_bits, name)]
+        if quantizer.axis is not None:
+            found.append(f"{name} quantizes per channel; ONNX activations are exported per tensor only")
+        if self.runtime == "tensorrt" and not quantizer.signed:
+            found.append(f"(runtime='tensorrt') {name} is unsigned, and TensorRT runs symmetric int8 only; make the "
+                         "model with quantize_model(..., scheme='tensorrt')")
+        elif quantizer.axis is None and not np.all(
+                _grid.step(lo, hi, quantizer.num_bits, quantizer.signed, quantizer.narrow_range) > 0):
+            found.append(f"{name} has the degenerate range [{float(np.min(lo))}, {float(np.max(hi))}] (no grid step); "
+                         "calibrate or train the model before exporting")
+        return [problem for problem in found if problem is not None]
 
 
 def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime", verify=True, verify_data=None,
@@ -132,8 +159,11 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime", verify=True,
 def _keras_to_onnx(model, runtime, opset, input_signature=None):
     _tf2onnx_handlers.register()
     target = OnnxTarget(runtime)
+    with _quiet.converter_output_hidden():
+        frozen = _trace.frozen(model, target, input_signature)
+    target.raise_problems()
     with _quiet.converter_output_hidden(), _qdq_rewriter(runtime, target):
-        proto = convert_frozen(_trace.frozen(model, target, input_signature))
+        proto = convert_frozen(frozen)
     return _finish(proto, target, runtime, opset)
 
 

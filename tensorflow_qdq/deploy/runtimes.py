@@ -89,15 +89,17 @@ def latencies_ms(runners, x, rounds=20, calls=10, warmup=3):
 def float_onnx(model):
     """The float Keras model as ONNX (tf2onnx, opset 17): the baseline an int8 export is
     compared with."""
-    from tensorflow_qdq.deploy import _trace, onnx
+    from tensorflow_qdq.deploy import _quiet, _trace, onnx
 
-    return onnx.convert_frozen(_trace.frozen(model, None))
+    with _quiet.converter_output_hidden():
+        return onnx.convert_frozen(_trace.frozen(model, None))
 
 
 def float_tflite(model):
     """The float Keras model as a float TFLite flatbuffer (the baseline), variables frozen."""
     import tensorflow as tf
 
-    from tensorflow_qdq.deploy import _trace
+    from tensorflow_qdq.deploy import _quiet, _trace
 
-    return tf.lite.TFLiteConverter.from_concrete_functions([_trace.frozen(model, None)]).convert()
+    with _quiet.converter_output_hidden():
+        return tf.lite.TFLiteConverter.from_concrete_functions([_trace.frozen(model, None)]).convert()

@@ -7,7 +7,7 @@ import numpy as np
 import onnx.reference
 
 import tensorflow_qdq as qdq
-from tensorflow_qdq.deploy import runtimes
+from tensorflow_qdq.deploy import _sessions, runtimes
 from tensorflow_qdq.keras import calibrate, quantize_model
 
 L = keras.layers
@@ -43,7 +43,7 @@ def test_four_bit_export_runs_in_onnx_runtime_as_the_reference_evaluator_compute
     x = _images(8)
     calibrate(model, x, verbose=False)
     four, eight = qdq.to_onnx(model), qdq.to_onnx(quantize_model(_float_model(), verbose=False))
-    assert runtimes.has_four_bit_tensors(four) and not runtimes.has_four_bit_tensors(eight)
+    assert _sessions.has_four_bit_tensors(four) and not _sessions.has_four_bit_tensors(eight)
     reference = onnx.reference.ReferenceEvaluator(four).run(None, {four.graph.input[0].name: x})[0]
     np.testing.assert_allclose(runtimes.onnx_runner(four)(x), reference, rtol=1e-6, atol=1e-6)
 

@@ -34,12 +34,17 @@ def four_bit_options(proto, options):
     """ONNX Runtime 1.32 has no 4-bit integer conv/matmul kernels, and its QDQ fusion leaves a
     uint4 MaxPool that it then rejects: a model with 4-bit tensors runs with the fusion off
     (the 4-bit grid is computed exactly either way)."""
+    if has_four_bit_tensors(proto):
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+
+
+def has_four_bit_tensors(proto):
+    """Whether an ONNX model holds INT4/UINT4 initializers or constants (4-bit grids)."""
     from onnx import TensorProto
 
     four = (TensorProto.INT4, TensorProto.UINT4)
-    if any(t.data_type in four for t in proto.graph.initializer) or any(
-            a.t.data_type in four for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute):
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return any(t.data_type in four for t in proto.graph.initializer) or any(
+        a.t.data_type in four for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute)
 
 
 def onnx_output_steps(proto):

@@ -351,21 +351,21 @@ def preprocessed_inputs(model):
     found = {}
     for index, tensor in enumerate(inputs):
         chain = []
-        readers = _readers(model, tensor)
+        readers = readers_of(model, tensor)
         # One reader at each step, called once (a shared layer is traced with one call only).
         while (len(readers) == 1 and isinstance(readers[0][0], _AFFINE_PREPROCESSING)
                and len(readers[0][0]._inbound_nodes) == 1):
             layer, node = readers[0]
             chain.append(layer)
-            readers = [r for out in node.outputs for r in _readers(model, out)]
+            readers = [r for out in node.outputs for r in readers_of(model, out)]
         if chain and readers and all(isinstance(r, QuantizeAndDequantize) for r, _ in readers):
             found[index] = (tuple(chain), readers[0][0])
     return found
 
 
-def _readers(model, tensor):
-    """(layer, node) for every call of a layer of ``model`` on ``tensor``."""
-    return [(layer, node) for layer in model.layers for node in layer._inbound_nodes
+def readers_of(model, tensor):
+    """(layer, node) for every call of a layer of ``model`` on ``tensor`` (none for a spec)."""
+    return [(layer, node) for layer in getattr(model, "layers", []) for node in layer._inbound_nodes
             if any(t is tensor for t in node.arguments.keras_tensors)]
 
 

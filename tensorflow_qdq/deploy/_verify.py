@@ -212,7 +212,7 @@ def _drawn(model):
     # A subclassed model has no input tensors: its signature's specs (no layer reads a spec).
     for tensor in _trace.functional_inputs(model) or _trace.input_signature(model):
         shape = (SAMPLES,) + tuple(8 if d is None else int(d) for d in tensor.shape[1:])
-        readers = _readers(model, tensor)
+        readers = [layer for layer, _ in _trace.readers_of(model, tensor)]
         dtype = tf.as_dtype(tensor.dtype).name
         if "int" in dtype:
             vocab = min((r.input_dim for r in readers if isinstance(r, keras.layers.Embedding)), default=2)
@@ -225,16 +225,6 @@ def _drawn(model):
             values = rng.uniform(span[0], span[1], shape)
         arrays.append(values.astype(dtype))
     return arrays
-
-
-def _readers(model, tensor):
-    """The layers of ``model`` called on ``tensor``."""
-    found = []
-    for layer in getattr(model, "layers", []):
-        for node in layer._inbound_nodes:
-            if any(t is tensor for t in node.arguments.keras_tensors):
-                found.append(layer)
-    return found
 
 
 def _quantizer_span(readers):

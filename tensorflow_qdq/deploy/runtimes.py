@@ -21,11 +21,12 @@ def onnx_runner(model, threads=None):
     import onnx
     import onnxruntime as ort
 
+    from tensorflow_qdq.deploy import _sessions
+
     proto = model if hasattr(model, "SerializeToString") else onnx.load_from_string(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if has_four_bit_tensors(proto):
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    _sessions.four_bit_options(proto, options)
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -36,15 +37,6 @@ def onnx_runner(model, threads=None):
         return session.run(None, {name: np.asarray(x, np.float32)})[0]
 
     return predict
-
-
-def has_four_bit_tensors(proto):
-    """Whether an ONNX model holds INT4/UINT4 initializers or constants (4-bit grids)."""
-    from onnx import TensorProto
-
-    four = (TensorProto.INT4, TensorProto.UINT4)
-    return any(t.data_type in four for t in proto.graph.initializer) or any(
-        a.t.data_type in four for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute)
 
 
 def tflite_runner(flatbuffer, threads=None):

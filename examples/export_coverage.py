@@ -34,7 +34,8 @@ from tensorflow_qdq.keras import calibrate, quantization_report, quantize_model 
 L = keras.layers
 
 # family -> (keras.applications constructor, input side, extra arguments); the smallest
-# member of each family at the smallest input it accepts.
+# member of each family at the smallest input it accepts. Keras 3.15 has no RegNet or ResNetRS
+# applications (tf.keras had them): the "grouped bottleneck" block below is the RegNet structure.
 APPLICATIONS = {
     "ConvNeXt": ("ConvNeXtTiny", 32, {}),
     "DenseNet": ("DenseNet121", 32, {}),
@@ -47,11 +48,8 @@ APPLICATIONS = {
     "MobileNetV3Small": ("MobileNetV3Small", 32, {"alpha": 0.75}),
     "MobileNetV3Large": ("MobileNetV3Large", 32, {}),
     "NASNet": ("NASNetMobile", 32, {}),
-    "RegNetX": ("RegNetX002", 32, {}),
-    "RegNetY": ("RegNetY002", 32, {}),
     "ResNet": ("ResNet50", 32, {}),
     "ResNetV2": ("ResNet50V2", 32, {}),
-    "ResNetRS": ("ResNetRS50", 32, {}),
     "VGG": ("VGG16", 32, {}),
     "Xception": ("Xception", 71, {}),
 }

@@ -130,6 +130,15 @@ class _Graph:
         return name
 
 
+def _new_value(graph, name):
+    """A value name nothing in ``graph`` uses yet. Names derived from an input (``w + "_dq"``)
+    must be made unique: tf2onnx merges equal constants, so one initializer can be the weight or
+    bias of several ops (the zero biases of folded convs in ResNet50V2), and each op gets its own
+    new node."""
+    taken = {t.name for t in graph.initializer} | {v for n in graph.node for v in list(n.input) + list(n.output)}
+    return _fresh(name, taken)
+
+
 def _fresh(name, taken):
     i = 0
     candidate = name
@@ -265,7 +274,8 @@ def fold_weight_layout(graph):
             inputs = [g.add_init(codes, dq.input[0] + "_codes"), g.add_init(new_scale.astype(np.float32), "w_scale"),
                       g.add_init(new_zp, "w_zero_point")]
             attrs = {"axis": out_axis} if scale.ndim else {}
-            new_dq = helper.make_node("DequantizeLinear", inputs, [node.input[index] + "_dq"], **attrs)
+            new_dq = helper.make_node("DequantizeLinear", inputs, [_new_value(graph, node.input[index] + "_dq")],
+                                      **attrs)
             graph.node.insert(list(graph.node).index(node), new_dq)
             node.input[index] = new_dq.output[0]
     _prune(graph)
@@ -296,7 +306,7 @@ def quantize_on_grid_weights(graph, runtime):
         prefix = f"qdq_zp_{'u' if zp.dtype.kind == 'u' else 'i'}4" if num_bits == 4 else ""
         inputs = [_add_codes(g, stored.astype(zp.dtype), prefix, node.input[index]),
                   g.add_init(scale, "w_scale"), g.add_init(zp, prefix or "w_zero_point")]
-        dq = helper.make_node("DequantizeLinear", inputs, [node.input[index] + "_dq"], axis=axis)
+        dq = helper.make_node("DequantizeLinear", inputs, [_new_value(graph, node.input[index] + "_dq")], axis=axis)
         graph.node.insert(list(graph.node).index(node), dq)
         node.input[index] = dq.output[0]
     _prune(graph)
@@ -521,7 +531,7 @@ def dequantize_after_layout(graph):
         _forget_types(graph, {n.output[0] for n in chain})  # they now hold codes, not floats
         chain[-1].input[0] = dq.input[0]  # the layout ops move the codes,
         dq.input[0] = node.input[0]  # the dequantizer reads their result
-        dq.output[0] = node.input[0] + "_dq"
+        dq.output[0] = _new_value(graph, node.input[0] + "_dq")
         node.input[0] = dq.output[0]
         graph.node.remove(dq)
         graph.node.insert(list(graph.node).index(node), dq)
@@ -563,7 +573,7 @@ def conv_transpose_as_conv(graph):
         weight = np.ascontiguousarray(np.flip(np.swapaxes(w_codes, 0, 1), axis=tuple(range(2, w_codes.ndim))))
         w_inputs = [g.add_init(weight, node.input[1] + "_as_conv"), g.add_init(w_scale, "w_scale"),
                     g.add_init(w_zp, "w_zero_point")]
-        w_new = helper.make_node("DequantizeLinear", w_inputs, [node.input[1] + "_as_conv_dq"],
+        w_new = helper.make_node("DequantizeLinear", w_inputs, [_new_value(graph, node.input[1] + "_as_conv_dq")],
                                  **({"axis": 0} if w_scale.ndim else {}))
         rank = w_codes.ndim - 2
         conv = helper.make_node("Conv", [x_new.output[0], w_new.output[0]] + list(node.input[2:3]), list(node.output),
@@ -666,7 +676,7 @@ def quantize_biases(graph):
             continue  # not representable: keep the float bias
         inputs = [g.add_init(codes.astype(np.int32), node.input[2] + "_int32"), g.add_init(scale, "bias_scale"),
                   g.add_init(np.zeros(bias.shape, np.int32), "bias_zero_point")]
-        dq = helper.make_node("DequantizeLinear", inputs, [node.input[2] + "_dq"], axis=0)
+        dq = helper.make_node("DequantizeLinear", inputs, [_new_value(graph, node.input[2] + "_dq")], axis=0)
         graph.node.insert(list(graph.node).index(node), dq)
         node.input[2] = dq.output[0]
     _prune(graph)

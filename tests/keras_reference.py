@@ -59,3 +59,22 @@ def bits(a):
     """Bit patterns of a float array, so -0.0 and NaN placement count in comparisons."""
     a = np.ascontiguousarray(a)
     return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def grid_step(lo, hi, num_bits, signed=True, narrow_range=False):
+    """The op's grid step for a given range (SEMANTICS §3.4), from the NumPy oracle."""
+    from reference import Arith, int_range, slice_params
+
+    qmin, qmax = int_range(signed, num_bits, narrow_range)
+    ar = Arith(np.float32, daz=True)
+    *_, inv, degenerate = slice_params(np.float32(lo), np.float32(hi), qmin, qmax, ar)
+    return np.where(degenerate, np.float32(0), inv).astype(np.float32)
+
+
+def bias_on_grid(bias, input_step, weight, weight_bits):
+    """A bias as the integer runtimes add it: int32 codes on input step x weight step (the
+    weight's symmetric narrow per-output-channel grid, channels last), round half to even."""
+    amax = np.max(np.abs(weight.reshape(-1, weight.shape[-1])), axis=0).astype(np.float32)
+    weight_step = grid_step(-amax, amax, weight_bits, narrow_range=True)
+    scale = (np.float64(input_step) * weight_step.astype(np.float64)).astype(np.float32)
+    return (np.rint(np.asarray(bias, np.float64) / scale) * scale).astype(np.float32)

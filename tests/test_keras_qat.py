@@ -4,7 +4,7 @@ trains a float CNN on scikit-learn's digits, then 8-bit and 4-bit copies from qu
 import keras
 import numpy as np
 import pytest
-from keras_reference import builtin_qdq
+from keras_reference import bias_on_grid, builtin_qdq, grid_step
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,11 @@ def test_qat_model_really_runs_on_the_quantization_grid(trained):
     assert all(len(np.unique(q_kernel[..., c])) <= 15 for c in range(q_kernel.shape[-1]))
     x = data[1][:64]
     x_q = builtin_qdq(x, qin.tracked_min.numpy(), qin.tracked_max.numpy(), num_bits=4)
-    pre = tf.nn.conv2d(x_q, q_kernel, 1, "SAME").numpy() + (beta - mean * factor)
+    # the bias as the integer runtimes add it, which Keras adds too: on the int32 grid
+    # input step x weight step
+    input_step = grid_step(qin.tracked_min.numpy(), qin.tracked_max.numpy(), 4)
+    bias = bias_on_grid(beta - mean * factor, input_step, conv.layer.kernel.numpy() * factor, 4)
+    pre = tf.nn.conv2d(x_q, q_kernel, 1, "SAME").numpy() + bias
     lo, hi = qout.tracked_min.numpy(), qout.tracked_max.numpy()
     assert lo == 0 < hi
     expected = builtin_qdq(np.maximum(pre, 0), lo, hi, num_bits=4, signed=False)

@@ -345,3 +345,41 @@ def test_two_folded_convs_with_equal_biases_export_in_ssa_form():
     outputs = [o for n in proto.graph.node for o in n.output]
     assert len(outputs) == len(set(outputs))
     assert correlation(run_ort(proto, data)[0], q.predict(data, verbose=0)) >= 0.999
+
+
+# ------------------------------------------------------------------------------ bias grid
+
+
+def _bias_test_model():
+    """Convs whose int32 bias grid (input step x weight step) is coarse next to the output
+    grid: 4-bit weights, biases of a few tenths."""
+    inputs = keras.Input((12, 12, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = L.Conv2D(8, 1)(x)
+    return keras.Model(inputs, x)
+
+
+def test_bias_is_added_on_the_grid_the_runtimes_round_it_to():
+    """ONNX (like TFLite) adds a conv's bias as int32 codes on the grid input step x weight
+    step. Keras adds the same rounded bias, so the QDQ graph as exported reproduces every
+    quantized code (with the float bias in Keras, 1.4% of the output codes here differed)."""
+    data = np.random.default_rng(0).uniform(0, 1, (64, 12, 12, 3)).astype(np.float32)
+    q = quantize_model(_bias_test_model(), weight_bits=4, verbose=False)
+    rng = np.random.default_rng(3)
+    for layer in q.layers:
+        if hasattr(layer, "layer") and getattr(layer.layer, "bias", None) is not None:
+            layer.layer.bias.assign(rng.normal(0, 0.3, layer.layer.bias.shape).astype(np.float32))
+    calibrate(q, data, verbose=False)
+    proto = export(q)
+    step = output_step(proto)
+    keras_out = q.predict(data, verbose=0)
+    graph, _ = run_ort(proto, data)
+    assert np.mean(np.abs(graph - keras_out) > step / 2) == 0
+    # the int32 codes the export holds equal Keras' rounded bias
+    wrappers = [la for la in q.layers if hasattr(la, "layer") and getattr(la.layer, "bias", None) is not None]
+    keras_biases = sorted(tuple(w._on_bias_grid(w.layer.bias, w.float_weights()[0]).numpy()) for w in wrappers)
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    onnx_biases = sorted(
+        tuple(inits[n.input[0]].astype(np.float32) * inits[n.input[1]]) for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0)).dtype == np.int32)
+    assert len(onnx_biases) == 2 and keras_biases == onnx_biases  # bit for bit (float32)

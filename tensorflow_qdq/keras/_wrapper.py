@@ -15,7 +15,12 @@ layer), the fold of PyTorch's ConvBn modules and of Jacob et al. (2018):
   which also update the moving statistics: BatchNorm trains as it did in float;
 * in inference, after the delay, and in exports: ``y + beta + (bias - moving_mean) * f``,
   one layer with a bias and no BatchNormalization.
+
+The bias (folded or not) is added rounded onto the int32 grid ``input step x weight step``
+that the integer runtimes add it on, once the input's quantizer is known (``_bias``).
 """
+
+import weakref
 
 import keras
 import numpy as np
@@ -23,12 +28,13 @@ import tensorflow as tf
 from keras import ops
 
 from tensorflow_qdq._contract import check_num_bits
-from tensorflow_qdq.keras import _deploy, _weights
+from tensorflow_qdq.keras import _bias, _deploy, _weights
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
 from tensorflow_qdq.keras._placement import GATED_ACTIVATIONS, sigmoid_grid
 from tensorflow_qdq.keras._weights import activation_name
 
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_NO_GRID = object()  # input not quantized, or call sites on different grids: the bias stays float
 
 
 @keras.saving.register_keras_serializable(package="tensorflow_qdq")
@@ -100,6 +106,24 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     # -- building ---------------------------------------------------------------------------
 
+    def __call__(self, *args, **kwargs):
+        # Building the functional graph (quantize_model, or loading a .keras file): remember the
+        # quantizer whose grid the input is on, for the bias grid (see _bias). Not tracked as a
+        # sublayer (it belongs to the model), and forgotten if call sites disagree.
+        inputs = args[0] if args else kwargs.get("inputs")
+        history = getattr(inputs, "_keras_history", None)
+        if isinstance(inputs, keras.KerasTensor) and history is not None:
+            owner = history.operation if isinstance(history.operation, QuantizeAndDequantize) else None
+            known = self.__dict__.get("_input_grid")
+            if known is None and owner is not None:
+                link = weakref.ref(owner)
+            elif known is None or known is _NO_GRID or known() is not owner:
+                link = _NO_GRID
+            else:
+                link = known
+            object.__setattr__(self, "_input_grid", link)
+        return super().__call__(*args, **kwargs)
+
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
@@ -165,13 +189,14 @@ class QuantizeWrapper(keras.layers.Wrapper):
         # The factor once per call; the frozen bias only where it is used (a training step with
         # batch statistics does not need it).
         factor = self._fold_factor() if self.batch_norm is not None else None
-        weights = self._folded_weights(factor)
+        weights = float_weights = self._folded_weights(factor)
         if self.weight_bits is not None:
             weights = {spec.attr: _weights.quantize_weight(weights[spec.attr], spec.channel_axes, self.weight_bits)
                        for spec in self.specs}
         y = self._linear(inputs, weights, training)
         if self.batch_norm is not None and training:
-            frozen = lambda: self._add_bias(y, self._folded_bias(factor))  # noqa: E731
+            frozen = lambda: self._add_bias(  # noqa: E731
+                y, self._on_bias_grid(self._folded_bias(factor), float_weights))
             if self.freeze_bn_delay is None:
                 y = self._batch_statistics(y, factor)
             else:
@@ -180,7 +205,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         elif self.batch_norm is not None and self._calibrating_untrained_batch_norm():
             y = self._batch_statistics(y, factor, update=False)
         else:
-            y = self._add_bias(y, self._folded_bias(factor))
+            y = self._add_bias(y, self._on_bias_grid(self._folded_bias(factor), float_weights))
         return self._activate(y, training)
 
     def _linear(self, inputs, weights, training=None):
@@ -282,9 +307,39 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 emitted[spec.attr] = tf.constant(w)
             else:
                 emitted[spec.attr] = target.weight(w, spec.axes(w.ndim), self.weight_bits, self.layer)
+        if bias is not None:  # the rounded bias that Keras adds, which the runtimes round to the same codes
+            with tf.init_scope():
+                bias = np.asarray(self._on_bias_grid(tf.constant(bias), weights), np.float32)
         y = self._linear(inputs, emitted)
         y = self._add_bias(y, None if bias is None else tf.constant(bias))
         return self._activate(y)
+
+    def _bias_grid_input(self):
+        """The quantizer whose grid the tensor that the bias is added to was computed from."""
+        if self.intermediate_quantizer is not None:
+            return self.intermediate_quantizer  # a separable conv's bias follows its pointwise conv
+        if self.input_quantizer is not None:
+            return self.input_quantizer
+        link = self.__dict__.get("_input_grid")
+        return None if link is None or link is _NO_GRID else link()
+
+    def _on_bias_grid(self, bias, float_weights):
+        """``bias`` rounded onto the int32 grid the integer runtimes add it on (see _bias), while
+        weights are quantized and the input is on a per-tensor grid; else unchanged. Not while
+        calibrating: the ranges that define the grid are being measured."""
+        if bias is None or self.weight_bits is None or _deploy.calibration_observer() is not None:
+            return bias
+        spec = next((s for s in self.specs if s.folds_batch_norm), None)
+        if spec is None or len(bias.shape) != 1:
+            return bias
+        input_step = _bias.quantizer_step(self._bias_grid_input())
+        if input_step is None:
+            return bias
+        w = float_weights[spec.attr]
+        weight_step = _bias.weight_steps(w, spec.axes(len(w.shape)), self.weight_bits)
+        if weight_step.shape[0] != bias.shape[0]:
+            return bias
+        return _bias.rounded(bias, input_step, weight_step)
 
     # -- config -------------------------------------------------------------------------------
 

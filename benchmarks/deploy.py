@@ -1,25 +1,31 @@
-"""Deployment benchmark: latency of the float model vs its int8 export, in ONNX Runtime and in
-the TFLite interpreter, at batch 1 and batch 32.
+"""Deployment benchmark: latency of the float model, our int8 export and the runtime's own int8
+model, in ONNX Runtime and in the TFLite interpreter.
 
     python benchmarks/deploy.py             # writes the "Deploy" section of benchmarks/RESULTS.md
-    python benchmarks/deploy.py --quick     # fewer rounds, prints only
+    python benchmarks/deploy.py --quick     # one small configuration, few rounds, prints only
 
-Models: the QAT digits CNN of the demo (examples/qat_digits.py, trained briefly) and
-keras.applications MobileNetV2 (alpha 0.35, 224x224, weights=None: latency does not depend on
-the weights; calibrated on random images so every range is set). Each runtime runs with one
-and with all intra-op threads; the variants of a model run interleaved, round after round,
-and each number is the median of the rounds.
+Models (``--configs``; default: the QAT digits CNN of the demo, then ResNet50 and MobileNetV2
+(alpha 1.0) at 128, 160 and 224 pixels): keras.applications networks with weights=None (latency
+does not depend on the weights), ``quantize_model`` calibrated on random images so every range is
+set. Per model: batch 1 and 8, one and two intra-op threads; the six variants of a model
+(float, ours, own int8 in each runtime) run interleaved, round after round, and each number is
+the median of the rounds, so the ratios come from one run under the same load. Each model runs
+in a process of its own (a ResNet50 worker peaks at about 9 GB: the converters keep memory).
 
-As a yardstick for "is our int8 graph as fast as int8 gets in this runtime", each runtime's
-own post-training int8 model of the same float model is timed too: the TFLite converter's
-full-integer quantization (representative dataset) and ONNX Runtime's ``quantize_static``
-(QDQ, per-channel int8 weights, uint8 activations).
+"ours" = ``tensorflow_qdq.to_onnx`` / ``to_tflite`` of the calibrated QAT model (ONNX Runtime:
+uint8 activations, int8 weights, its u8s8 kernels); "own int8" = the runtime's own post-training
+int8 model of the same float model: ONNX Runtime's ``quantize_static`` (QDQ, per-channel, uint8
+activations, int8 weights, no reduce_range) and the TFLite converter's full-integer quantization
+(representative dataset). The CPU's int8 instructions (/proc/cpuinfo) are printed with the table:
+VNNI (avx512_vnni, avx_vnni) changes what int8 gains.
 """
 
 import argparse
 import datetime
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +38,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 from _results import machine_info, write_results  # noqa: E402
+from u8s8_saturation import int8_features  # noqa: E402
 
 import tensorflow_qdq as qdq  # noqa: E402
 from tensorflow_qdq.deploy import runtimes  # noqa: E402
@@ -51,24 +58,65 @@ def digits_models():
     return float_model, quantized[8], data[1][:32]
 
 
-def mobilenet_models(size=224):
-    float_model = keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(size, size, 3))
+# keras.applications networks benchmarked at several input sizes, weights=None.
+NETWORKS = {
+    "ResNet50": lambda size: keras.applications.ResNet50(weights=None, input_shape=(size, size, 3)),
+    "MobileNetV2-1.0": lambda size: keras.applications.MobileNetV2(weights=None, alpha=1.0,
+                                                                   input_shape=(size, size, 3)),
+    "MobileNetV2-0.35": lambda size: keras.applications.MobileNetV2(weights=None, alpha=0.35,
+                                                                    input_shape=(size, size, 3)),
+}
+DIGITS = "digits"
+FULL_CONFIGS = (DIGITS, "ResNet50:128", "ResNet50:160", "ResNet50:224", "MobileNetV2-1.0:128",
+                "MobileNetV2-1.0:160", "MobileNetV2-1.0:224")
+QUICK_CONFIGS = ("MobileNetV2-1.0:96",)
+
+
+def application_models(network, size, calibration_images=32):
+    """(float model, calibrated QAT model, sample images) of a keras.applications network."""
+    import resource
+
+    start = time.perf_counter()
+    float_model = NETWORKS[network](size)
     q = quantize_model(float_model, verbose=False)
-    images = np.random.default_rng(0).uniform(-1, 1, (64, size, size, 3)).astype(np.float32)
-    calibrate(q, images, batch_size=16, verbose=False)
-    return float_model, q, images[:32]
+    images = np.random.default_rng(0).uniform(-1, 1, (calibration_images, size, size, 3)).astype(np.float32)
+    calibrate(q, images, batch_size=8, verbose=False)
+    print(f"[deploy] {network} {size}x{size}: quantize_model + calibrate {time.perf_counter() - start:.0f} s, peak "
+          f"memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.1f} GB", flush=True)
+    return float_model, q, images
+
+
+def parse_config(config):
+    """"digits" or "NETWORK:SIZE" -> (table name, builder); a ValueError names the bad value."""
+    if config == DIGITS:
+        return "QAT digits CNN", digits_models
+    network, _, size = config.partition(":")
+    if network not in NETWORKS or not size.isdigit() or not 32 <= int(size) <= 1024:
+        raise ValueError(f"--configs: {config!r} is not 'digits' or NETWORK:SIZE with NETWORK one of "
+                         f"{', '.join(NETWORKS)} and SIZE in [32, 1024]")
+    return f"{network} {size}x{size}", lambda: application_models(network, int(size))
 
 
 def exports(float_model, q, samples):
-    """{variant: file bytes}, {variant: runner factory(file, threads)}"""
-    files = {
-        "ONNX Runtime float32": runtimes.float_onnx(float_model).SerializeToString(),
-        "ONNX Runtime int8": qdq.to_onnx(q).SerializeToString(),
-        "TFLite float32": runtimes.float_tflite(float_model),
-        "TFLite int8": qdq.to_tflite(q),
+    """{variant: file bytes}, {variant: runner factory(file, threads)}; prints each export's time
+    and the process's peak memory."""
+    import resource
+
+    steps = {
+        "ONNX Runtime float32": lambda: runtimes.float_onnx(float_model).SerializeToString(),
+        # verified on the benchmark's samples (fewer rows than calibrate's 16: ResNet50 at 224 in memory)
+        "ONNX Runtime int8": lambda: qdq.to_onnx(q, verify_data=samples).SerializeToString(),
+        "TFLite float32": lambda: runtimes.float_tflite(float_model),
+        "TFLite int8": lambda: qdq.to_tflite(q, verify_data=samples),
+        "ONNX Runtime own int8": lambda: ort_static_int8(files["ONNX Runtime float32"], samples),
+        "TFLite own int8": lambda: tflite_converter_int8(float_model, samples),
     }
-    files["ONNX Runtime own int8"] = ort_static_int8(files["ONNX Runtime float32"], samples)
-    files["TFLite own int8"] = tflite_converter_int8(float_model, samples)
+    files = {}
+    for name, make in steps.items():
+        start = time.perf_counter()
+        files[name] = make()
+        print(f"[deploy]   {name}: {time.perf_counter() - start:.0f} s, peak memory "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.1f} GB", flush=True)
     factory = {name: (runtimes.onnx_runner if "ONNX" in name else runtimes.tflite_runner) for name in files}
     return files, factory
 
@@ -111,63 +159,105 @@ def tflite_converter_int8(float_model, samples):
     return converter.convert()
 
 
-def measure(name, float_model, q, x, threads, rounds):
+def measure(name, float_model, q, x, threads, batches, rounds):
+    start = time.perf_counter()
     files, factory = exports(float_model, q, x[:8])
+    print(f"[deploy] {name}: exports took {time.perf_counter() - start:.0f} s", flush=True)
     rows = []
     for t in threads:
         runners = {v: factory[v](files[v], threads=t) for v in VARIANTS}
-        for batch in (1, 32):
-            ms = runtimes.latencies_ms(runners, x[:batch], rounds=rounds, calls=max(1, 10 // batch))
+        for batch in batches:
+            ms = runtimes.latencies_ms(runners, x[:batch], rounds=rounds, calls=2 if batch == 1 else 1, warmup=2)
             for runtime in RUNTIMES:
                 fl, i8, own = (ms[f"{runtime} {v}"] for v in ("float32", "int8", "own int8"))
                 rows.append((name, runtime, t, batch, fl, i8, own, len(files[f"{runtime} float32"]),
                              len(files[f"{runtime} int8"])))
                 print(f"[deploy] {name:<22} {runtime:<13} threads {t} batch {batch:>2}: float {fl:8.3f} ms, "
-                      f"int8 {i8:8.3f} ms ({fl / i8:4.2f}x), runtime's own int8 {own:8.3f} ms", flush=True)
+                      f"ours {i8:8.3f} ms ({fl / i8:4.2f}x float), own int8 {own:8.3f} ms "
+                      f"(ours {own / i8:4.2f}x own)", flush=True)
     return rows
 
 
-def section(rows, info, seconds):
+def section(rows, info, seconds, command, load):
     lines = [
         BEGIN,
         "## Deploy: float vs int8 in ONNX Runtime and TFLite",
         "",
-        f"`python benchmarks/deploy.py` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
-        f"{info['cpu']}, TensorFlow {info['tensorflow']}, ONNX Runtime {onnxruntime.__version__}, "
-        f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}. Took {seconds:.0f} s.",
+        f"`{command}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
+        f"{info['cpu']}, int8 instructions: {int8_features()}; TensorFlow {info['tensorflow']}, ONNX Runtime "
+        f"{onnxruntime.__version__}, load average before: {' '.join(f'{v:.2f}' for v in load)}. "
+        f"Took {seconds:.0f} s.",
         "",
-        "float = the float Keras model through tf2onnx / the TFLite converter; int8 = the QAT model through "
-        "`tensorflow_qdq.to_onnx` / `to_tflite` (integer kernels); own int8 = the runtime's own post-training "
-        "int8 model of the float model (ORT `quantize_static`, the TFLite converter's full-integer mode), the "
-        "yardstick for how fast int8 gets in that runtime on this CPU. Median ms per call of interleaved "
-        "rounds (the six variants of a model take turns), same input.",
+        "float = the float Keras model through tf2onnx / the TFLite converter; ours = the calibrated QAT model "
+        "through `tensorflow_qdq.to_onnx` / `to_tflite` (integer kernels; ONNX Runtime: uint8 activations, int8 "
+        "weights); own int8 = the runtime's own post-training int8 model of the float model (ORT "
+        "`quantize_static` QDQ per-channel U8S8, the TFLite converter's full-integer mode), the yardstick for "
+        "how fast int8 gets in that runtime on this CPU. Median ms per call of interleaved rounds (the six "
+        "variants of a model take turns), same input. ours vs own = own ms / ours ms (above 1: ours faster).",
         "",
-        "| model | runtime | threads | batch | float ms | int8 ms | own int8 ms | int8 speed-up | int8 vs own | "
-        "float file | int8 file |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | runtime | threads | batch | float ms | ours ms | own int8 ms | ours vs float | own vs float | "
+        "ours vs own | float file | ours file |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, runtime, threads, batch, fl, i8, own, fsize, isize in rows:
         lines.append(f"| {name} | {runtime} | {threads} | {batch} | {fl:.3f} | {i8:.3f} | {own:.3f} | {fl / i8:.2f}x | "
-                     f"{own / i8:.2f}x | {fsize / 1024:.0f} KB | {isize / 1024:.0f} KB |")
+                     f"{fl / own:.2f}x | {own / i8:.2f}x | {fsize / 1024:.0f} KB | {isize / 1024:.0f} KB |")
     lines += ["", END]
     return "\n".join(lines)
 
 
-def main():
+_ROWS = "[deploy] rows: "
+
+
+def _run_worker(config, rounds, quick):
+    """One config in a fresh process (TensorFlow and the converters keep memory that a process
+    with several ResNet50 exports would pile up); its rows."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", config, "--rounds", str(rounds)]
+    process = subprocess.Popen(command + (["--quick"] if quick else []), stdout=subprocess.PIPE, text=True)
+    rows = None
+    for line in process.stdout:
+        if line.startswith(_ROWS):
+            rows = [tuple(r) for r in json.loads(line[len(_ROWS):])]
+        else:
+            print(line, end="", flush=True)
+    if process.wait() != 0 or rows is None:
+        raise RuntimeError(f"the benchmark of {config!r} failed (exit status {process.returncode})")
+    return rows
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, print only")
-    parser.add_argument("--size", type=int, default=224, help="MobileNetV2 input size")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    rounds = 5 if args.quick else 15
-    threads = sorted({1, os.cpu_count() or 1})
-    rows = measure("QAT digits CNN", *digits_models(), threads, rounds)
-    rows += measure(f"MobileNetV2-0.35 {args.size}x{args.size}", *mobilenet_models(args.size), threads, rounds)
-    text = section(rows, machine_info(), time.perf_counter() - start)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{', '.join(QUICK_CONFIGS)}, one thread, batch 1, 3 rounds; print only")
+    parser.add_argument("--configs", nargs="+", metavar="CONFIG",
+                        help=f"'digits' or NETWORK:SIZE (NETWORK: {', '.join(NETWORKS)}); "
+                             f"default {' '.join(FULL_CONFIGS)}")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per variant (default 7; quick 3)")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="the results file to update")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one config in this process, rows as JSON on stdout
+    args = parser.parse_args(argv)
+    configs = list(args.configs or (QUICK_CONFIGS if args.quick else FULL_CONFIGS))
+    for config in configs:
+        parse_config(config)  # bad names fail before anything runs
+    rounds = args.rounds or (3 if args.quick else 7)
+    if rounds < 1:
+        raise ValueError(f"--rounds={rounds} must be >= 1")
+    threads, batches = ((1,), (1,)) if args.quick else ((1, 2), (1, 8))
+    if args.worker:
+        name, build = parse_config(args.worker)
+        print(_ROWS + json.dumps(measure(name, *build(), threads, batches, rounds)), flush=True)
+        return None
+    start, load = time.perf_counter(), os.getloadavg()
+    rows = []
+    for config in configs:
+        rows += _run_worker(config, rounds, args.quick)
+    command = " ".join(["python benchmarks/deploy.py"] + list(argv if argv is not None else sys.argv[1:]))
+    text = section(rows, machine_info(), time.perf_counter() - start, command, load)
     print(text)
     if not args.quick:
-        write_results(HERE / "RESULTS.md", text, BEGIN, END)
-        print(f"[deploy] wrote {HERE / 'RESULTS.md'} (Deploy section)")
+        write_results(args.out, text, BEGIN, END)
+        print(f"[deploy] wrote {args.out} (Deploy section)")
+    return rows
 
 
 if __name__ == "__main__":

@@ -54,3 +54,20 @@ def test_benchmarked_calls_compute_the_same_as_tensorflow(layout, axis):
         ours, theirs = _benchmark._setup(case, 1 << 12)
         np.testing.assert_array_equal(np.asarray(ours()[0] if name == "V4Grad" else ours()).view(np.uint32),
                                       np.asarray(theirs()).view(np.uint32))
+
+
+@pytest.mark.slow
+def test_deploy_quick_run_times_ours_own_and_float_and_writes_nothing(tmp_path):
+    """benchmarks/deploy.py --quick: one small config (MobileNetV2-1.0 96x96), both runtimes, in a
+    worker process; prints its table, leaves the results file alone. No timing is asserted."""
+    import deploy as _deploy
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("untouched\n")
+    rows = _deploy.main(["--quick", "--out", str(results)])
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("MobileNetV2-1.0 96x96", runtime, 1, 1)
+                                                        for runtime in _deploy.RUNTIMES]
+    assert all(math.isfinite(v) and v > 0 for r in rows for v in r[4:])
+    assert results.read_text() == "untouched\n"
+    with pytest.raises(ValueError, match=r"--configs: 'ResNet50:12' is not"):
+        _deploy.main(["--configs", "ResNet50:12"])

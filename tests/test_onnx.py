@@ -73,7 +73,9 @@ def test_8_bit_model_runs_as_integer_kernels_and_agrees_with_keras(trained, tmp_
     for name, dq in weight_dequantizers(proto).items():
         assert dq is not None and dq.op_type == "DequantizeLinear", name
         codes, scale = init[dq.input[0]], numpy_helper.to_array(init[dq.input[1]])
-        assert codes.data_type == TensorProto.UINT8, name  # integer codes stored, not float weights
+        # integer codes stored, not float weights: INT8 with zero point 0 (ONNX Runtime's u8s8 kernels)
+        assert codes.data_type == TensorProto.INT8, name
+        assert not np.any(numpy_helper.to_array(init[dq.input[2]])), name
         assert scale.ndim == 1 and scale.size > 1 and np.all(scale > 0), name  # per output channel
         assert any(a.name == "axis" for a in dq.attribute) or scale.size == 1
     s, ops = session(proto, tmp_path)
@@ -96,7 +98,9 @@ def test_4_bit_model_exports_int4_and_never_becomes_8_bit(trained):
     proto = qdq.to_onnx(model)
     assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 21
     types = collections.Counter(t.data_type for t in proto.graph.initializer)
-    assert types[TensorProto.UINT4] > 0 and types[TensorProto.UINT8] == 0 and types[TensorProto.INT8] == 0
+    # weights INT4 (zero point 0), activations UINT4; nothing 8-bit
+    assert types[TensorProto.UINT4] > 0 and types[TensorProto.INT4] > 0
+    assert types[TensorProto.UINT8] == 0 and types[TensorProto.INT8] == 0
     onnx.checker.check_model(proto, full_check=True)
     expected = model.predict(x_test[:100], verbose=0)
     step = output_step(proto)

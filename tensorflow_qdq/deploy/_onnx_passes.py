@@ -48,38 +48,68 @@ _WEIGHT_LAYOUT_OPS = _LAYOUT_OPS + ("Unsqueeze", "Squeeze")
 _WEIGHT_AXIS = {"Conv": (1, 0), "ConvTranspose": (1, 1)}
 
 
-def _stored_unsigned(signed, runtime):
-    return runtime == "onnxruntime" or not signed
+# Grids stored in a wider ONNX type: a 7-bit weight grid (codes -63..63) is stored as INT8,
+# the grid for x86 CPUs without VNNI (see Storage).
+STORED_WIDTH = {7: 8}
 
 
-def zero_point(num_bits, signed, runtime, shape):
-    """The zero point array (placeholder dtype for 4 bits) of a grid exported for ``runtime``."""
-    unsigned = _stored_unsigned(signed, runtime)
-    value = 2 ** (num_bits - 1) if (signed and unsigned) else 0
-    dtype = {8: np.uint8, 4: np.uint8, 16: np.uint16}[num_bits] if unsigned else \
-        {8: np.int8, 4: np.int8, 16: np.int16}[num_bits]
-    return np.full(shape, value, dtype)
+class Storage:
+    """How one export stores each grid's codes (ONNX type and zero point); every choice is exact.
 
+    * ``runtime="tensorrt"``: signed grids as signed types with zero point 0 (TensorRT's rule).
+    * ``runtime="onnxruntime"``: signed *activation* grids as unsigned types with zero point
+      2^(b-1) (ONNX Runtime's CPU kernels take uint8 activations), signed *weight* grids as signed
+      types with zero point 0: INT8 weights, ONNX Runtime's u8s8 kernels (its fastest on x86).
+    * ``x86_without_vnni=True`` (ONNX Runtime): 8-bit weights are stored as UINT8 with zero point
+      128 instead. Without VNNI, x86 u8s8 kernels add two u8*s8 products into a saturating int16
+      (``vpmaddubsw``): 255 * 127 * 2 > 32767, so full-range int8 weights can overflow there; u8u8
+      is computed exactly (and slower). A 7-bit weight grid (|code| <= 63, so 255 * 63 * 2 <= 32767)
+      cannot overflow and stays INT8. docs/DEPLOY.md, ONNX, "Weights and the CPU".
+    Unsigned grids are stored unsigned with zero point 0 everywhere.
+    """
 
-def zero_point_name(num_bits, signed, runtime):
-    kind = "u" if _stored_unsigned(signed, runtime) else "i"
-    return f"qdq_zp_{kind}{num_bits}"
+    def __init__(self, runtime, x86_without_vnni=False):
+        self.runtime = runtime
+        self.x86_without_vnni = x86_without_vnni
+
+    def unsigned(self, num_bits, signed, weight):
+        if not signed:
+            return True
+        if self.runtime != "onnxruntime":
+            return False
+        if weight:
+            return self.x86_without_vnni and num_bits == 8  # u8u8: exact without VNNI
+        return True
+
+    def zero_point(self, num_bits, signed, shape, weight=False):
+        """The zero point array (placeholder dtype for 4 bits) of a grid."""
+        width = STORED_WIDTH.get(num_bits, num_bits) if weight else num_bits
+        unsigned = self.unsigned(num_bits, signed, weight)
+        value = 2 ** (width - 1) if (signed and unsigned) else 0
+        dtype = {8: np.uint8, 4: np.uint8, 16: np.uint16}[width] if unsigned else \
+            {8: np.int8, 4: np.int8, 16: np.int16}[width]
+        return np.full(shape, value, dtype)
+
+    def zero_point_name(self, num_bits, signed, weight=False):
+        width = STORED_WIDTH.get(num_bits, num_bits) if weight else num_bits
+        return f"qdq_zp_{'u' if self.unsigned(num_bits, signed, weight) else 'i'}{width}"
 
 
 def onnx_type(array):
     return _NUMPY_TYPES[array.dtype]
 
 
-def finish(model, opset, runtime):
-    """All passes, then the opset (onnx's version converter) and the 4-bit types."""
-    quantize_on_grid_weights(model.graph, runtime)
+def finish(model, opset, storage):
+    """All passes, then the opset (onnx's version converter) and the 4-bit types; ``storage``: a
+    ``Storage``."""
+    quantize_on_grid_weights(model.graph, storage)
     fold_weight_layout(model.graph)
     store_weight_codes(model.graph)
     layout_before_narrow_quantize(model.graph)
     fold_bias_through_squeeze(model.graph)
     layout_after_quantize(model.graph)
     dequantize_after_layout(model.graph)
-    if runtime == "onnxruntime":
+    if storage.runtime == "onnxruntime":
         conv_transpose_as_conv(model.graph)
     quantize_biases(model.graph)
     current = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -284,10 +314,10 @@ def fold_weight_layout(graph):
 # The weight input of each op and the axis of that weight holding output channels, for
 # float weights (MatMul: a [in, out] matrix).
 _FLOAT_WEIGHT_AXIS = dict(_WEIGHT_AXIS, MatMul=(1, 1))
-_GRID_WIDTHS = (8, 4, 16)
+_GRID_WIDTHS = (8, 7, 4, 16)
 
 
-def quantize_on_grid_weights(graph, runtime):
+def quantize_on_grid_weights(graph, storage):
     """Float weights on a per-channel symmetric narrow grid -> codes + DequantizeLinear."""
     g = _Graph(graph)
     for node in list(graph.node):
@@ -301,7 +331,7 @@ def quantize_on_grid_weights(graph, runtime):
         if found is None:
             continue
         codes, scale, num_bits = found
-        zp = zero_point(num_bits, True, runtime, scale.shape)
+        zp = storage.zero_point(num_bits, True, scale.shape, weight=True)
         stored = codes + _expand(zp.astype(np.int64), axis, codes.ndim)
         prefix = f"qdq_zp_{'u' if zp.dtype.kind == 'u' else 'i'}4" if num_bits == 4 else ""
         inputs = [_add_codes(g, stored.astype(zp.dtype), prefix, node.input[index]),

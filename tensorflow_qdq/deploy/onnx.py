@@ -18,26 +18,31 @@ from tensorflow_qdq.deploy import _grid, _onnx_passes, _preflight, _quiet, _sess
 RUNTIMES = ("onnxruntime", "tensorrt")
 # Widths that ONNX has integer types for (4 and 16 bits from opset 21).
 _WIDTHS = (4, 8, 16)
+# Weights may also use the 7-bit grid, stored as INT8 (_onnx_passes.STORED_WIDTH).
+_WEIGHT_WIDTHS = _WIDTHS + tuple(_onnx_passes.STORED_WIDTH)
 _CONVERT_OPSET = 17  # tf2onnx converts at this opset; newer opsets are reached with onnx's converter
 
 
 class OnnxTarget:
     """Emits TF ops that tf2onnx turns into QuantizeLinear/DequantizeLinear (see module doc)."""
 
-    def __init__(self, runtime):
-        self.runtime = runtime
-        self.widths = set()
+    def __init__(self, storage):
+        self.storage = storage  # an _onnx_passes.Storage: the runtime and how codes are stored
+        self.runtime = storage.runtime
+        self.widths = set()  # the stored widths (a 7-bit weight grid counts as 8)
         self.problems = []  # what cannot be exported, collected over the whole trace
 
-    def _width_problem(self, num_bits, what):
-        if num_bits in _WIDTHS:
-            self.widths.add(num_bits)
+    def _width_problem(self, num_bits, what, weight=False):
+        if num_bits in (_WEIGHT_WIDTHS if weight else _WIDTHS):
+            self.widths.add(_onnx_passes.STORED_WIDTH.get(num_bits, num_bits) if weight else num_bits)
             return None
+        widths = ", ".join(map(str, _WIDTHS))
         return (f"{what} is quantized to {num_bits} bits, and ONNX has integer types of "
-                f"{', '.join(map(str, _WIDTHS))} bits only; quantize it to one of those widths")
+                f"{widths} bits only{' (weights may also use 7 bits, stored as INT8)' if weight else ''}; "
+                "quantize it to one of those widths")
 
-    def _check_width(self, num_bits, what):
-        problem = self._width_problem(num_bits, what)
+    def _check_width(self, num_bits, what, weight=False):
+        problem = self._width_problem(num_bits, what, weight)
         if problem is not None:
             raise ValueError(f"to_onnx: {problem}")
 
@@ -51,7 +56,7 @@ class OnnxTarget:
                              + "\n".join(f"  - {problem}" for problem in found))
 
     def weight(self, weight, channel_axes, num_bits, layer):
-        problem = self._width_problem(num_bits, f"the weights of layer {layer.name!r}")
+        problem = self._width_problem(num_bits, f"the weights of layer {layer.name!r}", weight=True)
         if problem is not None:
             self.problems.append(problem)
             return tf.constant(weight)  # a stand-in, so that the trace goes on to find the rest
@@ -101,15 +106,15 @@ class OnnxTarget:
         return [problem for problem in found if problem is not None]
 
 
-def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime", verify=True, verify_data=None,
-            input_signature=None):
+def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime", x86_without_vnni=False, verify=True,
+            verify_data=None, input_signature=None):
     """Converts a quantization-aware Keras model to a QDQ ONNX model; returns the ModelProto.
 
     Every quantized layer gets its weights as integer codes behind a DequantizeLinear with one
     scale per output channel (``axis`` set) and its inputs behind DequantizeLinear, exactly
     where the Keras model quantizes; biases of Conv/Gemm become int32 with scale
     ``x_scale * w_scale`` (what ONNX Runtime's integer kernels take). 4- and 16-bit grids get
-    INT4/UINT4/INT16/UINT16 (opset 21); other widths raise.
+    INT4/UINT4/INT16/UINT16 (opset 21), 7-bit weight grids INT8; other widths raise.
 
     The export is verified: ONNX Runtime runs it on sample inputs and its outputs must agree
     with the Keras model's (docs/DEPLOY.md, "Verified exports"), else
@@ -123,11 +128,17 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime", verify=True,
         SavedModel has no Keras model to verify against).
       path: where to write the ``.onnx`` file (optional; written only once verified).
       opset: the ONNX opset (default 17, or 21 when a 4- or 16-bit grid needs it).
-      runtime: ``"onnxruntime"`` (default): activations and weights as uint8 (a signed grid
-        with zero point 128, exact), which ONNX Runtime's CPU kernels fuse by default and
-        compute exactly also on CPUs without VNNI; ``"tensorrt"``: symmetric int8 with zero
-        point 0 everywhere (TensorRT's rule; ONNX Runtime fuses it with the session option
+      runtime: ``"onnxruntime"`` (default): activations as uint8 (a signed grid with zero point
+        128, exact) and weights as int8 with zero point 0, which ONNX Runtime's CPU kernels fuse
+        by default (u8s8, its fastest on x86); ``"tensorrt"``: symmetric int8 with zero point 0
+        everywhere (TensorRT's rule; ONNX Runtime fuses it with the session option
         ``session.qdqisint8allowed=1``).
+      x86_without_vnni: set it when the model will run in ONNX Runtime on an x86 CPU without
+        VNNI (AVX2 or AVX-512 but neither AVX512_VNNI nor AVX_VNNI): there the u8s8 kernels can
+        saturate with full-range 8-bit weights, so 8-bit weights are stored as uint8 with zero
+        point 128 (u8u8: exact, slower). 7-bit weight grids (``quantize_model(..., weight_bits=7)``)
+        cannot saturate and stay int8 (fast and exact on every CPU). docs/DEPLOY.md, ONNX, "Weights and
+        the CPU".
       verify: True (default) raises on disagreement, ``"warn"`` warns, False skips the check;
         sample inputs may be passed here directly instead of True.
       verify_data: the sample inputs (an array, a list of arrays for several inputs, or batches);
@@ -137,6 +148,11 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime", verify=True,
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r} is not one of {', '.join(map(repr, RUNTIMES))}")
+    if x86_without_vnni not in (True, False):
+        raise ValueError(f"x86_without_vnni={x86_without_vnni!r} must be True or False")
+    if x86_without_vnni and runtime != "onnxruntime":
+        raise ValueError(f"x86_without_vnni=True applies to runtime='onnxruntime' only, got runtime={runtime!r}")
+    storage = _onnx_passes.Storage(runtime, bool(x86_without_vnni))
     mode, data = _verify.parse(verify, verify_data)
     try:
         import onnx
@@ -144,43 +160,43 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime", verify=True,
     except ImportError as exc:  # pragma: no cover - the set-up script installs both
         raise ImportError(f"to_onnx needs tf2onnx and onnx ({exc}); pip install tf2onnx onnx") from exc
     if isinstance(model, (str, os.PathLike)):
-        proto = _saved_model_to_onnx(os.fspath(model), runtime, opset)
+        proto = _saved_model_to_onnx(os.fspath(model), storage, opset)
     else:
         _preflight.check_exportable(model, "to_onnx")
-        proto = _keras_to_onnx(model, runtime, opset, input_signature)
+        proto = _keras_to_onnx(model, storage, opset, input_signature)
         _verify.verify_export(
             model, _sessions.onnx_session(proto), what="to_onnx", runtime="ONNX Runtime", mode=mode, data=data,
-            probe=lambda tap: _sessions.onnx_session(_keras_to_onnx(tap, runtime, opset)))
+            probe=lambda tap: _sessions.onnx_session(_keras_to_onnx(tap, storage, opset)))
     if path is not None:
         onnx.save(proto, os.fspath(path))
     return proto
 
 
-def _keras_to_onnx(model, runtime, opset, input_signature=None):
+def _keras_to_onnx(model, storage, opset, input_signature=None):
     _tf2onnx_handlers.register()
-    target = OnnxTarget(runtime)
+    target = OnnxTarget(storage)
     with _quiet.converter_output_hidden():
         frozen = _trace.frozen(model, target, input_signature)
     target.raise_problems()
-    with _quiet.converter_output_hidden(), _qdq_rewriter(runtime, target):
+    with _quiet.converter_output_hidden(), _qdq_rewriter(target):
         proto = convert_frozen(frozen)
-    return _finish(proto, target, runtime, opset)
+    return _finish(proto, target, opset)
 
 
-def _saved_model_to_onnx(directory, runtime, opset):
+def _saved_model_to_onnx(directory, storage, opset):
     import tf2onnx
 
     _tf2onnx_handlers.register()
-    target = OnnxTarget(runtime)
+    target = OnnxTarget(storage)
     with _quiet.converter_output_hidden():
         graph_def, inputs, outputs = _saved_model_graph(directory)
-        with _qdq_rewriter(runtime, target):
+        with _qdq_rewriter(target):
             proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
                                                       opset=_CONVERT_OPSET)
-    return _finish(proto, target, runtime, opset)
+    return _finish(proto, target, opset)
 
 
-def _finish(proto, target, runtime, opset):
+def _finish(proto, target, opset):
     """The passes and the opset the widths need, checked by onnx's checker."""
     import onnx
 
@@ -189,7 +205,7 @@ def _finish(proto, target, runtime, opset):
         opset = 21 if wide else _CONVERT_OPSET
     if wide and opset < 21:
         raise ValueError(f"to_onnx: {sorted(wide)}-bit grids need ONNX opset 21 (INT4/INT16 types), got opset={opset}")
-    proto = _onnx_passes.finish(proto, opset, runtime)
+    proto = _onnx_passes.finish(proto, opset, target.storage)
     onnx.checker.check_model(proto)
     return proto
 
@@ -226,14 +242,14 @@ _QDQ_OPS = ("QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDe
 
 
 @contextlib.contextmanager
-def _qdq_rewriter(runtime, target):
+def _qdq_rewriter(target):
     """Installs our QuantizeAndDequantize rule in place of tf2onnx's for one conversion."""
     from tf2onnx import tfonnx
 
     def rewrite(graph, ops):
         for node in list(ops):
             if node.type in _QDQ_OPS:
-                _rewrite_one(graph, node, runtime, target)
+                _rewrite_one(graph, node, target)
         return graph.get_nodes()
 
     saved = tfonnx.rewrite_quantize_and_dequantize
@@ -252,8 +268,9 @@ def _constant(graph_node, what, node):
     return np.asarray(graph_node.get_tensor_value(as_list=False))
 
 
-def _rewrite_one(graph, node, runtime, target):
-    """One QuantizeAndDequantizeV2/V3/V4 node -> QuantizeLinear + DequantizeLinear."""
+def _rewrite_one(graph, node, target):
+    """One QuantizeAndDequantizeV2/V3/V4 node -> QuantizeLinear + DequantizeLinear. A node that
+    quantizes a constant is a weight (``OnnxTarget.weight`` emits those), stored as a weight."""
     num_bits = (int(_constant(node.inputs[3], "num_bits", node)) if node.type.endswith("V3")
                 else node.get_attr_value("num_bits", 8))
     signed = bool(node.get_attr_value("signed_input", 1))
@@ -263,15 +280,16 @@ def _rewrite_one(graph, node, runtime, target):
     if not range_given:
         raise ValueError(f"to_onnx: {node.type} node {node.name!r} measures its range from its input at run time; "
                          "ONNX needs a constant range")
-    target._check_width(num_bits, f"{node.type} node {node.name!r}")
+    weight = node.inputs[0].is_const()
+    target._check_width(num_bits, f"{node.type} node {node.name!r}", weight)
     lo = _constant(node.inputs[1], "input_min", node)
     hi = _constant(node.inputs[2], "input_max", node)
     inv = _grid.step(lo, hi, num_bits, signed, narrow)
     if not np.all(inv > 0):
         raise ValueError(f"to_onnx: {node.type} node {node.name!r} has a degenerate range (no grid step)")
-    zero_point = _onnx_passes.zero_point(num_bits, signed, runtime, inv.shape)
+    zero_point = target.storage.zero_point(num_bits, signed, inv.shape, weight)
     scale = _make_const(graph, "qdq_scale", inv)
-    zp = _make_const(graph, _onnx_passes.zero_point_name(num_bits, signed, runtime), zero_point)
+    zp = _make_const(graph, target.storage.zero_point_name(num_bits, signed, weight), zero_point)
     attrs = {} if axis == -1 else {"axis": int(axis)}
     shape, dtype = graph.get_shape(node.output[0]), graph.get_dtype(node.output[0])
     source = node.input[0]

@@ -172,10 +172,15 @@ def _one_scale_per_tensor(model, target):
       MaxPooling2D output goes to a Concatenate through a passthrough of the ReLU's quantizer,
       and to a BatchNormalization as it is). The tensor is quantized at its source for all its
       readers (``_quantized_at_source``), as the runtime computes it anyway (an int8 op writes
-      one tensor); for a passthrough the values are on the grid already."""
+      one tensor); for a passthrough the values are on the grid already.
+
+    A Concatenate followed by a ReLU is rounded once, as Keras rounds it
+    (``_concat_before_clamping_activation``)."""
     readers = _readers_index(model)
     found = _quantized_at_source(model, target, readers)
     found.update(_requantizing_concat_inputs(model, target, readers))
+    for layer, call in _concat_before_clamping_activation(model, target, readers).items():
+        found.setdefault(layer, call)
     return found
 
 
@@ -256,6 +261,42 @@ def _requantizing_concat_inputs(model, target, readers):
         users = readers.get(id(node.outputs[0]), [])
         if any(isinstance(user, keras.layers.Concatenate) for user, _ in users) and _quantized(args[0]):
             found[layer] = _left_out_call(layer, target)
+    return found
+
+
+# Activations that commute with rounding onto a grid that holds 0 (they clamp):
+# relu(round(x)) == round(relu(x)), and likewise for relu6.
+_CLAMPING_ACTIVATIONS = ("relu", "relu6")
+
+
+def _concat_before_clamping_activation(model, target, readers):
+    """{Concatenate: its call with a FakeQuant on its output} for each Concatenate (called once)
+    whose output only a ReLU/ReLU6 reads, whose output in turn only an activation quantizer reads.
+
+    quantize_model treats the ReLU as fused into the concat (NASNet's last cell: concat -> ReLU ->
+    global pooling), so Keras rounds once, after the ReLU. TFLite's CONCATENATION fuses no
+    activation: the converter gives the concat output, which has no range, a scale from its
+    inputs' ranges (NASNetMobile: the widest input's, 0.0669) and the RELU then requantizes onto
+    the quantizer's grid (0.0292), two roundings: 1% of the elements two steps off. With the
+    quantizer's own FakeQuant on the concat output (the ReLU commutes with it) the converter
+    requantizes each input straight onto that grid, once, and the RELU after it changes nothing."""
+    outputs = {id(t) for t in _model_outputs(model)}
+    found = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, keras.layers.Concatenate) or len(layer._inbound_nodes) != 1:
+            continue
+        tensors = layer._inbound_nodes[0].outputs
+        users = readers.get(id(tensors[0]), []) if len(tensors) == 1 else []
+        if len(users) != 1 or id(tensors[0]) in outputs:
+            continue
+        activation, node = users[0]
+        if (not isinstance(activation, (keras.layers.ReLU, keras.layers.Activation))
+                or _placement.activation_of(activation) not in _CLAMPING_ACTIVATIONS
+                or len(node.outputs) != 1 or id(node.outputs[0]) in outputs):
+            continue
+        after = readers.get(id(node.outputs[0]), [])  # only the quantizer: nobody reads the ReLU unrounded
+        if len(after) == 1 and isinstance(after[0][0], QuantizeAndDequantize) and not _is_passthrough(after[0][1]):
+            found[layer] = _quantized_output_call(layer, after[0][0], target)
     return found
 
 

@@ -7,7 +7,10 @@
 * layers it cannot quantize (custom layers that own weights but no kernel, Lambda layers) stay
   float and are all reported; `strict=True` names all of them in one error;
 * QAT after `calibrate` of a model trained from scratch (untrained BatchNorm statistics)
-  trains like the float model.
+  trains like the float model;
+* a custom layer without weights made of keras.ops (InceptionResNetV2's `x + y * scale`) is
+  inlined into the graph: full-integer TFLite, Keras' outputs, a `.keras` round trip; ones that
+  cannot be inlined (tf.* ops, `training`, context-dependent Python) stay float, reported.
 
 The full keras.applications models are marked slow; the hand-built blocks reproduce their
 structure in the default run.
@@ -377,3 +380,140 @@ def test_a_float_layer_whose_config_does_not_rebuild_it_is_shared_with_a_warning
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     calibrate(q, x, verbose=False)
     assert np.corrcoef(q(x).numpy().ravel(), model(x).numpy().ravel())[0, 1] > 0.99
+
+
+# ---------------------------------------------------------------------------------- D
+# Custom layers without weights: inlined when their call is keras.ops on their inputs.
+
+
+class ScaledResidual(L.Layer):
+    """InceptionResNetV2's CustomScaleLayer: ``x + y * scale``, no weights. Deliberately not
+    registered as serializable: the inlined copy no longer contains it."""
+
+    def __init__(self, scale, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def get_config(self):
+        return dict(super().get_config(), scale=self.scale)
+
+    def call(self, inputs):
+        return inputs[0] + inputs[1] * self.scale
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class TfHalf(L.Layer):
+    """Weightless, but its call is a tf.* op: it cannot run on symbolic Keras tensors."""
+
+    def call(self, x):
+        return tf.math.multiply(x, 0.5)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class NoisyInTraining(L.Layer):
+    """Weightless, keras.ops only, but training-dependent: inlining would fix one behaviour."""
+
+    def call(self, x, training=None):
+        return x + keras.random.normal(keras.ops.shape(x), stddev=0.1) if training else x * 1.0
+
+
+class DependsOnContext(L.Layer):
+    """keras.ops only, but its Python code branches on the execution context: a symbolic call
+    records the eager branch, while predict and the exporters run the traced one."""
+
+    def call(self, x):
+        return x * 2.0 if tf.executing_eagerly() else x * 3.0
+
+
+def scaled_residual_model(extra=None):
+    """InceptionResNetV2's block shape: conv branches -> ScaledResidual(0.17) -> ReLU -> conv,
+    optionally with a layer ``extra`` after it."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    up = L.Conv2D(8, 1, name="up")(L.Conv2D(8, 3, padding="same", activation="relu", name="branch")(x))
+    x = L.Activation("relu", name="block_ac")(ScaledResidual(0.17, name="block")([x, up]))
+    x = L.Conv2D(8, 1, name="conv")(x)
+    if extra is not None:
+        x = extra(x)
+    return keras.Model(inputs, L.Dense(4, name="head")(L.GlobalAveragePooling2D(name="pool")(x)))
+
+
+def test_a_weightless_custom_layer_of_keras_ops_is_inlined_and_deploys_full_integer(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = scaled_residual_model()
+    q = quantize_model(model, strict=True, verbose=False)  # nothing left float: strict passes
+    # the layer is gone from the copy: its multiply and add are graph nodes, quantized like merges
+    assert "block" not in [la.name for la in q.layers]
+    kinds = {op.name: type(op).__name__ for op in q.operations}
+    assert kinds["block_multiply"] == "Multiply" and kinds["block"] == "Add"
+    # a range between the MUL and the ADD (the one TFLite lacked), and after the fused ReLU
+    assert {"block_multiply_output_quantizer", "block_ac_output_quantizer"} <= set(kinds)
+    row = {r.name: r for r in quantization_report(q)}["block"]
+    assert (row.kind, row.status) == ("ScaledResidual", "inlined")
+    assert "block_multiply (Multiply), block (Add)" in row.detail
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype(np.float32)
+    calibrate(q, x, verbose=False)
+    # ONNX Runtime: every conv an integer kernel; TFLite: full integer (no float MUL/ADD), both
+    # agreeing with Keras' predict
+    _, flatbuffer = check_deploys_as_integer(q, x, tmp_path)
+    names = {op["op_name"] for op in tflite.interpreter(flatbuffer)._get_ops_details()}
+    assert {"MUL", "ADD"} <= names, names
+    # the inlined ops compute what the layer did: with fine grids the copy is the float model
+    fine = quantize_model(model, weight_bits=24, activation_bits=24, verbose=False)
+    calibrate(fine, x, verbose=False)
+    np.testing.assert_allclose(fine(x).numpy(), model(x).numpy(), atol=1e-4)
+    # the original model is untouched: one node per layer, the layer still in it
+    assert isinstance(model.get_layer("block"), ScaledResidual)
+    assert all(len(la._inbound_nodes) == 1 for la in model.layers)
+
+
+def test_an_inlined_model_survives_a_keras_file_round_trip(tmp_path):
+    keras.utils.set_random_seed(2)
+    q = quantize_model(scaled_residual_model(), verbose=False)
+    x = np.random.default_rng(1).normal(size=(8, 8, 8, 3)).astype(np.float32)
+    calibrate(q, x, verbose=False)
+    q.save(tmp_path / "model.keras")
+    # ScaledResidual is not registered: the saved copy holds keras.ops nodes, not the layer
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), q.predict(x, verbose=0))
+    assert {"block_multiply", "block"} <= {op.name for op in reloaded.operations}
+
+
+@pytest.mark.parametrize("layer, reason", [
+    (TfHalf(name="extra"), "does not run on symbolic Keras tensors"),
+    (NoisyInTraining(name="extra"), "takes `training`"),
+])
+def test_custom_layers_that_cannot_be_inlined_stay_float_and_are_reported(layer, reason, tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    model = scaled_residual_model(extra=layer)
+    q = quantize_model(model, strict=True)  # no kernel in it: strict does not raise
+    printed = capsys.readouterr().out
+    assert f"left float: extra ({type(layer).__name__}): custom layer not inlined: its call" in printed
+    assert reason in printed and "inlined: 1 custom layers" in printed
+    rows = {r.name: r for r in quantization_report(q)}
+    assert rows["extra"].status == "float" and reason in rows["extra"].detail and not rows["extra"].has_kernel
+    assert rows["block"].status == "inlined"
+    assert type(q.get_layer("extra")) is type(layer)  # the layer itself, as before
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype(np.float32)
+    calibrate(q, x, verbose=False)
+    expected = q.predict(x, verbose=0)
+    flatbuffer = qdq.to_tflite(q, allow_float_ops=True)
+    assert correlation(tflite_runner(flatbuffer)(x), expected) >= 0.99
+    float_ops = tflite.float_compute_ops(flatbuffer)
+    if isinstance(layer, TfHalf):
+        # its MUL is the float op left (and the float tail it feeds); the inlined block's are not
+        assert any(op.startswith("MUL#") for op in float_ops), float_ops
+        with pytest.raises(Exception, match="allow_float_ops=True"):
+            qdq.to_tflite(q)
+    fine = quantize_model(model, weight_bits=24, activation_bits=24, verbose=False)
+    calibrate(fine, x, verbose=False)
+    np.testing.assert_allclose(fine(x).numpy(), model(x).numpy(), atol=1e-4)
+
+
+def test_a_layer_whose_call_depends_on_more_than_its_inputs_is_not_inlined():
+    """Its inlined ops would compute x * 2 where predict and the exports compute x * 3: the
+    layer and its symbolic call are compared on random inputs, eagerly and traced, first."""
+    q = quantize_model(scaled_residual_model(extra=DependsOnContext(name="extra")), verbose=False)
+    rows = {r.name: r for r in quantization_report(q)}
+    assert rows["extra"].status == "float" and "run traced it computes other values" in rows["extra"].detail
+    assert type(q.get_layer("extra")) is DependsOnContext and rows["block"].status == "inlined"

@@ -17,7 +17,9 @@ activation quantizer (one per tensor, shared by all its consumers):
   * the outputs of standalone activation layers (not softmax) that read a quantized tensor,
     with swish's sigmoid gate quantized too (TFLite's int8 LOGISTIC/HARD_SWISH/MUL, ONNX
     Runtime's QLinearSigmoid/QLinearMul need both sides quantized);
-  * keras.ops add/subtract/multiply/divide nodes of a functional graph are placed like merges;
+  * keras.ops add/subtract/multiply/divide nodes of a functional graph are placed like merges
+    (custom layers without weights whose call is keras.ops are inlined into such nodes first:
+    ``quantize_model``'s ``_Inliner``);
   * a pad or reshape in front of a quantized input reads the quantized tensor (the quantizer
     goes before it).
 ``"tensorrt"``:

@@ -15,7 +15,9 @@ class ReportRow:
     """One layer of a quantized model.
 
     status: "quantized" (weights quantized), "activation quantizer", "float" (a layer with
-    weights left float) or "no weights"; has_kernel: whether the layer has a kernel-like
+    weights left float, or a custom layer whose call could not be inlined), "inlined" (a custom
+    layer without weights whose keras.ops are now nodes of the graph, quantized like merges;
+    detail names them) or "no weights"; has_kernel: whether the layer has a kernel-like
     weight that a runtime could run in integer arithmetic.
 
     With ``quantization_report(model, runtime=...)``, what that runtime runs:
@@ -48,13 +50,20 @@ def quantization_report(model, skipped=None, *, runtime=None, **export_options):
     reasons = getattr(model, "_qdq_float_reasons", {})  # layers quantize_model kept float, and why
     rows = []
     for prefix, layer in _walk(model, ""):
-        rows.append(_row(prefix + layer.name, layer, skipped, reasons))
+        if isinstance(layer, _Inlined):
+            rows.append(ReportRow(prefix + layer.name, layer.kind, "inlined", layer.detail(), False))
+        else:
+            rows.append(_row(prefix + layer.name, layer, skipped, reasons))
     if runtime is not None:
         # The one import from keras/ into deploy/: the runtime's view needs the exporters,
         # loaded only when asked for (deploy/ imports keras/, never the other way at import time).
         from tensorflow_qdq.deploy import _runtime_report
 
         rows = _runtime_report.runtime_rows(model, rows, runtime, export_options)
+        # Runtime ops are matched to rows by layer name; an inlined layer's ops are graph nodes of
+        # their own, so say that rather than "no op of its own".
+        rows = [dataclasses.replace(r, runtime_detail="its ops are graph nodes of their own (detail), not matched "
+                                                      "to this row") if r.status == "inlined" else r for r in rows]
     return rows
 
 
@@ -64,6 +73,22 @@ def _walk(model, prefix):
             yield from _walk(layer, f"{prefix}{layer.name}/")
         else:
             yield prefix, layer
+    # Custom layers quantize_model inlined are no longer layers of the copy: one row each, so
+    # the report still accounts for every layer of the original model.
+    for name, (kind, ops) in getattr(model, "_qdq_inlined", {}).items():
+        yield prefix, _Inlined(name, kind, tuple(ops))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inlined:
+    name: str
+    kind: str
+    ops: tuple  # ((op name, op kind), ...) in call order
+
+    def detail(self):
+        ops = ", ".join(f"{name} ({kind})" for name, kind in self.ops) or "none (it returns an input)"
+        return (f"call inlined as keras.ops nodes of the graph: {ops}; add/subtract/multiply/divide are "
+                "quantized like merges")
 
 
 def _row(name, layer, skipped, reasons):
@@ -110,6 +135,11 @@ def summary(rows, model_name, runtime=None):
     quantizers = sum(r.status == "activation quantizer" for r in rows)
     lines = [f"quantize_model({model_name}): {len(quantized)} of {len(weighted)} layers with kernels quantized, "
              f"{folds} BatchNorms folded, {quantizers} activation quantizers"]
+    inlined = [r for r in rows if r.status == "inlined"]
+    if inlined:  # one line: InceptionResNetV2 has 40 of them
+        kinds = ", ".join(sorted({r.kind for r in inlined}))
+        lines.append(f"  inlined: {len(inlined)} custom layers without weights ({kinds}): their keras.ops are "
+                     "graph nodes now")
     left = [r for r in rows if r.status == "float"]
     for r in left:
         lines.append(f"  left float: {r.name} ({r.kind}): {r.detail}")

@@ -34,6 +34,7 @@ MIN_INTEGER_SHARE = 0.9
 MIN_GRAPH_CORRELATION = 0.999
 MIN_INTEGER_CORRELATION = 0.99
 MAX_STEPS = 2
+MAX_ACCURACY_GAP = 0.02  # 4 of the 200 test images
 # Models whose recurrent layers stay float (reported): their integer share is not asked for.
 FLOAT_RECURRENT = ("Embedding, BiLSTM, GRU",)
 
@@ -44,6 +45,11 @@ def _check(found, integer_share=True):
     if integer_share:
         share = found.onnx_integer / found.kernels
         assert share >= MIN_INTEGER_SHARE, (share, found.float_layers)
+    if found.accuracy:  # trained (the applications): the QDQ graph as exported is Keras' function, and
+        # each runtime is as accurate as Keras on the test images, within MAX_ACCURACY_GAP
+        assert found.onnx_graph_corr >= MIN_GRAPH_CORRELATION, found
+        keras_accuracy, *runtimes = found.accuracy
+        assert all(abs(a - keras_accuracy) <= MAX_ACCURACY_GAP for a in runtimes), found
     # End to end, unless the exporters' teacher-forced check found every stretch between
     # quantizers in agreement and warned that rounding grows with depth (docs/DEPLOY.md)
     # (an output within MAX_STEPS of its grid agrees too: untrained nets have near-constant logits,

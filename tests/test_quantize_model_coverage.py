@@ -10,7 +10,12 @@
   trains like the float model;
 * a custom layer without weights made of keras.ops (InceptionResNetV2's `x + y * scale`) is
   inlined into the graph: full-integer TFLite, Keras' outputs, a `.keras` round trip; ones that
-  cannot be inlined (tf.* ops, `training`, context-dependent Python) stay float, reported.
+  cannot be inlined (tf.* ops, Python branching on `training`, context-dependent Python) stay
+  float, reported;
+* custom blocks with weighted sublayers (a user's Conv-BN-ReLU block, a squeeze-excite block
+  nested in a residual block without get_config, KerasHub's MobileNet blocks) are inlined level by
+  level: their sublayers quantized like any layer (BatchNorm folded), full integer in both
+  runtimes, `training` reaching their Dropout and BatchNorm, the original model untouched.
 
 The full keras.applications models are marked slow; the hand-built blocks reproduce their
 structure in the default run.
@@ -481,7 +486,7 @@ def test_an_inlined_model_survives_a_keras_file_round_trip(tmp_path):
 
 @pytest.mark.parametrize("layer, reason", [
     (TfHalf(name="extra"), "does not run on symbolic Keras tensors"),
-    (NoisyInTraining(name="extra"), "takes `training`"),
+    (NoisyInTraining(name="extra"), "branches on `training`"),
 ])
 def test_custom_layers_that_cannot_be_inlined_stay_float_and_are_reported(layer, reason, tmp_path, capsys):
     keras.utils.set_random_seed(0)
@@ -517,3 +522,140 @@ def test_a_layer_whose_call_depends_on_more_than_its_inputs_is_not_inlined():
     rows = {r.name: r for r in quantization_report(q)}
     assert rows["extra"].status == "float" and "run traced it computes other values" in rows["extra"].detail
     assert type(q.get_layer("extra")) is DependsOnContext and rows["block"].status == "inlined"
+
+
+# ---------------------------------------------------------------------------------- E
+# Custom blocks with weighted sublayers: their calls inlined, nested blocks level by level.
+
+
+class ConvBnRelu(L.Layer):
+    """The block every user writes. Not registered: the quantized copy no longer contains it."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = L.Conv2D(filters, 3, padding="same", use_bias=False, name="conv")
+        self.norm = L.BatchNormalization(name="norm")
+        self.act = L.ReLU(name="act")
+
+    def get_config(self):
+        return dict(super().get_config(), filters=self.filters)
+
+    def call(self, x, training=None):
+        return self.act(self.norm(self.conv(x), training=training))
+
+
+class SqueezeExcite(L.Layer):
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.reduce = L.Conv2D(channels // 2, 1, activation="relu", name="reduce")
+        self.expand = L.Conv2D(channels, 1, activation="sigmoid", name="expand")
+
+    def call(self, x):
+        return x * self.expand(self.reduce(keras.ops.mean(x, axis=(1, 2), keepdims=True)))
+
+
+class ResidualBlock(L.Layer):
+    """Nests two custom blocks, holds a Dropout, and has no get_config (a required argument):
+    inlining runs its call, it never rebuilds it."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.body = ConvBnRelu(channels, name="body")
+        self.excite = SqueezeExcite(channels, name="excite")
+        self.drop = L.Dropout(0.5, name="drop")
+
+    def call(self, x, training=None):
+        return x + self.drop(self.excite(self.body(x, training=training)), training=training)
+
+
+def block_model():
+    inputs = keras.Input((8, 8, 3))
+    x = ConvBnRelu(8, name="stem")(inputs)
+    x = ResidualBlock(8, name="res")(x)
+    return keras.Model(inputs, L.Dense(4, name="head")(L.GlobalAveragePooling2D(name="pool")(x)))
+
+
+def test_custom_blocks_with_weighted_sublayers_are_inlined_and_deploy_full_integer(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = block_model()
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype(np.float32)
+    settle_batch_norms(model, x)
+    sublayers = [s for la in model.layers for s in la._flatten_layers(include_self=False)]
+    before = [(s.name, len(s._inbound_nodes), len(s._outbound_nodes)) for s in sublayers]
+    weights, float_out = [w.numpy() for w in model.weights], model.predict(x, verbose=0)
+    q = quantize_model(model, strict=True, verbose=False)  # every conv quantized: strict passes
+    rows = {r.name: r for r in quantization_report(q)}
+    assert all(rows[name].status == "inlined" for name in ("stem", "res", "res_body", "res_excite"))
+    convs = ("stem_conv", "res_body_conv", "res_excite_reduce", "res_excite_expand", "head")
+    assert all(rows[name].status == "quantized" for name in convs), {n: rows.get(n) for n in convs}
+    assert "BatchNorm" in rows["stem_conv"].detail and "folded" in rows["stem_conv"].detail
+    assert "res_body_conv" in rows["res_body"].detail
+    calibrate(q, x, verbose=False)
+    check_deploys_as_integer(q, x, tmp_path)
+    # `training` reaches the inlined Dropout: it drops in training only
+    assert not np.allclose(q(x, training=True), q(x, training=False))
+    # the inlined graph computes what the blocks did: with fine grids the copy is the float model
+    fine = quantize_model(model, weight_bits=24, activation_bits=24, verbose=False)
+    calibrate(fine, x, verbose=False)
+    np.testing.assert_allclose(fine.predict(x, verbose=0), float_out, atol=1e-4)
+    # QAT trains the copy, not the original: its sublayers are untouched (names, nodes, weights)
+    q.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    q.fit(x, np.ones((32, 4), np.float32), epochs=1, batch_size=16, verbose=0)
+    assert [(s.name, len(s._inbound_nodes), len(s._outbound_nodes)) for s in sublayers] == before
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(weights, model.weights))
+    np.testing.assert_array_equal(model.predict(x, verbose=0), float_out)
+    assert isinstance(model.get_layer("res"), ResidualBlock)
+
+
+def test_an_inlined_block_model_survives_a_keras_file_round_trip(tmp_path):
+    keras.utils.set_random_seed(1)
+    q = quantize_model(block_model(), verbose=False)
+    x = np.random.default_rng(1).normal(size=(8, 8, 8, 3)).astype(np.float32)
+    calibrate(q, x, verbose=False)
+    q.save(tmp_path / "model.keras")  # ResidualBlock has no get_config: the copy holds its sublayers
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), q.predict(x, verbose=0))
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class NoisyBlock(L.Layer):
+    """A weighted block whose Python code branches on `training`: the graph cannot follow it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = L.Conv2D(8, 1, name="conv")
+
+    def call(self, x, training=None):
+        y = self.conv(x)
+        return y + keras.random.normal(keras.ops.shape(y), stddev=0.1) if training else y
+
+
+def test_a_weighted_block_that_branches_on_training_stays_float_with_its_reason():
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, NoisyBlock(name="noisy")(L.Conv2D(8, 3, name="stem")(inputs)))
+    q = quantize_model(model, verbose=False)
+    rows = {r.name: r for r in quantization_report(q)}
+    assert rows["noisy"].status == "float" and "branches on `training`" in rows["noisy"].detail
+    assert rows["stem"].status == "quantized" and type(q.get_layer("noisy")) is NoisyBlock
+    with pytest.raises(ValueError, match=r"noisy \(NoisyBlock\): custom layer not inlined"):
+        quantize_model(model, strict=True, verbose=False)
+    # the probe's symbolic calls left no node on the original's sublayers
+    assert len(model.get_layer("noisy").conv._inbound_nodes) == 0
+
+
+@pytest.mark.slow
+def test_keras_hub_mobilenet_blocks_are_inlined():
+    """A model library's blocks we did not write (KerasHub's DepthwiseConvBlock renames itself in
+    from_config; its SqueezeAndExcite2D's config does not rebuild it): every conv quantized."""
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.MobileNetBackbone(
+        stackwise_expansion=[[1], [4]], stackwise_num_blocks=[1, 1], stackwise_num_filters=[[8], [16]],
+        stackwise_kernel_size=[[3], [3]], stackwise_num_strides=[[2], [2]], stackwise_se_ratio=[[None], [0.25]],
+        stackwise_activation=[["relu"], ["hard_swish"]], stackwise_padding=[[1], [1]], output_num_filters=32,
+        depthwise_filters=8, depthwise_stride=2, depthwise_residual=False, squeeze_and_excite=0.5,
+        last_layer_filter=32, image_shape=(32, 32, 3))
+    q = quantize_model(backbone, strict=True, verbose=False)
+    rows = quantization_report(q)
+    assert sum(r.status == "inlined" for r in rows) == 6
+    assert all(r.status == "quantized" for r in rows if r.has_kernel)

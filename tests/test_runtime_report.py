@@ -82,6 +82,62 @@ def test_tflite_report_names_float_layers():
     assert rows["c1"].runtime_status == "integer"
 
 
+@keras.saving.register_keras_serializable(package="test_runtime_report")
+class ScaledSum(L.Layer):
+    """A custom layer without weights whose call is keras.ops: quantize_model inlines it."""
+
+    def __init__(self, scale, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, inputs):
+        return inputs[0] + inputs[1] * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+def _inlined_model():
+    """Two conv branches summed by ScaledSum (its multiply and add the model's only ones), then
+    a ReLU that TFLite fuses into the ADD."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="a")(inputs)
+    y = L.Conv2D(6, 1, name="b")(inputs)
+    x = L.ReLU(name="relu")(ScaledSum(0.25, name="scaled")([x, y]))
+    x = L.GlobalAveragePooling2D(name="gap")(L.Conv2D(4, 1, name="c")(x))
+    model = quantize_model(keras.Model(inputs, x), verbose=False)
+    calibrate(model, np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype(np.float32), verbose=False)
+    return model
+
+
+def test_an_inlined_layer_reports_what_the_runtimes_run_for_its_ops():
+    """The inlined layer is gone from the copy, its multiply and add are graph nodes: its row
+    takes the runtime ops that compute them, the conv rows keep theirs."""
+    model = _inlined_model()
+    assert [tuple(op) for op in model._qdq_inlined["scaled"][1]] == [("scaled_multiply", "Multiply"), ("scaled", "Add")]
+    # ONNX Runtime: the reference is its optimized graph's own adds and multiplies
+    nodes = _optimized_onnx(model)
+    floats = [n.op_type for n in nodes if n.op_type in ("Add", "Mul")]
+    integers = [n.op_type for n in nodes if n.op_type in ("QLinearAdd", "QLinearMul")]
+    assert len(floats) + len(integers) == 2, [n.op_type for n in nodes]
+    rows = {r.name: r for r in quantization_report(model, runtime="onnxruntime")}
+    row = rows["scaled"]
+    assert (row.status, row.runtime_status) == ("inlined", "float" if floats else "integer"), row
+    assert all(f"{kind} in float" in row.runtime_detail for kind in floats), row.runtime_detail
+    if "Mul" in floats:  # as today: ONNX Runtime does not fuse a multiply by a float constant (0.25)
+        assert "a float constant" in row.runtime_detail
+    assert all(rows[name].runtime_status == "integer" for name in ("a", "b", "c"))
+    # TFLite, full integer (to_tflite's default): int8 MUL and ADD, the ReLU fused into the ADD
+    flatbuffer = qdq.to_tflite(model)
+    assert tflite.float_compute_ops(flatbuffer) == []
+    assert {"MUL", "ADD"} <= {op["op_name"] for op in tflite.interpreter(flatbuffer)._get_ops_details()}
+    rows = {r.name: r for r in quantization_report(model, runtime="tflite")}
+    assert (rows["scaled"].runtime_status, rows["scaled"].runtime_detail) == ("integer", "MUL, ADD")
+    assert (rows["relu"].runtime_status, rows["relu"].runtime_detail) == ("integer", "ADD")
+    assert all(rows[name].runtime_status == "integer" for name in ("a", "b", "c"))
+
+
 def test_unknown_runtime():
     with pytest.raises(ValueError, match="runtime='tensorrt'"):
         quantization_report(_quantized(), runtime="tensorrt")

@@ -4,7 +4,9 @@
 looking, and a disagreeing model is worth a report too), lets the runtime build the graph it
 will run (ONNX Runtime's optimized graph; the TFLite flatbuffer's ops as converted, before a
 delegate merges them) and attributes each runtime op to the Keras layer it came from through
-the name scopes that tracing leaves in op names (``functional_1/conv2_1/convolution``).
+the name scopes that tracing leaves in op names (``functional_1/conv2_1/convolution``); the
+ops of a custom layer quantize_model inlined are keras.ops nodes, which the trace scopes by their
+own names (``functional_1/block_multiply_1/Mul``), and go to that layer's row.
 """
 
 import os
@@ -90,7 +92,10 @@ def _kinds(ops):
 
 
 def _name_tree(model):
-    """{layer name: (report row name, subtree for a nested model or None)}."""
+    """{layer name: (report row name, subtree for a nested model or None)}, and the ops of the
+    custom layers quantize_model inlined (``_qdq_inlined``: keras.ops graph nodes that the trace
+    scopes by their own name, see ``_trace._operations_scoped``), each to its layer's row. A
+    layer of the graph keeps its name: an inlined layer's sublayers keep their own rows."""
     import keras
 
     from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
@@ -100,6 +105,9 @@ def _name_tree(model):
         for layer in m.layers:
             nested = isinstance(layer, keras.Model) and not isinstance(layer, QuantizedMultiHeadAttention)
             tree[layer.name] = (prefix + layer.name, walk(layer, f"{prefix}{layer.name}/") if nested else None)
+        for name, (_, ops) in getattr(m, "_qdq_inlined", {}).items():
+            for op_name, _ in ops:
+                tree.setdefault(op_name, (prefix + name, None))
         return tree
 
     return walk(model, "")
@@ -207,6 +215,10 @@ def _onnx_float_reason(node, producer, consumers):
     if not users or any(u.op_type != "QuantizeLinear" for u in users):
         after = ", ".join(sorted({u.op_type for u in users})) or "the model output"
         return f"its output is not quantized (it goes to {after})"
+    if node.op_type in ("Add", "Mul") and len(inputs) > sum(
+            getattr(producer.get(name), "op_type", None) == "DequantizeLinear" for name in inputs):
+        # ONNX Runtime fuses a binary op into QLinearAdd/QLinearMul only when every input is dequantized
+        return f"an input is a float constant (QLinear{node.op_type} needs every input from a DequantizeLinear)"
     return "ONNX Runtime has no integer kernel for it here"
 
 

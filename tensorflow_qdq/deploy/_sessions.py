@@ -7,6 +7,8 @@ of the quantized tensor it was dequantized from, or None for a float output (ver
 allows an output a few of its own steps of difference).
 """
 
+import warnings
+
 import numpy as np
 
 
@@ -68,17 +70,21 @@ def _onnx_output_step(proto, name):
 def tflite_session(flatbuffer, input_names=()):
     """The TFLite interpreter (LiteRT) with its default delegates, as deployed; inputs are
     matched to ``input_names`` (the traced signature's) by name, outputs kept in the
-    converter's order (that of the traced function's outputs)."""
+    converter's order (that of the traced function's outputs). Where LiteRT's XNNPACK delegate
+    fails to prepare the model (it accepts some int8 ops it then cannot build: a tiny ViT's),
+    it warns and runs TFLite's built-in kernels, as a deployment then has to."""
     from tensorflow_qdq.deploy import _quiet, tflite
 
-    with _quiet.converter_output_hidden():  # LiteRT announces its XNNPACK delegate on stderr
-        interpreter = tflite.interpreter(flatbuffer, default_delegates=True)
-    details = _by_name(interpreter.get_input_details(), input_names)
-    outputs = interpreter.get_output_details()
-    steps = tflite_output_steps(flatbuffer)
-    shapes = {}
+    def interpreter_for(default_delegates):
+        with _quiet.converter_output_hidden():  # LiteRT announces its XNNPACK delegate on stderr
+            return tflite.interpreter(flatbuffer, default_delegates=default_delegates)
 
-    def run(inputs):
+    state = {"interpreter": interpreter_for(True), "shapes": {}}
+    steps = tflite_output_steps(flatbuffer)
+
+    def invoke(inputs):
+        interpreter, shapes = state["interpreter"], state["shapes"]
+        details = _by_name(interpreter.get_input_details(), input_names)
         for detail, x in zip(details, inputs):
             x = np.asarray(x, detail["dtype"])
             if shapes.get(detail["index"]) != x.shape:
@@ -88,7 +94,21 @@ def tflite_session(flatbuffer, input_names=()):
         for detail, x in zip(details, inputs):
             interpreter.set_tensor(detail["index"], np.asarray(x, detail["dtype"]))
         interpreter.invoke()
-        return [interpreter.get_tensor(o["index"]).copy() for o in outputs], steps
+        return [interpreter.get_tensor(o["index"]).copy() for o in interpreter.get_output_details()], steps
+
+    def run(inputs):
+        try:
+            return invoke(inputs)
+        except RuntimeError as exc:
+            if "XNNPACK" not in str(exc) or state.get("builtin"):
+                raise
+            warnings.warn(
+                f"LiteRT's XNNPACK delegate (its default on CPU) failed to prepare this TFLite model "
+                f"({str(exc).strip()[:160]}); it ran with TFLite's built-in kernels instead: deploy it with "
+                "experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES", RuntimeWarning,
+                stacklevel=2)
+            state.update(interpreter=interpreter_for(False), shapes={}, builtin=True)
+            return invoke(inputs)
 
     return run
 

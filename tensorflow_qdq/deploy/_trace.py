@@ -143,7 +143,7 @@ def trace(model, target, signature=None):
 
     function = tf.function(serve, input_signature=specs, autograph=False)
     with (_deploy.tracing_for(target), _unrolled(model, getattr(target, "unroll_recurrent", False)),
-          _calls_replaced(replaced)):
+          _calls_replaced(replaced), _operations_scoped(model)):
         concrete = function.get_concrete_function()
     return function, concrete
 
@@ -348,6 +348,40 @@ def _calls_replaced(replacements):
                 object.__delattr__(layer, "call")
             else:
                 object.__setattr__(layer, "call", previous)
+
+
+@contextlib.contextmanager
+def _operations_scoped(model):
+    """Graph nodes that are keras.ops rather than layers (``x + y`` on Keras tensors, the ops of a
+    custom layer quantize_model inlined) traced in a name scope of their own name, as a layer's
+    call is: Keras opens none for them, so their runtime ops would be ``functional_1/Mul``, not
+    attributable to a node (``quantization_report(runtime=...)`` reads the scopes). The scope is
+    entered twice, as Keras enters a layer's (to build it, then to call it), so that both are
+    numbered alike in the trace (``functional_1/conv_1/...``, ``functional_1/block_multiply_1/...``)."""
+    operations = [op for m in model._flatten_layers(include_self=True, recursive=True)
+                  if isinstance(m, keras.Model) for op in getattr(m, "operations", ())
+                  if not isinstance(op, keras.layers.Layer)]
+    saved = {op: op.__dict__.get("call") for op in operations}
+    for op in operations:
+        object.__setattr__(op, "call", _scoped_call(op, op.call))
+    try:
+        yield
+    finally:
+        for op, previous in saved.items():
+            if previous is None:
+                object.__delattr__(op, "call")
+            else:
+                object.__setattr__(op, "call", previous)
+
+
+def _scoped_call(op, call):
+    def scoped(*args, **kwargs):
+        with tf.name_scope(op.name):  # taken, as a layer's build takes its scope name
+            pass
+        with tf.name_scope(op.name):
+            return call(*args, **kwargs)
+
+    return scoped
 
 
 @contextlib.contextmanager

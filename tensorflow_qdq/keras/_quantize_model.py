@@ -7,17 +7,24 @@ activation quantizers are inserted on the tensors that the placement scheme name
 """
 
 import collections
-import inspect
 import numbers
 import warnings
 
 import keras
-import numpy as np
-import tensorflow as tf
 
 from tensorflow_qdq._contract import check_num_bits
 from tensorflow_qdq.keras import _placement, _report
 from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
+from tensorflow_qdq.keras._graph import (
+    _all_layers,
+    _is_float,
+    _is_keras_tensor,
+    _node_of,
+    _rebuildable,
+    _single,
+    _unique,
+)
+from tensorflow_qdq.keras._inline import _Inliner
 from tensorflow_qdq.keras._layer import RANGE_UPDATES, QuantizeAndDequantize, _check_choice
 from tensorflow_qdq.keras._weights import output_channel_axis, weight_specs
 from tensorflow_qdq.keras._wrapper import QuantizeWrapper
@@ -103,12 +110,15 @@ def quantize_model(
     unknown = options["skip_layers"] - {layer.name for layer in _all_layers(model)}
     if unknown:
         raise ValueError(f"skip_layers names layers that are not in {model.name!r}: {sorted(unknown)}")
-    unquantizable = _unquantizable(model, options["skip_layers"])
-    # Custom layers without weights whose call is keras.ops are inlined first (_Inliner); the
-    # ones that cannot be are float, reported, and not counted by strict (they hold no kernel).
+    # Custom layers whose call is keras.ops and sublayers are inlined first (_inline); the ones
+    # that cannot be run float as they are, reported (and named by strict where they hold weights).
     inliner = _Inliner(options["skip_layers"])
-    source = inliner.model(model) if inliner.needed(model) else model
-    copy = _Rebuild(options).model(source)
+    try:
+        source = inliner.inlined_model(model)
+        unquantizable = _unquantizable(source, options["skip_layers"], inliner.float_reasons)
+        copy = _Rebuild(options).model(source)
+    finally:
+        inliner.restore()
     copy._qdq_skip_layers = options["skip_layers"]  # for quantization_report(copy)
     copy._qdq_float_reasons = {**inliner.float_reasons,
                                **{name: reason for name, (_, reason) in unquantizable.items()}}
@@ -134,15 +144,6 @@ def _check_momentum(momentum):
     return float(momentum)
 
 
-def _is_functional(model):
-    # Functional models are instances of Keras' (private) Functional class.
-    return isinstance(model, keras.Model) and any(c.__name__ == "Functional" for c in type(model).__mro__)
-
-
-def _rebuildable(model):
-    return isinstance(model, keras.Sequential) or _is_functional(model)
-
-
 def _check_rebuildable(model):
     if not _rebuildable(model):
         raise ValueError(
@@ -155,11 +156,12 @@ def _check_rebuildable(model):
                          "start it with keras.Input(shape) or build it first")
 
 
-def _unquantizable(model, skip_layers):
+def _unquantizable(model, skip_layers, not_inlined):
     """{name: (layer, reason)} for the layers quantize_model cannot quantize and keeps float:
     Lambda layers (their function is opaque) and layers with weights that no rule covers (a
-    custom LayerScale, a learned position embedding). Found all at once, so one report (or one
-    strict error) names every one of them."""
+    custom LayerScale, a learned position embedding, a custom block that could not be inlined:
+    ``not_inlined`` says why). Found all at once, so one report (or one strict error) names
+    every one of them."""
     found = {}
     for layer in _all_layers(model):
         if layer.name in skip_layers or _rebuildable(layer):
@@ -171,8 +173,11 @@ def _unquantizable(model, skip_layers):
         elif (layer.weights and weight_specs(layer) is None
               and not isinstance(layer, (_L.MultiHeadAttention, QuantizeAndDequantize, *_placement.FLOAT_REASONS))):
             names = ", ".join(sorted({w.path.split("/")[-1] for w in layer.weights}))
-            found[layer.name] = (layer, f"no quantization rule for its weights ({names}): it runs float; wrap its "
-                                        "weighted sublayers with QuantizeWrapper to quantize them")
+            if layer.name in not_inlined:
+                found[layer.name] = (layer, f"{not_inlined[layer.name]} (weights {names} float)")
+            else:
+                found[layer.name] = (layer, f"no quantization rule for its weights ({names}): it runs float; wrap "
+                                            "its weighted sublayers with QuantizeWrapper to quantize them")
     return found
 
 
@@ -186,13 +191,6 @@ def _strict_error(report, unquantizable):
         return None
     return ValueError(f"quantize_model(strict=True): {len(rows)} layers would stay float: " + "; ".join(rows.values())
                       + ". Pass skip_layers=[...] to keep them float on purpose.")
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if _rebuildable(layer):
-            yield from _all_layers(layer)
 
 
 def _graph(model):
@@ -447,37 +445,11 @@ class _Rebuild:
                 twin.set_weights(layer.get_weights())
 
 
-def _node_of(tensor):
-    operation, node_index, _ = tensor._keras_history
-    return operation._inbound_nodes[node_index]
-
-
-def _single(tensors):
-    return tensors[0] if len(tensors) == 1 else tensors
-
-
 def _policy_of(tensor):
     """A quantizer runs in the dtype policy of the layer that made its tensor (under a mixed
     policy, float32 logits stay float32); the model input takes the global policy."""
     layer = tensor._keras_history.operation
     return None if isinstance(layer, _L.InputLayer) else getattr(layer, "dtype_policy", None)
-
-
-def _is_keras_tensor(value):
-    return isinstance(value, keras.KerasTensor)
-
-
-def _is_float(tensor):
-    return _is_keras_tensor(tensor) and "float" in str(tensor.dtype)
-
-
-def _unique(name, taken):
-    candidate, i = name, 1
-    while candidate in taken:
-        i += 1
-        candidate = f"{name}_{i}"
-    taken.add(candidate)
-    return candidate
 
 
 def _foldable(layer, batch_norm):
@@ -493,220 +465,3 @@ def _foldable(layer, batch_norm):
     except (AttributeError, ValueError):  # a layer called more than once has no single output
         return False
     return len(axes) == 1 and axes[0] % rank == output_channel_axis(layer) % rank
-
-
-# ---------------------------------------------------------------------------- inlining
-#
-# A custom layer without weights whose call is made of keras.ops (InceptionResNetV2's
-# CustomScaleLayer: ``inputs[0] + inputs[1] * scale``) is one opaque node to the placement, so
-# nothing can quantize the tensor between its ops and runtimes run them in float (TFLite has no
-# range between the MUL and the ADD). Keras 3 records keras.ops applied to KerasTensors as
-# operation nodes of a functional graph, so calling the layer's ``call`` on the symbolic tensors
-# puts its ops into the graph, where the placement quantizes them like merges.
-
-# Modules whose layer classes are Keras' own or this library's: they keep their own rules.
-_BUILTIN_LAYER_MODULES = ("keras.src.layers.", "keras.src.models.", "keras.layers", "tensorflow_qdq.")
-
-
-def _is_custom(layer):
-    """A layer class of the user's (or a model library's) own, with no built-in layer class
-    between it and keras.layers.Layer (a Dense subclass keeps Dense's rules)."""
-    if not isinstance(layer, keras.layers.Layer) or _rebuildable(layer) or isinstance(layer, _L.Lambda):
-        return False
-    for cls in type(layer).__mro__:
-        if cls is keras.layers.Layer:
-            return True
-        if cls.__module__.startswith(_BUILTIN_LAYER_MODULES):
-            return False
-    return False
-
-
-def _inline_candidate(layer):
-    """A custom layer without variables (one with weights keeps its float rule: _unquantizable)."""
-    return _is_custom(layer) and not layer.variables
-
-
-def _static_blocker(layer):
-    """Why the candidate's call cannot be inlined from what the layer declares, or None."""
-    if layer._flatten_layers(include_self=False, recursive=False):
-        return "it has sublayers, which inlining would share with the original model"
-    if type(layer).__call__ is not keras.layers.Layer.__call__:
-        return "it overrides __call__"
-    parameters = inspect.signature(layer.call).parameters
-    if "training" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        # Keras passes `training` at run time; an inlined graph would fix one behaviour
-        return "its call takes `training` (it may compute differently in training)"
-    if "mask" in parameters or layer.supports_masking:
-        return "it takes or computes a mask"
-    return None
-
-
-class _Inliner:
-    """Makes a functional copy of a model in which every inlinable custom layer is replaced by
-    the keras.ops nodes of its call (nested models too). The other layers are fresh copies
-    with the same weights, so the original model gains no nodes; quantize_model then rebuilds
-    this copy as it rebuilds any model."""
-
-    def __init__(self, skip_layers):
-        self.skip = skip_layers
-        self.float_reasons = {}  # {name: why a custom layer without weights was not inlined}
-
-    def needed(self, model):
-        return any(_inline_candidate(layer) and layer.name not in self.skip for layer in _all_layers(model))
-
-    def model(self, model):
-        if isinstance(model, keras.Sequential):
-            model = keras.Model(_single(model.inputs), _single(model.outputs), name=model.name)
-        taken = {op.name for op in model.operations}  # names the inlined ops must not take
-        outputs = {id(t._keras_history.operation) for t in model.outputs}
-        inlined, source_of, fallback = {}, {}, {}
-
-        def clone(layer):
-            if _rebuildable(layer):
-                new = self.model(layer)
-            elif _inline_candidate(layer) and layer.name not in self.skip:
-                new = layer  # its call is run (never the layer itself) or a copy made on a fallback
-            else:
-                new = _fresh_copy(layer)
-            source_of[id(new)] = layer
-            return new
-
-        def call(layer, *args, **kwargs):
-            source = source_of[id(layer)]
-            if layer is source and _inline_candidate(source) and source.name not in self.skip:
-                result = self._inline(source, args, kwargs, id(source) in outputs, taken)
-                if not isinstance(result, str):
-                    out, ops = result
-                    # a layer called more than once is inlined at every call: one row, all its ops
-                    inlined[source.name] = (type(source).__name__, inlined.get(source.name, ("", []))[1] + ops)
-                    return out
-                self.float_reasons[source.name] = f"custom layer not inlined: {result}; it runs float as it is"
-                if id(source) not in fallback:  # one copy for all the calls of a shared layer
-                    fallback[id(source)] = _fresh_copy(source)
-                layer = fallback[id(source)]
-            out = layer(*args, **kwargs)
-            if layer is not source and source.weights and not _rebuildable(source):
-                layer.set_weights(source.get_weights())
-            return out
-
-        copy = keras.models.clone_model(model, clone_function=clone, call_function=call)
-        if model.compiled:  # as clone_model does for the model itself
-            copy.compile_from_config(model.get_compile_config())
-        copy._qdq_inlined = inlined  # for quantization_report
-        return copy
-
-    @staticmethod
-    def _inline(layer, args, kwargs, is_model_output, taken):
-        """(outputs, [(op name, op kind)]) of the layer's call run on the symbolic tensors, or
-        the reason it cannot be inlined."""
-        blocker = _static_blocker(layer)
-        if blocker:
-            return blocker
-        inputs = [t for t in keras.tree.flatten((args, kwargs)) if _is_keras_tensor(t)]
-        if any(_is_float(t) and t.dtype != layer.compute_dtype for t in inputs):
-            return f"Keras would cast its inputs to its dtype policy's {layer.compute_dtype}"
-        try:
-            expected = layer.compute_output_spec(*args, **kwargs)
-            out = layer.call(*args, **kwargs)
-        except Exception as exc:  # tf.* ops, Python control flow on values: not symbolic
-            first = str(exc).strip().split("\n")[0].split(". ")[0][:200]  # the message's first sentence
-            return f"its call does not run on symbolic Keras tensors ({type(exc).__name__}: {first})"
-        got, want = keras.tree.flatten(out), keras.tree.flatten(expected)
-        if (len(got) != len(want) or not all(_is_keras_tensor(t) for t in got)
-                or any(tuple(g.shape) != tuple(w.shape) or g.dtype != w.dtype for g, w in zip(got, want))):
-            def specs(tensors):
-                return [(tuple(t.shape), t.dtype) if _is_keras_tensor(t) else type(t).__name__ for t in tensors]
-
-            return f"its call on symbolic tensors gives {specs(got)}, not the layer's outputs {specs(want)}"
-        ops = _ops_between(inputs, got)
-        if isinstance(ops, str):
-            return ops
-        mismatch = _computes_unlike(layer, args, kwargs, inputs, got)
-        if mismatch:
-            return mismatch
-        if is_model_output and not (len(got) == 1 and ops and got[0]._keras_history.operation is ops[-1]):
-            return "it gives a model output that no single op of its call produces (the output's name would change)"
-        # Names: the op giving the (single) output takes the layer's name (the model's output
-        # names, and the quantizer after it, stay what they were); the others are named after
-        # the layer, so reports and exports say where they came from.
-        last = got[0]._keras_history.operation if len(got) == 1 else None
-        for op in ops:
-            if op is last and (layer.name, "output") not in taken:  # the layer leaves: its name is free
-                op.name = layer.name
-                taken.add((layer.name, "output"))  # not for a second call of the same layer
-            else:
-                op.name = _unique(f"{layer.name}_{type(op).__name__.lower()}", taken)
-        return out, [(op.name, type(op).__name__) for op in ops]
-
-
-def _computes_unlike(layer, args, kwargs, inputs, outputs):
-    """Why the inlined ops do not compute what the layer computes, or None: both are run on the
-    same random inputs, the layer eagerly and traced (as predict and the exporters run it).
-    Python code in a call can depend on more than its inputs (tf.executing_eagerly(), random
-    numbers, state), which a symbolic call records once."""
-    try:
-        values = [keras.random.normal(_concrete_shape(t), dtype=t.dtype, seed=i) if _is_float(t)
-                  else keras.ops.ones(_concrete_shape(t), dtype=t.dtype) for i, t in enumerate(inputs)]
-        inlined = keras.tree.flatten(keras.Function(inputs, outputs)(values))
-        it = iter(values)
-        filled = keras.tree.map_structure(lambda a: next(it) if _is_keras_tensor(a) else a, (args, kwargs))
-        eager = keras.tree.flatten(layer(*filled[0], **filled[1]))
-        logger, level = tf.get_logger(), tf.get_logger().level
-        logger.setLevel("ERROR")  # one trace per inlined layer on purpose: no "retracing" warning for it
-        try:
-            traced = keras.tree.flatten(tf.function(lambda a, k: layer(*a, **k))(*filled))
-        finally:
-            logger.setLevel(level)
-    except Exception as exc:  # noqa: BLE001 - any failure means: do not inline
-        return f"its call could not be compared with its inlined ops ({type(exc).__name__})"
-    for reference, how in ((eager, "eagerly"), (traced, "traced")):
-        for want, got in zip(reference, inlined):
-            want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
-            tolerance = 1e-5 if "float16" not in str(layer.compute_dtype) else 1e-2
-            if want.shape != got.shape or not np.allclose(want, got, rtol=tolerance, atol=tolerance, equal_nan=True):
-                return (f"run {how} it computes other values than its call on symbolic tensors records (Python "
-                        "code that depends on more than its inputs)")
-    return None
-
-
-def _concrete_shape(tensor):
-    return tuple(2 if d is None else d for d in tensor.shape)
-
-
-def _ops_between(inputs, outputs):
-    """The operations (keras.ops nodes, in call order) that a call created from ``inputs`` to
-    ``outputs``, or why they are not keras.ops on its inputs only."""
-    known = {id(t) for t in inputs}
-    found, seen = [], set()
-
-    def visit(tensor):
-        if id(tensor) in known or id(tensor) in seen:
-            return None
-        seen.add(id(tensor))
-        history = getattr(tensor, "_keras_history", None)
-        if history is None or isinstance(history.operation, (keras.layers.Layer, _L.InputLayer)):
-            return "its call reads a tensor that is not one of its inputs, or calls a layer"
-        for arg in _node_of(tensor).arguments.keras_tensors:
-            reason = visit(arg)
-            if reason:
-                return reason
-        if history.operation not in found:
-            found.append(history.operation)
-        return None
-
-    for tensor in outputs:
-        reason = visit(tensor)
-        if reason:
-            return reason
-    return found
-
-
-def _fresh_copy(layer):
-    """A new instance of ``layer`` from its config (weights are set once it is built), or the
-    layer itself where Keras cannot rebuild it (the rebuild warns about those)."""
-    if isinstance(layer, _L.Lambda):
-        return layer
-    try:
-        return layer.__class__.from_config(layer.get_config())
-    except Exception:  # reported by _Rebuild._clone_layer, which tries again
-        return layer

@@ -24,7 +24,10 @@ class ReportRow:
     runtime_status is "integer" (every op computing the layer is an integer kernel), "float"
     (some op computes in float; runtime_detail says which and why), "moves data" (only ops
     that move or re-encode values), "absent" (no op of its own: folded, or nothing to compute)
-    or "quantize/dequantize" (an activation quantizer); runtime_detail names the ops.
+    or "quantize/dequantize" (an activation quantizer); runtime_detail names the ops. An
+    "inlined" row goes by the runtime ops that compute its inlined ops (traced in name scopes of
+    the ops' names), like any layer without weights: "integer" if all of them are integer
+    kernels, "float" naming the float op and why, "absent" if the runtime folded them all.
     """
 
     name: str
@@ -60,10 +63,6 @@ def quantization_report(model, skipped=None, *, runtime=None, **export_options):
         from tensorflow_qdq.deploy import _runtime_report
 
         rows = _runtime_report.runtime_rows(model, rows, runtime, export_options)
-        # Runtime ops are matched to rows by layer name; an inlined layer's ops are graph nodes of
-        # their own, so say that rather than "no op of its own".
-        rows = [dataclasses.replace(r, runtime_detail="its ops are graph nodes of their own (detail), not matched "
-                                                      "to this row") if r.status == "inlined" else r for r in rows]
     return rows
 
 

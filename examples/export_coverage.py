@@ -395,8 +395,11 @@ def _hub_models():
 
 
 def _image_classifier(backbone, side=32):
+    # KerasHub's image backbones read what its ImageConverter gives them (pixels scaled to [0, 1]):
+    # on raw [0, 255] pixels two SGD steps blow ViT's float patch embedding up to 1e10 (no
+    # normalization before its first residual add), where float32 rounding exceeds the range.
     image = keras.Input((side, side, 3), name="image")
-    features = backbone(image)
+    features = backbone(L.Rescaling(1 / 255, name="pixels")(image))
     pool = L.GlobalAveragePooling2D() if len(features.shape) == 4 else L.GlobalAveragePooling1D()
     return keras.Model(image, L.Dense(10, name="logits")(pool(features)), name=f"{backbone.name}_classifier")
 

@@ -72,15 +72,8 @@ def test_keras_applications(family):
     _check(coverage.evaluate_application(family))
 
 
-# ViTBackbone: to_tflite's verification refuses the export (docs/DEPLOY.md, Coverage): the
-# converter runs the final LayerNormalization's mean in int8 on the residual's grid. Expected to
-# fail until that is solved; strict, so a fix shows.
-_VIT_TFLITE = pytest.mark.xfail(strict=True, reason="TFLite's converter quantizes ViT's final LayerNorm mean")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", [pytest.param(name, marks=_VIT_TFLITE) if name == "ViTBackbone" else name
-                                      for name in coverage.KERAS_HUB])
+@pytest.mark.parametrize("backbone", list(coverage.KERAS_HUB))
 def test_keras_hub_backbones(backbone):
     # inlined blocks; the backbones below the integer share say why (HUB_BELOW_INTEGER_SHARE)
     _check(coverage.evaluate_hub(backbone), integer_share=backbone not in coverage.HUB_BELOW_INTEGER_SHARE)

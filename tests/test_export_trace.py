@@ -230,6 +230,21 @@ def test_chained_preprocessing_at_the_input_runs_as_one_integer_op_in_tflite():
                    _output_step(q))
 
 
+def test_rescaling_before_a_nested_backbone_runs_as_an_integer_op_in_tflite():
+    # The common wrapping: pixels scaled, then a backbone model (keras.applications, KerasHub)
+    # called as one layer, whose first quantizer is inside it.
+    x = np.round(np.random.default_rng(0).uniform(0, 255, (64, 8, 8, 3))).astype(np.float32)
+    backbone = _image_model(lambda t: t, 3)
+    i = keras.Input((8, 8, 3))
+    model = keras.Model(i, L.Dense(2)(backbone(L.Rescaling(1 / 255)(i))))
+    q = _quantized(model, x)
+    flatbuffer = qdq.to_tflite(q)  # raised before: MUL stayed float (the quantizer was not found)
+    ops = _tflite_ops(flatbuffer)
+    assert ops["QUANTIZE"] == 1 and "MUL" not in ops, ops
+    _assert_agrees(_tflite_run(flatbuffer, x), q.predict(x, verbose=0), "Rescaling -> nested model, TFLite",
+                   _output_step(q))
+
+
 @pytest.mark.parametrize("bias", ["ones", "random_normal"])
 def test_dense_on_rank3_input_with_bias_is_one_int8_fully_connected(bias):
     i = keras.Input((5, 6))

@@ -10,6 +10,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from tensorflow_qdq.keras import _deploy, _placement
 from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
+from tensorflow_qdq.keras._graph import _is_functional
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
 from tensorflow_qdq.keras._wrapper import QuantizeWrapper
 
@@ -433,8 +434,28 @@ def preprocessed_inputs(model):
             layer, node = readers[0]
             chain.append(layer)
             readers = [r for out in node.outputs for r in readers_of(model, out)]
-        if chain and readers and all(isinstance(r, QuantizeAndDequantize) for r, _ in readers):
-            found[index] = (tuple(chain), readers[0][0])
+        quantizers = _reading_quantizers(readers)
+        if chain and quantizers:
+            found[index] = (tuple(chain), quantizers[0])
+    return found
+
+
+def _reading_quantizers(readers):
+    """The activation quantizers that read a tensor, given its readers ((layer, node) pairs): the
+    readers themselves, or those of a nested single-input functional model called once on it
+    (``Rescaling`` -> a KerasHub or keras.applications backbone); [] if any other layer reads it."""
+    found = []
+    for layer, node in readers:
+        if isinstance(layer, QuantizeAndDequantize):
+            found.append(layer)
+        elif (_is_functional(layer) and len(layer.inputs) == 1
+              and len(layer._inbound_nodes) == 1 and len(node.arguments.keras_tensors) == 1):
+            inner = _reading_quantizers(readers_of(layer, layer.inputs[0]))
+            if not inner:
+                return []
+            found.extend(inner)
+        else:
+            return []
     return found
 
 

@@ -46,7 +46,11 @@ def _float_model(middle=None):
 
 
 def _model(middle=None):
-    model = quantize_model(_float_model(middle), verbose=False)
+    return _model_of(_float_model(middle))
+
+
+def _model_of(float_model):
+    model = quantize_model(float_model, verbose=False)
     calibrate(model, _images(), verbose=False)
     return model
 
@@ -76,6 +80,22 @@ def test_a_disagreeing_export_raises_naming_where_it_parts(bad, export, tmp_path
     assert "disagrees with the Keras model" in message and "correlation" in message
     # conv1's output quantizer agrees; the first quantized tensor after the user layer does not
     assert "conv2_input_quantizer" in message and "'negates'" in message and "TracedNegates" in message
+
+
+@pytest.mark.parametrize("export", ["to_onnx", "to_tflite"])
+def test_a_disagreement_inside_a_nested_model_is_named_there(export):
+    """A backbone called as one layer: the stretch that parts is found inside it (before, the
+    message named the first quantizer after the nested model), and the model gains no nodes."""
+    inner = _float_model(TracedNegates(name="negates"))
+    image = keras.Input((8, 8, 1), name="image")
+    model = _model_of(keras.Model(image, L.Dense(2, name="top")(inner(image))))
+    nodes = [len(layer._inbound_nodes) for layer in model._flatten_layers()]
+    with pytest.raises(ExportMismatchError) as info:
+        getattr(qdq, export)(model)
+    message = str(info.value)
+    assert f"'{inner.name}/conv2_input_quantizer'" in message, message
+    assert f"'{inner.name}/negates' (TracedNegates)" in message, message
+    assert [len(layer._inbound_nodes) for layer in model._flatten_layers()] == nodes
 
 
 def test_a_disagreeing_onnx_file_is_not_written(bad, tmp_path):

@@ -16,7 +16,8 @@ float32), which keeps correlation far above the bound; a wrong export falls far 
 When an output disagrees, the model is exported again with every quantized tensor (the output
 of each activation quantizer) as an extra output, and Keras evaluates its graph teacher-forced:
 each quantized tensor recomputed from the runtime's own upstream quantized tensors. The first
-stretch of the graph whose result parts from the runtime's is named (``ExportMismatchError``).
+stretch of the graph whose result parts from the runtime's is named (``ExportMismatchError``);
+nested models are compared inside (``_flatten``).
 If every stretch agrees, the export computes the model's function and the end-to-end
 difference is float32 rounding amplified by depth (deep untrained squeeze-excite networks show
 it): that is a warning (``ExportMismatchWarning``), not an error.
@@ -258,6 +259,9 @@ def _first_parting_segment(model, probe, inputs):
     they part, or None when every stretch agrees."""
     from keras.src.models.functional import operation_fn
 
+    from tensorflow_qdq.deploy import _flatten
+
+    model = _flatten.flat_copy(model) or model  # the quantizers of nested models within reach
     sites = _quantized_tensors(model)
     outputs = keras.tree.flatten(model.outputs)
     tap = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs,
@@ -279,9 +283,10 @@ def _first_parting_segment(model, probe, inputs):
                 quantizer, source = site_of[id(tensor)]
                 found = _segment_agreement(np.asarray(value), runtime[id(tensor)], _grid_step(quantizer))
                 if found is not None:
-                    after = "" if source is None else f", after layer {source.name!r} ({type(source).__name__})"
+                    after = ("" if source is None else
+                             f", after layer {_flatten.report_name(source)!r} ({type(source).__name__})")
                     return (f"Fed the runtime's own quantized tensors, Keras and the runtime first part at the output "
-                            f"of quantizer {quantizer.name!r}{after}: {found}.")
+                            f"of quantizer {_flatten.report_name(quantizer)!r}{after}: {found}.")
                 values[id(tensor)] = tf.convert_to_tensor(runtime[id(tensor)])  # carry the runtime's on
     for i, (tensor, value, step) in enumerate(zip(outputs, got[len(sites):], steps[len(sites):])):
         found = agreement(np.asarray(values[id(tensor)]), value, step)

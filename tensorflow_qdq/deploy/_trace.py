@@ -130,6 +130,7 @@ def trace(model, target, signature=None):
         if call is not None:  # the chain as one op: the first layer computes it, the others pass
             replaced.update({layer: _identity for layer in layers[1:]})
             replaced[layers[0]] = call
+    replaced = {**_concat_inputs_on_its_grid(model, target), **replaced}
     if getattr(target, "one_scale_per_tensor", False):
         replaced = {**_one_scale_per_tensor(model, target), **replaced}  # the preprocessing's form first
     if hasattr(target, "batch_norm_form"):
@@ -299,6 +300,51 @@ def _concat_before_clamping_activation(model, target, readers):
         if len(after) == 1 and isinstance(after[0][0], QuantizeAndDequantize) and not _is_passthrough(after[0][1]):
             found[layer] = _quantized_output_call(layer, after[0][0], target)
     return found
+
+
+def _concat_inputs_on_its_grid(model, target):
+    """{layer: its call with the concat's quantizer on its output} for each layer whose output
+    only a Concatenate reads, unquantized, and whose concat is quantized (on its output, or after
+    a ReLU/ReLU6 that only the quantizer reads). quantize_model leaves such a layer's output to
+    the concat's quantizer (keras/_quantize_model: ``_rounded_on_concat_grid``): one rounding,
+    as TFLite computes it. The runtimes need a range on the layer's output to run the layer and
+    the concat in integers; the concat's own is exact there (the concat only moves values onto
+    it, and a ReLU after it commutes with the rounding)."""
+    readers = _readers_index(model)
+    outputs = {id(t) for t in _model_outputs(model)}
+    found = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, keras.layers.Concatenate) or len(layer._inbound_nodes) != 1:
+            continue
+        node = layer._inbound_nodes[0]
+        quantizer = _quantizer_after(node.outputs[0], readers, outputs)
+        if quantizer is None:
+            continue
+        for tensor in node.arguments.keras_tensors:
+            producer = tensor._keras_history.operation
+            if (_quantized(tensor) or not isinstance(producer, keras.layers.Layer)
+                    or isinstance(producer, (keras.layers.InputLayer, keras.Model))
+                    or len(producer._inbound_nodes) != 1 or len(producer._inbound_nodes[0].outputs) != 1
+                    or len(readers.get(id(tensor), [])) != 1 or id(tensor) in outputs):
+                continue
+            found[producer] = _quantized_output_call(producer, quantizer, target)
+    return found
+
+
+def _quantizer_after(tensor, readers, outputs):
+    """The activation quantizer that alone reads ``tensor`` (not as a passthrough), directly or
+    after a ReLU/ReLU6 that only it reads; else None."""
+    users = readers.get(id(tensor), [])
+    if len(users) != 1 or id(tensor) in outputs:
+        return None
+    user, node = users[0]
+    if isinstance(user, (keras.layers.ReLU, keras.layers.Activation)):
+        if _placement.activation_of(user) not in _CLAMPING_ACTIVATIONS or len(node.outputs) != 1:
+            return None
+        return _quantizer_after(node.outputs[0], readers, outputs)
+    if isinstance(user, QuantizeAndDequantize) and not _is_passthrough(node):
+        return user
+    return None
 
 
 def _is_passthrough(node):

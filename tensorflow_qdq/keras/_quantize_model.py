@@ -240,7 +240,7 @@ class _Rebuild:
 
         # The output quantizer moves past a fused tail (a folded BatchNorm, ReLU, ReLU6).
         # model.operations: keras.ops arithmetic nodes (not layers) are placed like merges.
-        quantize_after = set()
+        quantize_after, tail_end = set(), {}  # tail_end: id(head) -> the layer its quantizer follows
         for layer in model.operations:
             if not head(layer):
                 continue
@@ -255,6 +255,9 @@ class _Rebuild:
             if users and all(isinstance(user, QuantizeAndDequantize) for user in users):
                 continue  # the model quantizes this output itself
             quantize_after.add(id(current))
+            tail_end[id(layer)] = current
+        on_concat_grid = _rounded_on_concat_grid(model, consumers, quantize_after, tail_end, skip)
+        quantize_after -= on_concat_grid
 
         original_of, clone_of = {}, {}
         memo = {}  # id(tensor in the copy) -> its quantized version
@@ -354,6 +357,11 @@ class _Rebuild:
             tensors = [t for t in keras.tree.flatten((args, kwargs)) if _is_float(t)]
             return bool(tensors) and all(grid_owner(t) is not None for t in tensors)
 
+        def rounded_by_concat(tensor):
+            """A Concatenate's input that the concat's output quantizer rounds (once)."""
+            producer = tensor._keras_history.operation
+            return id(original_of.get(id(producer), producer)) in on_concat_grid
+
         def activate(layer, source, x):
             """A standalone activation reading a quantized tensor: its output quantized too, and
             swish computed as x * sigmoid(x) with the gate quantized (TFLite runs LOGISTIC and
@@ -382,7 +390,8 @@ class _Rebuild:
                 early = _placement.keeps_grid(source) and feeds_quantized_inputs(source)
                 if (_placement.quantizes_inputs(source, scheme) or early) and source.name not in skip:
                     args, kwargs = keras.tree.map_structure(
-                        lambda t: quantize(t, f"{source.name}_input_quantizer") if _is_keras_tensor(t) else t,
+                        lambda t: quantize(t, f"{source.name}_input_quantizer")
+                        if _is_keras_tensor(t) and not rounded_by_concat(t) else t,
                         (args, kwargs))
                 out = layer(*args, **kwargs)
             if id(source) in quantize_after:
@@ -450,6 +459,34 @@ def _policy_of(tensor):
     policy, float32 logits stay float32); the model input takes the global policy."""
     layer = tensor._keras_history.operation
     return None if isinstance(layer, _L.InputLayer) else getattr(layer, "dtype_policy", None)
+
+
+def _rounded_on_concat_grid(model, consumers, quantize_after, tail_end, skip):
+    """{id(layer)} of the layers whose output quantizer is left to the Concatenate that alone
+    reads their output: the concat's output quantizer rounds it, once. TFLite's converter writes
+    such a layer's int8 output straight onto the concat's scale (one rounding), where a quantizer
+    of its own would round twice in Keras and ONNX Runtime (DenseNet: one step on 2.4% of a conv's
+    elements in TFLite). The exporters give the layer's output the concat's range
+    (deploy/_trace: ``_concat_inputs_on_its_grid``), so every runtime computes the layer in
+    integers and rounds as Keras does. Only layers (not keras.ops nodes), called once, not model
+    outputs, whose concat is quantized on its output or after a ReLU/ReLU6 (which commute with
+    rounding onto a grid that holds 0)."""
+    outputs = {id(t._keras_history.operation) for t in model.outputs}
+    found = set()
+    for layer in model.layers:
+        users = consumers.get(id(layer), [])
+        if (id(layer) not in quantize_after or id(layer) in outputs or len(layer._inbound_nodes) != 1
+                or len(users) != 1 or not isinstance(users[0], _L.Concatenate) or users[0].name in skip
+                or len(users[0]._inbound_nodes) != 1):
+            continue
+        concat = users[0]
+        end = tail_end.get(id(concat))
+        if end is None or id(end) not in quantize_after:
+            continue
+        if end is not concat and _placement.activation_of(end) not in ("relu", "relu6"):
+            continue
+        found.add(id(layer))
+    return found
 
 
 def _foldable(layer, batch_norm):

@@ -441,9 +441,9 @@ KERAS_HUB = {
         ("token_ids", "padding_mask")),
 }
 # quantize_model inlines KerasHub's block layers (their sublayers quantized like any layer). TFLite
-# keeps float ops in these (allow_float_ops=True): MobileNet's hard_sigmoid gate (ADD, MUL; TFLite
-# has no int8 hard sigmoid), LayerNormalization and attention's softmax/batch matmuls.
-HUB_PARTLY_FLOAT = ("MobileNetBackbone", "ViTBackbone", "BertBackbone", "GPT2Backbone")
+# keeps float ops in these (allow_float_ops=True): LayerNormalization and attention's softmax and
+# batch matmuls.
+HUB_PARTLY_FLOAT = ("ViTBackbone", "BertBackbone", "GPT2Backbone")
 # Below the 90% integer share in ONNX Runtime, with the reasons quantization_report gives:
 # ViT's patch embedding owns a class token and position table besides its conv (a layer with its
 # own weights stays float); BERT's and GPT-2's token/segment embeddings count as layers with

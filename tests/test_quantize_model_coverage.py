@@ -131,6 +131,31 @@ def test_non_fusable_activations_and_squeeze_excite_deploy_as_integer(tmp_path):
     assert {"HARD_SWISH", "LOGISTIC", "MUL", "ADD", "MEAN"} <= names, names
 
 
+def hard_sigmoid_gates():
+    """keras.activations.hard_sigmoid (``relu6(x + 3) / 6``; TFLite has no int8 hard sigmoid) as a
+    squeeze-excite gate layer (KerasHub's MobileNet) and fused into a conv."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    s = L.Conv2D(8, 1, name="expand")(L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x))
+    x = L.Multiply(name="excite")([x, L.Activation("hard_sigmoid", name="gate")(s)])
+    x = L.Conv2D(8, 1, activation="hard_sigmoid", name="fused")(x)
+    return keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling2D(name="pool")(x)))
+
+
+def test_hard_sigmoid_runs_in_int8_in_tflite(tmp_path):
+    keras.utils.set_random_seed(0)
+    q = quantize_model(hard_sigmoid_gates(), verbose=False)
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype(np.float32) * 2
+    calibrate(q, x, verbose=False)
+    # to_tflite raised before: ADD and MUL stayed float (no range between them)
+    _, flatbuffer = check_deploys_as_integer(q, x, tmp_path)
+    # the ADD's int8 grid is six times the output's: one rounding, as Keras' (within the
+    # float32-vs-integer boundary cases)
+    expected, got = q.predict(x, verbose=0), tflite_runner(flatbuffer)(x)
+    step = np.max(np.abs(expected)) / 127
+    assert np.max(np.abs(expected - got)) <= 2 * step
+
+
 def test_an_activation_after_a_folded_batch_norm_gets_the_conv_output_quantized():
     """conv -> BN -> swish: the quantizer after the folded BatchNorm (the conv's output), the
     swish's gate and its output; everything reading the swish reads the quantized tensor."""

@@ -552,6 +552,8 @@ def frozen(model, target, signature=None):
         changed = _tensordot_as_matmul(graph_def) or changed
     if getattr(target, "unsplat_biases", False):
         changed = _unsplat_biases(graph_def) or changed
+    if getattr(target, "hard_sigmoid_on_grid", False):
+        changed = _hard_sigmoid_on_grid(graph_def) or changed
     return _function_of(graph_def, function) if changed else function
 
 
@@ -697,4 +699,53 @@ def _unsplat_biases(graph_def):
             value.flat[0] = np.nextafter(value.flat[0], np.float32(np.inf))
             const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
             changed = True
+    return changed
+
+
+# -- hard sigmoid between quantizers ---------------------------------------------------------------
+
+
+def _hard_sigmoid_on_grid(graph_def):
+    """Gives ``relu6(x + 3)`` inside each hard sigmoid (``relu6(x + 3) / 6``, Keras' form) whose
+    input and output are quantized a FakeQuant of its own, on six times the output quantizer's
+    grid: TFLite then runs ADD (RELU6 fused) and MUL in int8 (it has no int8 hard sigmoid, and
+    without a range between them both stayed float). The grids line up, so the ADD's int8
+    output code is the output's code (``round((x + 3) / (6 s)) == round(hard_sigmoid(x) / s)``)
+    and the MUL by 1/6 only relabels it: one rounding, as in Keras. Returns whether any was."""
+    nodes = {n.name: n for n in graph_def.node}
+    readers = {}
+    for node in graph_def.node:
+        for name in node.input:
+            readers.setdefault(_source(name), []).append(node)
+    changed = False
+    for quant in list(graph_def.node):
+        if quant.op != "FakeQuantWithMinMaxVars":
+            continue
+        div = nodes.get(_source(quant.input[0]))
+        if div is None or div.op not in ("RealDiv", "Mul") or len(readers.get(div.name, [])) != 1:
+            continue
+        constant = _constant_value(div.input[1], nodes)
+        relu6 = nodes.get(_source(div.input[0]))
+        if (constant is None or np.size(constant) != 1
+                or not np.isclose(float(np.reshape(constant, [])), 6.0 if div.op == "RealDiv" else 1 / 6)
+                or relu6 is None or relu6.op != "Relu6" or len(readers.get(relu6.name, [])) != 1):
+            continue
+        add = nodes.get(_source(relu6.input[0]))
+        if add is None or add.op not in ("AddV2", "Add") or not any(
+                np.size(c) == 1 and float(np.reshape(c, [])) == 3.0
+                for c in (_constant_value(i, nodes) for i in add.input[:2]) if c is not None):
+            continue
+        lo, hi = (_constant_value(i, nodes) for i in quant.input[1:3])
+        if lo is None or hi is None or not float(hi) > float(lo):
+            continue
+        grid = graph_def.node.add()
+        grid.name = f"{relu6.name}/on_grid"
+        grid.op = "FakeQuantWithMinMaxArgs"
+        grid.input.append(relu6.name)
+        grid.attr["min"].f = 6.0 * float(lo)
+        grid.attr["max"].f = 6.0 * float(hi)
+        grid.attr["num_bits"].i = quant.attr["num_bits"].i
+        grid.attr["narrow_range"].b = quant.attr["narrow_range"].b
+        div.input[0] = grid.name
+        changed = True
     return changed

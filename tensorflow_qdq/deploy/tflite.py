@@ -48,6 +48,7 @@ class TFLiteTarget:
     matmul_for_tensordot = True
     unsplat_biases = True
     one_scale_per_tensor = True
+    hard_sigmoid_on_grid = True
 
     def activation(self, x, quantizer, lo, hi):
         lo, hi = self._grid_range(quantizer, lo, hi)

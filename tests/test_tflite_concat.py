@@ -431,3 +431,28 @@ def test_a_conv_read_only_by_a_concat_is_rounded_once_on_the_concats_grid(tmp_pa
         # a step off only where float32 and integer sums straddle a rounding boundary
         off = np.abs(got - expected) / step
         assert np.max(off) <= 1.0 + 1e-3 and np.mean(off > 0.5) <= 0.002, (runtime, np.mean(off > 0.5))
+
+
+def test_a_relu_branch_of_a_signed_concat_keeps_its_own_grid_and_integer_kernel(tmp_path):
+    """Concat of a ReLU branch and a linear one (a signed grid): the ReLU branch keeps its own
+    unsigned quantizer, since ONNX Runtime cannot fold a ReLU into a QLinearConv whose output grid
+    is signed (the conv ran in float: InceptionV3 at 54% integer); the linear branch defers."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    inputs = keras.Input((8, 8, 4), name="x")
+    a = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(inputs)
+    b = keras.layers.Conv2D(8, 3, padding="same", name="b")(inputs)
+    keras.utils.set_random_seed(0)
+    model, data = _calibrated(keras.Model(inputs, keras.layers.Concatenate(name="cat")([a, b])), (8, 8, 4))
+    names = {layer.name for layer in model.layers}
+    assert "a_output_quantizer" in names and "b_output_quantizer" not in names
+    assert model.get_layer("cat_output_quantizer").signed
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(qdq.to_onnx(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert ops["QLinearConv"] == 2 and ops["Conv"] == 0, dict(ops)
+    assert not _non_integer_ops(qdq.to_tflite(model))

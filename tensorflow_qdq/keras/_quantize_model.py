@@ -488,8 +488,24 @@ def _rounded_on_concat_grid(model, consumers, quantize_after, tail_end, skip):
             continue
         if end is not concat and _placement.activation_of(end) not in ("relu", "relu6"):
             continue
+        # A ReLU output on a signed concat grid: ONNX Runtime cannot drop the ReLU into its
+        # QLinearConv (the zero point is not the grid's minimum), so the conv would run in float
+        # (InceptionV3: 54% integer). It keeps its own unsigned quantizer then.
+        inputs = concat._inbound_nodes[0].arguments.keras_tensors
+        if _placement.is_non_negative(layer) and not all(_non_negative_in_original(t) for t in inputs):
+            continue
         found.add(id(layer))
     return found
+
+
+def _non_negative_in_original(tensor):
+    """Whether a tensor of the original graph is >= 0 by construction (a ReLU's output, moved by
+    grid-keeping layers)."""
+    layer, node_index, _ = tensor._keras_history
+    if _placement.is_non_negative(layer):
+        return True
+    args = layer._inbound_nodes[node_index].arguments.keras_tensors if layer._inbound_nodes else []
+    return _placement.is_passthrough(layer) and len(args) == 1 and _non_negative_in_original(args[0])
 
 
 def _foldable(layer, batch_norm):

@@ -6,6 +6,8 @@ kernels with per-channel int8 weights and int32 biases. The symmetric grid of a 
 FakeQuant's: a signed range with step s is [-128 s, 127 s] (zero point 128 on 0..255).
 """
 
+import gc
+
 import numpy as np
 import tensorflow as tf
 
@@ -170,7 +172,13 @@ def integer_tflite(model, *, allow_float_ops=False, input_signature=None):
     target.raise_problems()  # before converting: the converter would fail on the stand-in ranges, or hide them
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    flatbuffer = _dequantize_float_matmul_inputs(converter.convert())
+    converted = converter.convert()
+    # The traced function's graphs and the converter's are cyclic garbage now: up to 4 GB for
+    # InceptionResNetV2 (75x75), which Python's cycle collector may hold on to for long in a
+    # process with a large model; freed before the interpreter and the verification run.
+    del converter, frozen
+    gc.collect()
+    flatbuffer = _dequantize_float_matmul_inputs(converted)
     float_ops = float_compute_ops(flatbuffer)
     if float_ops and not allow_float_ops:
         raise ValueError(

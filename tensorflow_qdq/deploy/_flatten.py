@@ -12,7 +12,7 @@ model's name as a prefix, as ``quantization_report`` writes it (``backbone/conv`
 
 import keras
 
-from tensorflow_qdq.keras._graph import _is_functional
+from tensorflow_qdq.keras._graph import NodeMarks, _is_functional
 
 
 def flat_copy(model):
@@ -20,7 +20,7 @@ def flat_copy(model):
     from its config: then the caller keeps to the top level)."""
     if not any(_is_functional(op) for op in model.operations):
         return None
-    copies, marks = {}, _OpMarks()
+    copies, marks = {}, NodeMarks()
     try:
         inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name.split(":")[0]) for t in model.inputs]
         outputs = _run(model, inputs if len(inputs) > 1 else inputs[0], "", copies, marks)
@@ -55,21 +55,6 @@ def _run(model, inputs, prefix, copies, marks):
         return op(*args, **kwargs)
 
     return model._run_through_graph(inputs, operation_fn=operation, call_fn=call)
-
-
-class _OpMarks:
-    """The node lists of operations called on the copy's tensors, cut back to where they ended."""
-
-    def __init__(self):
-        self.marks = {}
-
-    def remember(self, op):
-        self.marks.setdefault(id(op), (op, len(op._inbound_nodes), len(op._outbound_nodes)))
-
-    def forget(self):
-        for op, inbound, outbound in self.marks.values():
-            del op._inbound_nodes[inbound:]
-            del op._outbound_nodes[outbound:]
 
 
 def report_name(layer):

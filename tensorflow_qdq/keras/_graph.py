@@ -58,3 +58,21 @@ def _fresh_copy(layer):
         return layer
     copy.name = layer.name  # a config that renames (KerasHub's DepthwiseConvBlock appends "_0")
     return copy
+
+
+class NodeMarks:
+    """Where the node lists of some operations end now, to forget the nodes added after (a
+    probe's symbolic call, a flat copy's calls)."""
+
+    def __init__(self, operations=()):
+        self.marks = {}
+        for op in operations:
+            self.remember(op)
+
+    def remember(self, op):
+        self.marks.setdefault(id(op), (op, len(op._inbound_nodes), len(op._outbound_nodes)))
+
+    def forget(self):
+        for op, inbound, outbound in self.marks.values():
+            del op._inbound_nodes[inbound:]
+            del op._outbound_nodes[outbound:]

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from tensorflow_qdq.keras._graph import (
+    NodeMarks,
     _all_layers,
     _fresh_copy,
     _is_float,
@@ -97,7 +98,7 @@ class _Inliner:
     def restore(self):
         """The original model's sublayers as they were (names, nodes), where nothing but the
         inlining added to them (a layer the rebuild had to share keeps its nodes)."""
-        after = {id(layer): (n_in, n_out) for layer, n_in, n_out in (self.inlined_marks or _NodeMarks([])).marks}
+        after = {id(layer): (n_in, n_out) for layer, n_in, n_out in (self.inlined_marks or NodeMarks()).marks.values()}
         for key, (layer, name, n_in, n_out) in self.saved.items():
             layer.name = name
             if after.get(key) == (len(layer._inbound_nodes), len(layer._outbound_nodes)):
@@ -114,7 +115,7 @@ class _Inliner:
             if not self.needed(model):
                 break
             model = self.model(model)
-        self.inlined_marks = _NodeMarks([layer for layer, *_ in self.saved.values()])
+        self.inlined_marks = NodeMarks([layer for layer, *_ in self.saved.values()])
         return model
 
     def model(self, model):
@@ -229,7 +230,7 @@ def _branches_on_training(layer, args, kwargs, inputs, ops):
     The probe's nodes are forgotten at once (a sublayer called twice could not be folded)."""
     if "training" not in inspect.signature(layer.call).parameters:
         return None
-    marks = _NodeMarks(_sublayers(layer))
+    marks = NodeMarks(_sublayers(layer))
     try:
         traced = _symbolic_call(layer, args, {**kwargs, "training": True})
         training_ops = traced if isinstance(traced, str) else _ops_between(inputs, traced[1], _sublayers(layer))
@@ -238,18 +239,6 @@ def _branches_on_training(layer, args, kwargs, inputs, ops):
     if isinstance(training_ops, str) or [type(op).__name__ for op in training_ops] != [type(op).__name__ for op in ops]:
         return "its call computes other ops with training=True (Python code that branches on `training`)"
     return None
-
-
-class _NodeMarks:
-    """Where the node lists of some layers end now, to forget the nodes added after (a probe's)."""
-
-    def __init__(self, layers):
-        self.marks = [(layer, len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in layers]
-
-    def forget(self):
-        for layer, inbound, outbound in self.marks:
-            del layer._inbound_nodes[inbound:]
-            del layer._outbound_nodes[outbound:]
 
 
 def _computes_unlike(layer, args, kwargs, inputs, outputs):

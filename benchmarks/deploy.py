@@ -32,16 +32,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a source checkout without installing
+sys.path.insert(0, str(HERE.parent / "examples"))  # the demo's runners (examples/runtimes.py)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
+import runtimes  # noqa: E402
 from _results import machine_info, write_results  # noqa: E402
 from u8s8_saturation import int8_features  # noqa: E402
 
 import tensorflow_qdq as qdq  # noqa: E402
-from tensorflow_qdq.deploy import runtimes  # noqa: E402
 from tensorflow_qdq.keras import calibrate, quantize_model  # noqa: E402
 
 BEGIN, END = "<!-- deploy:begin -->", "<!-- deploy:end -->"

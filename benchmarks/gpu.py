@@ -286,6 +286,7 @@ def main(argv=None):
     if not args.no_build:
         build()
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests" / "helpers"))  # the device-buffer bridge, tests/helpers/device_buffers.py
     rows, device, torch_version = run(args)
     print("\n".join(["", f"GPU: {device}", *summary(rows)]))
     if not args.no_write:

@@ -32,16 +32,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a source checkout without installing
-sys.path.insert(0, str(HERE.parent / "tests"))  # the test suite's model zoo
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import zoo  # noqa: E402
 from _results import machine_info, write_results  # noqa: E402
 
 from tensorflow_qdq.keras import calibrate, quantize_model  # noqa: E402
+from tests.helpers import zoo  # noqa: E402 - the test suite's model zoo
 
 BEGIN, END = "<!-- qat-step:begin -->", "<!-- qat-step:end -->"
 # name: (builder, batch, input maker)

@@ -20,11 +20,11 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import runtimes  # noqa: E402 - examples/runtimes.py
 from qat_digits import train  # noqa: E402
 from seed_comparison import arguments, float_baseline, print_table  # noqa: E402
 
 import tensorflow_qdq  # noqa: E402
-from tensorflow_qdq.deploy import runtimes  # noqa: E402
 from tensorflow_qdq.keras import calibrate, quantize_model  # noqa: E402
 
 MODES = ("tracked", "learned")

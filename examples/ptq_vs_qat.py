@@ -15,11 +15,11 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import runtimes  # noqa: E402 - examples/runtimes.py
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import tensorflow_qdq  # noqa: E402
-from tensorflow_qdq.deploy import runtimes  # noqa: E402
 from tensorflow_qdq.keras import calibrate, quantize_model  # noqa: E402
 
 

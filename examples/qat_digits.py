@@ -14,20 +14,22 @@ About two minutes on 2 CPU cores.
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # runtimes.py, also when loaded by path
 
 import keras  # noqa: E402
+import runtimes  # noqa: E402 - examples/runtimes.py
 import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import tensorflow_qdq  # noqa: E402 - registers the ops a reloaded SavedModel needs
-from tensorflow_qdq.deploy import runtimes  # noqa: E402
 from tensorflow_qdq.keras import calibrate, quantize_model  # noqa: E402
 
 

@@ -7,11 +7,7 @@ registers the gradients. Without TensorFlow installed, only the framework-free
 core (``tensorflow_qdq._core``) is usable.
 """
 
-__version__ = "0.1.0"
-
-# tf.function(jit_compile=True) compiles our functions: inside XLA they lower to a composite of
-# standard ops (docs/XLA_EXPORT.md); the Keras layers report it to Keras as supports_jit.
-XLA_SUPPORTED = True
+from tensorflow_qdq._version import __version__  # noqa: F401
 
 try:
     import tensorflow as _tf  # noqa: F401
@@ -25,7 +21,8 @@ else:
     )
     from tensorflow_qdq._api import quantize_and_dequantize, quantize_and_dequantize_v2, quantize_and_dequantize_v4
     from tensorflow_qdq._builtins import load_saved_model, qdq_ops_in_saved_model, restore_builtins, use_for_builtins
-    from tensorflow_qdq._export import export, to_tflite
+    from tensorflow_qdq._dispatch import XLA_SUPPORTED
+    from tensorflow_qdq._export import export
     from tensorflow_qdq._learned import quantize_and_dequantize_learned
     from tensorflow_qdq._loader import LibraryError
 
@@ -57,6 +54,10 @@ def __getattr__(name):
         from tensorflow_qdq.deploy.onnx import to_onnx  # imports Keras and tf2onnx: only when asked for
 
         return to_onnx
+    if name == "to_tflite" and _TF_IMPORT_ERROR is None:
+        from tensorflow_qdq.deploy.tflite import to_tflite  # imports Keras: only when asked for
+
+        return to_tflite
     if _TF_IMPORT_ERROR is not None and name in __all__:
         raise ImportError(
             f"tensorflow_qdq.{name} needs TensorFlow, which could not be imported ({_TF_IMPORT_ERROR}); "

@@ -4,12 +4,16 @@ import operator
 
 import tensorflow as tf
 
+from tensorflow_qdq._contract import DEFAULTS
 
-def op_attrs(*, signed_input=True, num_bits=8, range_given=False, round_mode="HALF_TO_EVEN", narrow_range=False,
-             axis=-1):
-    """The ops' attributes with the defaults of their registrations (kernels/qdq_ops.cc); raw axis convention."""
-    return dict(signed_input=signed_input, num_bits=num_bits, range_given=range_given, round_mode=round_mode,
-                narrow_range=narrow_range, axis=axis)
+
+def op_attrs(**given):
+    """The ops' attributes, defaults (the contract's, as registered in kernels/qdq_ops.cc) filled
+    in; raw axis convention."""
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"unexpected op attribute {unknown[0]!r}; the ops take {', '.join(DEFAULTS)}")
+    return {**DEFAULTS, **given}
 
 
 def tensors_like(first, *others, strict, names=None):

@@ -120,7 +120,7 @@ def load_saved_model(export_dir, tags=None, options=None):
     except RuntimeError as exc:
         if "Op type not registered 'Qdq>" not in str(exc):
             raise
-        from tensorflow_qdq import __version__
+        from tensorflow_qdq._version import __version__
 
         raise LibraryError(
             f"{export_dir} uses tensorflow-qdq ops {qdq_ops_in_saved_model(export_dir)} that this "

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tensorflow_qdq import _args, _contract
-from tensorflow_qdq._contract import MAX_BITS, MIN_BITS, check_num_bits, check_round_mode
+from tensorflow_qdq._contract import MAX_BITS, MIN_BITS, check_num_bits, check_round_mode, code_range
 
 # ---------------------------------------------------------------- validation (static)
 
@@ -75,10 +75,7 @@ def _int_range(num_bits, signed_input, narrow_range, ctype):
     if isinstance(num_bits, (int, np.integer)):
         num_bits = int(num_bits)
         check_num_bits(num_bits, signed_input)
-        if signed_input:
-            qmin, qmax = -(1 << (num_bits - 1)) + int(narrow_range), (1 << (num_bits - 1)) - 1
-        else:
-            qmin, qmax = 0, (1 << num_bits) - 1
+        qmin, qmax = code_range(num_bits, signed_input, narrow_range)
         np_type = ctype.as_numpy_dtype
         # int64 -> compute type, round to nearest (exact for the grid ends of float64).
         return tf.constant(np.int64(qmin).astype(np_type)), tf.constant(np.int64(qmax).astype(np_type)), None

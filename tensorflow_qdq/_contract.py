@@ -47,7 +47,24 @@ def check_num_bits(num_bits, signed, name="num_bits", not_int=TypeError):
     return int(num_bits)
 
 
+def code_range(num_bits, signed, narrow_range):
+    """(qmin, qmax): the integer codes of a grid (SEMANTICS §3.1): signed -2^(b-1) (narrow:
+    -2^(b-1) + 1) .. 2^(b-1) - 1, unsigned 0 .. 2^b - 1."""
+    if signed:
+        return -(1 << (num_bits - 1)) + (1 if narrow_range else 0), (1 << (num_bits - 1)) - 1
+    return 0, (1 << num_bits) - 1
+
+
+def check_choice(name, value, choices):
+    """``value`` if it is one of ``choices``; else ValueError naming the argument and the choices."""
+    try:
+        allowed = value in choices
+    except TypeError:  # an unhashable value is not a choice either
+        allowed = False
+    if not allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
+
+
 def check_round_mode(round_mode, name="round_mode"):
-    if round_mode not in ROUND_MODES:
-        raise ValueError(f"{name}={round_mode!r} is not one of {', '.join(map(repr, ROUND_MODES))}")
-    return round_mode
+    return check_choice(name, round_mode, ROUND_MODES)

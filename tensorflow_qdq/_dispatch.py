@@ -19,6 +19,10 @@ try:  # TensorFlow's own helper; private, so keep a fallback that walks the same
 except ImportError:  # pragma: no cover - depends on the TensorFlow version
     _tf_in_xla = None
 
+# tf.function(jit_compile=True) compiles our functions: inside XLA they lower to the composite
+# (docs/XLA_EXPORT.md); the Keras layers report it to Keras as supports_jit.
+XLA_SUPPORTED = True
+
 
 def _walk_in_xla(graph):
     while graph is not None:

@@ -17,7 +17,7 @@ import hashlib
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2
 
-from tensorflow_qdq import _composite
+from tensorflow_qdq import _composite, _contract
 
 OURS = {
     "Qdq>QuantizeAndDequantizeV2": "QuantizeAndDequantizeV2",
@@ -25,14 +25,7 @@ OURS = {
     "Qdq>QuantizeAndDequantizeV4": "QuantizeAndDequantizeV4",
     "Qdq>QuantizeAndDequantizeV4Grad": "QuantizeAndDequantizeV4Grad",
 }
-_DEFAULTS = {  # our op definitions' defaults: saving strips attributes that hold them
-    "signed_input": True,
-    "num_bits": 8,
-    "range_given": False,
-    "round_mode": "HALF_TO_EVEN",
-    "narrow_range": False,
-    "axis": -1,
-}
+_DEFAULTS = _contract.DEFAULTS  # our op definitions' defaults: saving strips attributes that hold them
 _GRAD_OUTPUTS = ("input_backprop", "input_min_backprop", "input_max_backprop")
 
 

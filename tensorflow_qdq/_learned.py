@@ -16,8 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tensorflow_qdq import _args, _dispatch
-from tensorflow_qdq._contract import check_num_bits, dtypes_text
-from tensorflow_qdq.deploy._grid import code_range
+from tensorflow_qdq._contract import check_num_bits, code_range, dtypes_text
 
 
 def step_bounds(dtype, qmin, qmax):

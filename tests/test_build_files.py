@@ -10,7 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import setup_under_test
+
+from tests.helpers import setup_under_test
 
 ROOT = Path(__file__).resolve().parents[1]
 LISTS = {}

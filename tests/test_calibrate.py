@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras_reference import builtin_qdq
 
 from tensorflow_qdq.keras import QuantizeAndDequantize, calibrate, quantize_model
+from tests.helpers.keras_reference import builtin_qdq
 
 L = keras.layers
 

@@ -22,16 +22,17 @@ _SPEC.loader.exec_module(cal)
 HIST_METHODS = ("percentile", "mse", "entropy")
 
 
-def fake_quant(x, lo, hi, signed, num_bits):
+def fake_quant(x, lo, hi, signed, num_bits, narrow_range=False):
     """The op's grid, written from its definition: step from the sides with a nonzero code bound."""
     qmin, qmax = (-(2 ** (num_bits - 1)), 2 ** (num_bits - 1) - 1) if signed else (0, 2**num_bits - 1)
+    qmin += int(signed and narrow_range)
     inv = max([lo / qmin for _ in range(qmin != 0)] + [hi / qmax for _ in range(qmax != 0)])
     return np.clip(np.round(x / inv), qmin, qmax) * inv
 
 
-def quant_mse(x, amax, signed, num_bits):
+def quant_mse(x, amax, signed, num_bits, narrow_range=False):
     lo = -amax if signed else 0.0
-    return float(np.mean((x - fake_quant(x, lo, amax, signed, num_bits)) ** 2))
+    return float(np.mean((x - fake_quant(x, lo, amax, signed, num_bits, narrow_range)) ** 2))
 
 
 def feed(calibrator, batches):
@@ -215,10 +216,10 @@ def test_percentile_matches_numpy_within_a_bin(signed, p, num_bins):
 # -- mse ------------------------------------------------------------------------------------------
 
 
-def brute_force_mse(x, signed, num_bits, n=500):
+def brute_force_mse(x, signed, num_bits, n=500, narrow_range=False):
     top = float(magnitudes(x, signed).max())
     cands = np.linspace(top / n, top, n)
-    errors = np.array([quant_mse(x, a, signed, num_bits) for a in cands])
+    errors = np.array([quant_mse(x, a, signed, num_bits, narrow_range) for a in cands])
     return float(cands[np.argmin(errors)]), float(errors.min())
 
 
@@ -248,6 +249,19 @@ def test_mse_matches_brute_force(name, batches, signed, num_bits):
     width = 2.0 * magnitudes(x, signed).max() / 2048
     err = quant_mse(x, r[1], signed, num_bits)
     assert err <= 1.01 * best_err or abs(r[1] - best_amax) <= width, (r, best_amax, err, best_err)
+
+
+def test_mse_follows_the_narrow_grid(num_bits=2):
+    # A narrow signed grid has one code fewer below zero (2 bits: -1..1, not -2..1); the
+    # search must clip negative values where that grid does, or it picks the wide grid's amax
+    # (4% more error here).
+    x = np.random.default_rng(9).laplace(size=20000)
+    r = feed(cal.make_calibrator("mse", True, num_bits, narrow_range=True), [x])
+    best_amax, best_err = brute_force_mse(x, True, num_bits, narrow_range=True)
+    wide_amax, _ = brute_force_mse(x, True, num_bits)
+    assert abs(best_amax - wide_amax) > 4 * 2.0 * np.abs(x).max() / 2048  # the grids' optima differ
+    err = quant_mse(x, r[1], True, num_bits, narrow_range=True)
+    assert err <= 1.01 * best_err, (r, best_amax, err, best_err)
 
 
 def test_mse_clips_far_outliers():

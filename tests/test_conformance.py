@@ -1,6 +1,6 @@
 """Conformance: our V2/V3/V4 are bit-identical to TensorFlow's own kernels (float32/float64).
 
-Thousands of random cases (tests/cases.py) across shapes, axes, num_bits, signedness,
+Thousands of random cases (tests/helpers/cases.py) across shapes, axes, num_bits, signedness,
 narrow range, rounding mode, auto and given ranges and magnitudes 1e-30..1e30, in eager
 and inside tf.function. Each test iterates over its batch and reports every mismatch.
 Cases where TensorFlow is documented wrong (degenerate ranges, SEMANTICS §3.4) are excluded
@@ -8,7 +8,7 @@ here and covered by test_differences.py; so is rank-0 input to TF's V3 (TF rejec
 the rare auto range whose scale comes from a zero bound over data holding both +0.0 and -0.0
 (the sign TF's reduction picks then depends on its SIMD width; docs/DIFFERENCES.md).
 Per-channel given ranges, which TF's V2/V4 reject, are compared with TF's V3 (which
-accepts them; HALF_TO_EVEN only) and with the float NumPy model (tests/reference.py).
+accepts them; HALF_TO_EVEN only) and with the float NumPy model (tests/helpers/reference.py).
 """
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow.python.ops import gen_array_ops
 
 import tensorflow_qdq as qdq
-from tests import cases, compare
+from tests.helpers import cases, compare
 
 OPS = ("QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4")
 DTYPES = (np.float32, np.float64)

@@ -120,3 +120,27 @@ def test_no_other_source_spells_the_contract_again():
     found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in sources for pattern in patterns
              for m in re.finditer(pattern, p.read_text())]
     assert not found, found
+
+
+def test_python_signatures_default_to_the_contract():
+    # The public wrappers spell their defaults in their signatures (as tf.quantization does, so
+    # that help() shows them): each must be the contract's. (axis: None is per tensor in the
+    # tf.quantization convention, -1 in the ops'.)
+    import inspect
+
+    from tensorflow_qdq import _api, _composite, _learned, raw_ops
+    from tensorflow_qdq.keras import QuantizeAndDequantize
+
+    functions = [_api.quantize_and_dequantize, _api.quantize_and_dequantize_v2, _api.quantize_and_dequantize_v4,
+                 raw_ops.QuantizeAndDequantizeV2, raw_ops.QuantizeAndDequantizeV4, raw_ops.QuantizeAndDequantizeV4Grad,
+                 _learned.quantize_and_dequantize_learned, _composite.lsq_step_derivative]
+    checked = 0
+    for fn in functions:
+        for name, parameter in inspect.signature(fn).parameters.items():
+            if name in _contract.DEFAULTS and not (name == "axis" and parameter.default is None):
+                assert parameter.default == _contract.DEFAULTS[name], (fn.__qualname__, name)
+                checked += 1
+    layer = inspect.signature(QuantizeAndDequantize).parameters
+    assert layer["round_mode"].default == _contract.DEFAULTS["round_mode"]
+    assert layer["num_bits"].default == _contract.DEFAULTS["num_bits"]
+    assert checked >= 25

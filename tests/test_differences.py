@@ -1,13 +1,13 @@
 """Every FIX row of docs/SEMANTICS.md / the README's "Differences from TensorFlow" table (rows 1-8), and the
 smaller deliberate differences listed in docs/DIFFERENCES.md: each test shows our behaviour
 and, where TensorFlow runs at all, that TensorFlow's differs. Inputs that abort TensorFlow
-run in a child process (tests/qdq_worker.py)."""
+run in a child process (tests/helpers/qdq_worker.py)."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from tests import cases, compare, qdq_worker, reference
+from tests.helpers import cases, compare, qdq_worker, reference
 
 F = np.float32
 

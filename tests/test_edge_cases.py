@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from tests import cases, compare
+from tests.helpers import cases, compare
 
 F = np.float32
 FORWARD = ("QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4")

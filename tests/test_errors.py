@@ -1,6 +1,6 @@
 """Every check of SEMANTICS §4 and every TensorFlow security advisory listed there.
 
-All calls run in one child process (tests/qdq_worker.py), so an abort or a crash
+All calls run in one child process (tests/helpers/qdq_worker.py), so an abort or a crash
 fails its case instead of killing the run. Each case runs in eager mode, inside
 tf.function with static shapes (the shape functions run at trace and may raise
 ValueError) and inside tf.function with unknown shapes (the kernels' own checks run).
@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from tests import qdq_worker as worker
+from tests.helpers import qdq_worker as worker
 
 T = worker.tensor
 V2, V3, V4, GRAD = ("QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4",

@@ -13,16 +13,16 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from qdq_xla_cases import (
+
+import tensorflow_qdq as qdq
+from tests.helpers.cases import (
     DTYPES,
-    assert_same_bits,
     per_channel_case,
     per_tensor_case,
     random_attrs,
     unsigned_zero_slices,
 )
-
-import tensorflow_qdq as qdq
+from tests.helpers.compare import assert_same_bits
 
 _RUNNER = textwrap.dedent(
     """

@@ -143,7 +143,7 @@ def _onnx_recurrent_case(kind):
 
 def _output_step(q):
     """The grid step of the model's last activation quantizer (the Dense output)."""
-    from tensorflow_qdq.deploy import _grid
+    from tensorflow_qdq import _grid
 
     last = [layer for layer in q.layers if isinstance(layer, QuantizeAndDequantize)][-1]
     lo, hi = last.constant_range()

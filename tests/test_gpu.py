@@ -44,8 +44,8 @@ if _REASON is None:
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
 
 if _REASON is None:
-    # The device-buffer bridge (benchmarks/device_buffers.py; next to this file in the emulated run).
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    # The device-buffer bridge (tests/helpers/device_buffers.py; next to this file in the emulated run).
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
     import device_buffers as db
 
 try:

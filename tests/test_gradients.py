@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from tests import cases, compare, reference
+from tests.helpers import cases, compare, reference
 
 DTYPES = (np.float32, np.float64)
 

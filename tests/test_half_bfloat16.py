@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from tests import cases, compare
+from tests.helpers import cases, compare
 
 OPS = ("QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4")
 NARROW = {"half": (np.float16, (-3, 3)), "bfloat16": (ml_dtypes.bfloat16, (-30, 30))}

@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras_reference import bits
 
 import tensorflow_qdq
+from tests.helpers.compare import bits
 
 ORIGINAL_V1 = tf.quantization.quantize_and_dequantize
 ORIGINAL_V2 = tf.quantization.quantize_and_dequantize_v2

@@ -11,10 +11,11 @@ import socket
 import subprocess
 import sys
 
-import keras_distribute_worker as worker
 import numpy as np
 import pytest
-from keras_reference import tracked_ranges
+
+from tests.helpers import keras_distribute_worker as worker
+from tests.helpers.keras_reference import tracked_ranges
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -36,7 +37,7 @@ def _start(mode, tf_config=None):
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
-    return subprocess.Popen([sys.executable, os.path.join(HERE, "keras_distribute_worker.py"), mode],
+    return subprocess.Popen([sys.executable, os.path.join(HERE, "helpers", "keras_distribute_worker.py"), mode],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

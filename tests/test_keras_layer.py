@@ -1,6 +1,6 @@
 """tensorflow_qdq.keras.QuantizeAndDequantize: config, range modes, per-channel ranges,
 gradients, tf.function and model.fit/evaluate/predict — against TensorFlow's own kernels
-and a NumPy model of the tracked ranges (tests/keras_reference.py)."""
+and a NumPy model of the tracked ranges (tests/helpers/keras_reference.py)."""
 
 import warnings
 
@@ -8,10 +8,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras_reference import bits, builtin_qdq, tracked_ranges
 
 import tensorflow_qdq
 from tensorflow_qdq.keras import QuantizeAndDequantize
+from tests.helpers.compare import bits
+from tests.helpers.keras_reference import builtin_qdq, tracked_ranges
 
 RNG = np.random.default_rng(1234)
 
@@ -86,7 +87,7 @@ def test_bad_types_and_shapes_raise():
 @pytest.mark.parametrize("xla_supported", [False, True])
 def test_supports_jit_follows_the_package_flag(monkeypatch, xla_supported):
     """Keras compiles with XLA only when every layer supports it, else warns and falls back."""
-    monkeypatch.setattr(tensorflow_qdq, "XLA_SUPPORTED", xla_supported)
+    monkeypatch.setattr(tensorflow_qdq._dispatch, "XLA_SUPPORTED", xla_supported)
     layer = QuantizeAndDequantize()
     assert layer.supports_jit is xla_supported
     model = keras.Sequential([keras.Input((3,)), layer])

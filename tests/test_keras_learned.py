@@ -3,16 +3,22 @@ quantize_model(activation_range="learned") — start values, forward pass agains
 own kernel, the step's gradient against the NumPy LSQ model, training, calibration, saving,
 mixed precision, XLA, and export to ONNX Runtime and TFLite."""
 
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras_reference import bits, builtin_qdq
 
 import tensorflow_qdq
-from tensorflow_qdq.deploy import runtimes
 from tensorflow_qdq.keras import QuantizeAndDequantize, calibrate, quantization_report, quantize_model
-from tests import reference
+from tests.helpers import reference
+from tests.helpers.compare import bits
+from tests.helpers.keras_reference import builtin_qdq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # examples/runtimes.py: tooling
+import runtimes  # noqa: E402
 
 L = keras.layers
 RNG = np.random.default_rng(77)

@@ -6,11 +6,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras_reference import bits, builtin_qdq
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from tensorflow_qdq.keras import QuantizeAndDequantize, quantize_model
+from tests.helpers.compare import bits
+from tests.helpers.keras_reference import builtin_qdq
 
 POLICIES = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
 

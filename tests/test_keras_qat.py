@@ -4,7 +4,8 @@ trains a float CNN on scikit-learn's digits, then 8-bit and 4-bit copies from qu
 import keras
 import numpy as np
 import pytest
-from keras_reference import bias_on_grid, builtin_qdq, grid_step
+
+from tests.helpers.keras_reference import bias_on_grid, builtin_qdq, grid_step
 
 
 @pytest.fixture(scope="module")

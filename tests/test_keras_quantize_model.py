@@ -6,7 +6,6 @@ model's weights, and the float model itself."""
 import keras
 import numpy as np
 import pytest
-from keras_reference import builtin_qdq
 
 from tensorflow_qdq.keras import (
     QuantizeAndDequantize,
@@ -15,6 +14,7 @@ from tensorflow_qdq.keras import (
     quantization_report,
     quantize_model,
 )
+from tests.helpers.keras_reference import builtin_qdq
 
 L = keras.layers
 RNG = np.random.default_rng(99)

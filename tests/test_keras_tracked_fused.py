@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq
-from tensorflow_qdq.keras import QuantizeAndDequantize, _layer
+from tensorflow_qdq.keras import QuantizeAndDequantize, _ranges
 
 UINT = {2: tf.uint16, 4: tf.uint32, 8: tf.uint64}
 
@@ -45,9 +45,9 @@ def test_fused_tracked_step_equals_the_standard_ops_update(dtype, range_update, 
             g = tf.cast(tf.constant(rng.standard_normal(shape).astype(np.float32)), dtype)
             with tf.GradientTape(persistent=True) as tape:
                 tape.watch(xt)
-                monkeypatch.setattr(_layer.QuantizeAndDequantize, "_fused_tracking", staticmethod(lambda: True))
+                monkeypatch.setattr(_ranges.TrackedRange, "fused", staticmethod(lambda: True))
                 y_fused = fused(xt, training=True)
-                monkeypatch.setattr(_layer.QuantizeAndDequantize, "_fused_tracking", staticmethod(lambda: False))
+                monkeypatch.setattr(_ranges.TrackedRange, "fused", staticmethod(lambda: False))
                 y_standard = standard(xt, training=True)
             label = f"trial {trial} step {step} {kw}"
             np.testing.assert_array_equal(_bits(y_fused), _bits(y_standard), err_msg=label)

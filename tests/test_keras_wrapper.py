@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras_reference import builtin_qdq
 
 from tensorflow_qdq.keras import QuantizeWrapper
+from tests.helpers.keras_reference import builtin_qdq
 
 L = keras.layers
 RNG = np.random.default_rng(7)

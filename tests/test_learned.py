@@ -1,5 +1,5 @@
 """Learned ranges (LSQ): the fused Qdq>QuantizeAndDequantizeLsqGrad kernel against a NumPy
-model written from LSQ's definition (tests/reference.py), its XLA composite against the
+model written from LSQ's definition (tests/helpers/reference.py), its XLA composite against the
 kernel, quantize_and_dequantize_learned's forward against V4 and its gradients, second
 order against finite differences, and a step that collapses staying valid."""
 import numpy as np
@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import tensorflow_qdq as qdq
 from tensorflow_qdq import _composite
-from tests import compare, reference
+from tests.helpers import compare, reference
 
 LAYOUTS = [((1000,), -1), ((40000,), -1), ((5, 300), 0), ((4, 6, 33), 1), ((257, 30), 1), ((3, 2, 5), 2),
            ((0, 4), 1), ((6, 0), 0)]

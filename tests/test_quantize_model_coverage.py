@@ -22,6 +22,8 @@ structure in the default run.
 """
 
 import collections
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -32,8 +34,10 @@ import tensorflow as tf
 
 import tensorflow_qdq as qdq
 from tensorflow_qdq.deploy import tflite
-from tensorflow_qdq.deploy.runtimes import tflite_runner
 from tensorflow_qdq.keras import QuantizeWrapper, calibrate, quantization_report, quantize_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # examples/runtimes.py: tooling
+from runtimes import tflite_runner  # noqa: E402
 
 L = keras.layers
 INTEGER_MATMULS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger")

@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import zoo
 
 import tensorflow_qdq as qdq
 from tensorflow_qdq.deploy import ExportMismatchWarning
@@ -25,6 +24,7 @@ from tensorflow_qdq.keras import (
     quantization_report,
     quantize_model,
 )
+from tests.helpers import zoo
 
 APPLICATIONS = ["MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121"]
 
@@ -76,7 +76,7 @@ def _last_step(model):
     for layer in reversed(model.layers):
         if isinstance(layer, QuantizeAndDequantize):
             lo, hi = layer.constant_range()
-            from tensorflow_qdq.deploy import _grid
+            from tensorflow_qdq import _grid
             return float(_grid.step(lo, hi, layer.num_bits, layer.signed, layer.narrow_range))
     return 0.0
 

@@ -1,14 +1,20 @@
-"""tensorflow_qdq.deploy.runtimes, the runners the demo and the benchmarks use: their outputs
+"""examples/runtimes.py, the runners the demo and the benchmarks use: their outputs
 against independent references (the Keras model for the float baselines, onnx's reference
 evaluator for a 4-bit export), across batch sizes."""
+
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
 import onnx.reference
 
 import tensorflow_qdq as qdq
-from tensorflow_qdq.deploy import _sessions, runtimes
+from tensorflow_qdq.deploy import _sessions
 from tensorflow_qdq.keras import calibrate, quantize_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # examples/runtimes.py: tooling
+import runtimes  # noqa: E402
 
 L = keras.layers
 

@@ -300,7 +300,7 @@ def test_average_pooling_output_is_rounded_on_its_inputs_grid():
     """quantize_model rounds an AveragePooling output onto the grid of the quantizer it averages
     (requantize=True), as the runtimes' int8 pooling does: checked against NumPy, and the export
     agrees with Keras."""
-    from tests import reference
+    from tests.helpers import reference
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
@@ -348,7 +348,7 @@ def _nasnet_like_cell(activation):
                                         lambda: keras.layers.Activation("relu6", name="cell_relu")],
                          ids=["relu", "relu6"])
 def test_concat_then_relu_is_rounded_once_onto_the_relu_quantizers_grid(activation):
-    from tensorflow_qdq.deploy import _grid
+    from tensorflow_qdq import _grid
 
     keras.utils.set_random_seed(0)
     model, data = _calibrated(_nasnet_like_cell(activation()), (8, 8, 3), -8.0, 3.0)
@@ -398,7 +398,7 @@ def _conv_into_concat():
 def test_a_conv_read_only_by_a_concat_is_rounded_once_on_the_concats_grid(tmp_path):
     import onnxruntime as ort
 
-    from tensorflow_qdq.deploy import _grid
+    from tensorflow_qdq import _grid
 
     keras.utils.set_random_seed(0)
     model, data = _calibrated(_conv_into_concat(), (8, 8, 4), -2.0, 2.0, rows=64)

@@ -8,19 +8,19 @@ share one compiled function to keep compile time down.
 import numpy as np
 import pytest
 import tensorflow as tf
-from qdq_xla_cases import (
+
+import tensorflow_qdq as qdq
+from tensorflow_qdq import _composite
+from tests.helpers.cases import (
     DTYPES,
     ISAS,
-    assert_same_bits,
     cpu_loops,
     per_channel_case,
     per_tensor_case,
     random_attrs,
     unsigned_zero_slices,
 )
-
-import tensorflow_qdq as qdq
-from tensorflow_qdq import _composite
+from tests.helpers.compare import assert_same_bits
 
 ZERO = tf.UnconnectedGradients.ZERO
 PER_TENSOR_CASES = 8

@@ -36,6 +36,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tensorflow_qdq import _grid
+
 # Placeholder storage while tf2onnx builds the graph (it has no 4-bit types): zero points of
 # 4-bit grids carry these name prefixes and are retyped at the end.
 _FOUR_BIT = {"qdq_zp_i4": TensorProto.INT4, "qdq_zp_u4": TensorProto.UINT4}
@@ -347,8 +349,8 @@ def _on_grid(weight, axis):
     moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
     amax = np.max(np.abs(moved), axis=1)
     for num_bits in _GRID_WIDTHS:
-        qmax = np.float32(2 ** (num_bits - 1) - 1)
-        scale = np.where(amax > 0, amax / qmax, np.float32(1)).astype(np.float32)
+        qmax = np.float32(_grid.code_range(num_bits, _grid.WEIGHT_SIGNED, _grid.WEIGHT_NARROW_RANGE)[1])
+        scale = np.where(amax > 0, _grid.weight_step(amax, num_bits), np.float32(1)).astype(np.float32)
         codes = np.rint(moved / scale[:, None])
         # the float32 products codes * scale must give the weights back exactly
         if np.array_equal((codes * scale[:, None]).astype(np.float32), moved) and np.all(np.abs(codes) <= qmax):

@@ -13,6 +13,8 @@ import os
 import re
 import tempfile
 
+from tensorflow_qdq._contract import check_choice
+
 RUNTIMES = ("onnxruntime", "tflite")
 
 # ONNX Runtime's integer kernels (contrib ops included).
@@ -35,8 +37,7 @@ _TFLITE_NEUTRAL = ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", 
 
 def runtime_rows(model, rows, runtime, export_options):
     """``rows`` (quantization_report's) with ``runtime_status``/``runtime_detail`` filled in."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime={runtime!r} is not one of {', '.join(map(repr, RUNTIMES))}")
+    check_choice("runtime", runtime, RUNTIMES)
     ops = _onnx_ops(model, export_options) if runtime == "onnxruntime" else _tflite_ops(model, export_options)
     names = _name_tree(model)
     suffixed = _suffixed_scopes([scope for op in ops for scope in op.scopes])
@@ -233,12 +234,11 @@ def _constants(producer, name):
 def _tflite_ops(model, export_options):
     import numpy as np
 
-    from tensorflow_qdq import to_tflite
     from tensorflow_qdq.deploy import tflite
 
     options = dict(export_options)
     options.setdefault("allow_float_ops", True)  # the report is where float ops are listed
-    graph = tflite.interpreter(to_tflite(model, verify=False, **options))
+    graph = tflite.interpreter(tflite.to_tflite(model, verify=False, **options))
     tensors = {t["index"]: t for t in graph.get_tensor_details()}
     ops = []
     for op in graph._get_ops_details():

@@ -8,11 +8,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from tensorflow_qdq.keras import _deploy, _placement
-from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
+from tensorflow_qdq.keras import _observer, _placement, _target
 from tensorflow_qdq.keras._graph import _is_functional
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
-from tensorflow_qdq.keras._wrapper import QuantizeWrapper
 
 # Elementwise affine preprocessing at a model input (see ``preprocessed_inputs``).
 _AFFINE_PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
@@ -20,23 +18,6 @@ _AFFINE_PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
 # channels-first 3-D ones) in a ``tf.function(jit_compile=True)``, which stays a PartitionedCall
 # that no converter rule handles (tf2onnx: "PartitionedCall is not supported").
 _NO_INLINE_ATTRS = ("_noinline", "_XlaMustCompile")
-
-
-def check_quantized(model, what):
-    """Raises unless ``model`` is a Keras model with tensorflow-qdq quantizers."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"{what}: model must be a Keras model from tensorflow_qdq.keras.quantize_model, "
-                        f"got {type(model).__name__}")
-    if not model.built:  # a subclassed model before its first call: no weights, no ranges yet
-        raise ValueError(f"{what}: model {model.name!r} ({type(model).__name__}) was never called, so it has no "
-                         "weights or ranges yet and its input shape is unknown: calibrate it (calibrate(model, x)) "
-                         "or train it first")
-    layers = list(model._flatten_layers(include_self=False, recursive=True))
-    if not any(isinstance(layer, (QuantizeAndDequantize, QuantizeWrapper, QuantizedMultiHeadAttention))
-               for layer in layers):
-        raise ValueError(f"{what}: model {model.name!r} has no quantizers, so there is nothing to run in integer "
-                         "arithmetic; make it with tensorflow_qdq.keras.quantize_model (then calibrate or train)")
-    return layers
 
 
 # -- the input signature --------------------------------------------------------------------
@@ -80,7 +61,7 @@ def called_shapes(model):
     the model was first called; None when it was never called."""
     recorded = getattr(model, "_build_shapes_dict", None)
     if not recorded:
-        samples = _deploy.remembered_samples(model) if hasattr(_deploy, "remembered_samples") else None
+        samples = _observer.remembered_samples(model)
         return None if samples is None else [(f"input_{i}", np.shape(a)) for i, a in enumerate(samples)]
     found = []
     for key, shape in recorded.items():
@@ -109,20 +90,21 @@ def _calls_with_list(model, count):
 
 
 def trace(model, target, signature=None):
-    """A concrete function of ``model`` in inference mode whose quantizers emit ``target``'s ops.
+    """A concrete function of ``model`` in inference mode whose quantizers emit ``target``'s ops
+    (a ``keras._target.Target``; None traces the model as it is, its quantizers running their kernels).
 
-    A target may ask for changes of form (attributes, all for TFLite): ``unroll_recurrent``
-    traces recurrent layers unrolled; ``one_scale_per_tensor`` changes how Concatenate
-    inputs are quantized to what the converter accepts (see ``_one_scale_per_tensor``);
-    ``batch_norm_form(layer, shape)`` gives a BatchNormalization that reads a quantized tensor
-    as one op (see ``_batch_norms_in_one_op``);
-    ``quantize_input(x, layers, quantizer)`` quantizes a model input that feeds elementwise
-    preprocessing layers (see ``preprocessed_inputs``), and ``affine_form(layers, shape)``
-    gives their calls as one, in the form the converter quantizes."""
+    The target's forms (all for TFLite): ``unroll_recurrent`` traces recurrent layers unrolled;
+    ``one_scale_per_tensor`` changes how Concatenate inputs are quantized to what the converter
+    accepts (see ``_one_scale_per_tensor``); ``batch_norm_in_one_op`` traces a BatchNormalization
+    that reads a quantized tensor as ``batch_norm_form`` gives it (see ``_batch_norms_in_one_op``);
+    ``quantize_preprocessed_inputs`` quantizes a model input that feeds elementwise preprocessing
+    layers with ``quantize_input`` (see ``preprocessed_inputs``), and ``affine_form`` gives their
+    calls as one, in the form the converter quantizes."""
+    forms = _forms(target)
     specs = input_signature(model, signature)
     as_list = _calls_with_list(model, len(specs))
     preprocessing = {}
-    if hasattr(target, "quantize_input"):
+    if forms.quantize_preprocessed_inputs:
         preprocessing = {i: found for i, found in preprocessed_inputs(model).items() if specs[i].dtype.is_floating}
     replaced = {}
     for index, (layers, _) in preprocessing.items():
@@ -131,9 +113,9 @@ def trace(model, target, signature=None):
             replaced.update({layer: _identity for layer in layers[1:]})
             replaced[layers[0]] = call
     replaced = {**_concat_inputs_on_its_grid(model, target), **replaced}
-    if getattr(target, "one_scale_per_tensor", False):
+    if forms.one_scale_per_tensor:
         replaced = {**_one_scale_per_tensor(model, target), **replaced}  # the preprocessing's form first
-    if hasattr(target, "batch_norm_form"):
+    if forms.batch_norm_in_one_op:
         replaced = {**_batch_norms_in_one_op(model, target), **replaced}
 
     def serve(*inputs):
@@ -144,10 +126,15 @@ def trace(model, target, signature=None):
         return model(list(inputs), training=False) if as_list else model(*inputs, training=False)
 
     function = tf.function(serve, input_signature=specs, autograph=False)
-    with (_deploy.tracing_for(target), _unrolled(model, getattr(target, "unroll_recurrent", False)),
+    with (_target.tracing_for(target), _unrolled(model, forms.unroll_recurrent),
           _calls_replaced(replaced), _operations_scoped(model)):
         concrete = function.get_concrete_function()
     return function, concrete
+
+
+def _forms(target):
+    """Where the trace reads ``target``'s forms: the target, or for None the defaults (none)."""
+    return _target.Target if target is None else target
 
 
 def _identity(inputs):
@@ -306,7 +293,7 @@ def _concat_inputs_on_its_grid(model, target):
     """{layer: its call with the concat's quantizer on its output} for each layer whose output
     only a Concatenate reads, unquantized, and whose concat is quantized (on its output, or after
     a ReLU/ReLU6 that only the quantizer reads). quantize_model leaves such a layer's output to
-    the concat's quantizer (keras/_quantize_model: ``_rounded_on_concat_grid``): one rounding,
+    the concat's quantizer (keras/_plan: ``_rounded_on_concat_grid``): one rounding,
     as TFLite computes it. The runtimes need a range on the layer's output to run the layer and
     the concat in integers; the concat's own is exact there (the concat only moves values onto
     it, and a ReLU after it commutes with the rounding)."""
@@ -542,17 +529,18 @@ def frozen(model, target, signature=None):
         from tensorflow_qdq.deploy import _tf2onnx_handlers
 
         _tf2onnx_handlers.register()
+    forms = _forms(target)
     concrete = trace(model, target, signature)[1]
     function = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
     graph_def = function.graph.as_graph_def()
     changed = _allow_inlining(graph_def)
     if changed:
         graph_def = _inline_functions(graph_def, function)
-    if getattr(target, "matmul_for_tensordot", False):
+    if forms.matmul_for_tensordot:
         changed = _tensordot_as_matmul(graph_def) or changed
-    if getattr(target, "unsplat_biases", False):
+    if forms.unsplat_biases:
         changed = _unsplat_biases(graph_def) or changed
-    if getattr(target, "hard_sigmoid_on_grid", False):
+    if forms.hard_sigmoid_on_grid:
         changed = _hard_sigmoid_on_grid(graph_def) or changed
     return _function_of(graph_def, function) if changed else function
 

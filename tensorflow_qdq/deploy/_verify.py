@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tensorflow_qdq.deploy import _trace
 from tensorflow_qdq.deploy._errors import ExportMismatchError, ExportMismatchWarning
+from tensorflow_qdq.keras import _observer
 
 MIN_CORRELATION = 0.99
 MAX_STEPS = 2
@@ -166,10 +167,8 @@ def sample_inputs(model, data=None):
     """A list of arrays, one per model input, of at most ``SAMPLES`` rows: from ``data`` (an
     array, a list of arrays, or an iterable of batches, ``(x, y)`` tuples allowed), else the
     batches ``calibrate`` remembered, else drawn from the input spec."""
-    from tensorflow_qdq.keras import _deploy
-
     if data is None:
-        data = _deploy.remembered_samples(model)
+        data = _observer.remembered_samples(model)
     if data is not None:
         return _take(model, data)
     return _drawn(model)
@@ -297,7 +296,7 @@ def _first_parting_segment(model, probe, inputs):
 
 
 def _grid_step(quantizer):
-    from tensorflow_qdq.deploy import _grid
+    from tensorflow_qdq import _grid
 
     lo, hi = quantizer.constant_range()
     return float(np.max(_grid.step(lo, hi, quantizer.num_bits, quantizer.signed, quantizer.narrow_range)))

@@ -14,7 +14,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tensorflow_qdq.deploy import _grid, _onnx_passes, _preflight, _quiet, _sessions, _tf2onnx_handlers, _trace, _verify
+from tensorflow_qdq import _grid
+from tensorflow_qdq._builtins import qdq_ops_in_saved_model
+from tensorflow_qdq._contract import check_choice
+from tensorflow_qdq.deploy import _onnx_passes, _preflight, _quiet, _sessions, _tf2onnx_handlers, _trace, _verify
+from tensorflow_qdq.keras._target import Target
 
 RUNTIMES = ("onnxruntime", "tensorrt")
 # Widths that ONNX has integer types for (4 and 16 bits from opset 21).
@@ -24,8 +28,9 @@ _WEIGHT_WIDTHS = _WIDTHS + tuple(_onnx_passes.STORED_WIDTH)
 _CONVERT_OPSET = 17  # tf2onnx converts at this opset; newer opsets are reached with onnx's converter
 
 
-class OnnxTarget:
-    """Emits TF ops that tf2onnx turns into QuantizeLinear/DequantizeLinear (see module doc)."""
+class OnnxTarget(Target):
+    """Emits TF ops that tf2onnx turns into QuantizeLinear/DequantizeLinear (see module doc); the
+    trace's forms stay off (tf2onnx and ONNX Runtime's QDQ fusion take the graph as Keras traces it)."""
 
     def __init__(self, storage):
         self.storage = storage  # an _onnx_passes.Storage: the runtime and how codes are stored
@@ -147,8 +152,7 @@ def to_onnx(model, path=None, *, opset=None, runtime="onnxruntime", x86_without_
       input_signature: a ``tf.TensorSpec`` per model input (batch dimension None), for a
         subclassed model whose input shapes or dtypes Keras did not record at its first call.
     """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime={runtime!r} is not one of {', '.join(map(repr, RUNTIMES))}")
+    check_choice("runtime", runtime, RUNTIMES)
     if x86_without_vnni not in (True, False):
         raise ValueError(f"x86_without_vnni={x86_without_vnni!r} must be True or False")
     if x86_without_vnni and runtime != "onnxruntime":
@@ -231,8 +235,6 @@ def convert_frozen(function):
 
 def _saved_model_graph(directory):
     from tf2onnx import tf_loader
-
-    from tensorflow_qdq import qdq_ops_in_saved_model
 
     ours = qdq_ops_in_saved_model(directory)
     if ours:

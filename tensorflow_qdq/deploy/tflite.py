@@ -1,4 +1,5 @@
-"""to_tflite: a full-integer TFLite model with the ranges learned in quantization-aware training.
+"""to_tflite: a full-integer TFLite model with the ranges learned in quantization-aware training
+(or, with ``integer=False``, the converter's float model of the portable SavedModel).
 
 The model is traced with each activation quantizer as ``FakeQuantWithMinMaxVars`` and its
 weights as constants on their per-channel grid, the form the TFLite converter turns into int8
@@ -7,11 +8,16 @@ FakeQuant's: a signed range with step s is [-128 s, 127 s] (zero point 128 on 0.
 """
 
 import gc
+import os
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-from tensorflow_qdq.deploy import _grid, _trace
+from tensorflow_qdq import _grid
+from tensorflow_qdq._export import export
+from tensorflow_qdq.deploy import _preflight, _quiet, _sessions, _trace, _verify
+from tensorflow_qdq.keras._target import Target
 
 # Ops that move or fix values: they may read and write int8 without a range of their own.
 _BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
@@ -19,7 +25,7 @@ _BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
 _MATMUL_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
 
 
-class TFLiteTarget:
+class TFLiteTarget(Target):
     """Emits FakeQuant ops (activations) and on-grid constants (weights) for the TFLite converter."""
 
     def __init__(self):
@@ -32,11 +38,12 @@ class TFLiteTarget:
             self.problems.append(f"the weights of layer {layer.name!r} are quantized to {num_bits} bits; TFLite's "
                                  "integer kernels take 8-bit weights (export with to_onnx, or quantize to 8 bits)")
         amax = _grid.channel_amax(weight, channel_axes)
-        inv = _grid.step(-amax, amax, 8, True, True)
+        inv = _grid.weight_step(amax, 8)
         shape = [1] * weight.ndim
         for a in channel_axes:
             shape[a] = weight.shape[a]
-        scale = np.float32(127) / np.where(amax > 0, amax, np.float32(1)).astype(np.float32)
+        qmax = np.float32(_grid.code_range(8, _grid.WEIGHT_SIGNED, _grid.WEIGHT_NARROW_RANGE)[1])
+        scale = qmax / np.where(amax > 0, amax, np.float32(1)).astype(np.float32)
         # The op's arithmetic in float32: round(w * scale) * step, so the constant equals the
         # kernel's fake-quantized weight bit for bit.
         on_grid = (np.rint(weight * scale.reshape(shape)) * inv.reshape(shape)).astype(np.float32)
@@ -51,6 +58,8 @@ class TFLiteTarget:
     unsplat_biases = True
     one_scale_per_tensor = True
     hard_sigmoid_on_grid = True
+    quantize_preprocessed_inputs = True
+    batch_norm_in_one_op = True
 
     def activation(self, x, quantizer, lo, hi):
         lo, hi = self._grid_range(quantizer, lo, hi)
@@ -161,10 +170,82 @@ class TFLiteTarget:
                              + "\n".join(f"  - {problem}" for problem in found))
 
 
+def to_tflite(model, *, integer=None, allow_float_ops=False, exact=False, optimizations=None, verify=True,
+              verify_data=None, input_signature=None):
+    """Converts ``model`` to a TFLite flatbuffer (bytes).
+
+    Args:
+      model: a Keras model (or, for ``integer=False``, a SavedModel directory or a ``tf.Module``).
+      integer: True gives a full-integer model: int8 weights per channel, int8 activations
+        with the ranges the quantizers hold (calibrated or learned in QAT), int32 biases
+        (``integer_tflite``). False gives a float model (with QUANTIZE/DEQUANTIZE
+        pairs where the model quantizes): the model is exported as ``tensorflow_qdq.export`` does and
+        converted as it is. Default: True for a Keras model (one without quantizers raises:
+        pass ``integer=False`` for a float model), False for a SavedModel directory or a
+        ``tf.Module``.
+      allow_float_ops: with ``integer=True``, accept ops that stay float (else ValueError
+        naming them).
+      exact, optimizations: for ``integer=False`` only: ``tensorflow_qdq.export``'s ``exact``, and the
+        converter's ``optimizations``.
+      verify, verify_data: for a Keras model, the TFLite interpreter runs the result on sample
+        inputs and it must agree with the Keras model (see ``to_onnx`` and docs/DEPLOY.md,
+        "Verified exports"): True raises ``tensorflow_qdq.deploy.ExportMismatchError``,
+        ``"warn"`` warns, False skips; ``verify_data`` (or ``verify`` itself) gives the inputs.
+      input_signature: with ``integer=True``, a ``tf.TensorSpec`` per model input (batch
+        dimension None), for a subclassed model whose input shapes or dtypes Keras did not record.
+    """
+    mode, data = _verify.parse(verify, verify_data)
+    is_directory = isinstance(model, (str, os.PathLike))
+    is_keras = hasattr(model, "layers") and hasattr(model, "_flatten_layers")
+    if integer is None:
+        integer = is_keras
+    if integer:
+        if exact or optimizations is not None:
+            raise ValueError("to_tflite: exact= and optimizations= apply to integer=False only; the integer route "
+                             "sets the converter itself")
+        if is_directory:
+            raise ValueError("to_tflite(integer=True) needs the Keras model from quantize_model, not a SavedModel "
+                             "directory: its quantizers say which ranges to use")
+        _preflight.check_exportable(model, "to_tflite")
+
+        def convert(keras_model, allow):
+            with _quiet.converter_output_hidden():
+                # the verifier's taps are functional models: the signature is the model's own
+                signature = input_signature if keras_model is model else None
+                return integer_tflite(keras_model, allow_float_ops=allow, input_signature=signature)
+
+        flatbuffer = convert(model, allow_float_ops)
+    else:
+        flatbuffer = _float_tflite(model, exact, optimizations)
+        convert = None
+    if is_keras:
+        _verify_tflite(model, flatbuffer, mode, data, None if convert is None else lambda tap: convert(tap, True),
+                       input_signature)
+    return flatbuffer
+
+
+def _float_tflite(model, exact, optimizations):
+    """The converter's model of ``model`` exported as ``tensorflow_qdq.export`` exports it."""
+    with _quiet.converter_output_hidden(), tempfile.TemporaryDirectory(prefix="qdq_tflite_") as tmp:
+        portable = os.path.join(tmp, "portable")
+        export(model, portable, exact=exact)
+        converter = tf.lite.TFLiteConverter.from_saved_model(portable)
+        if optimizations is not None:
+            converter.optimizations = optimizations
+        return converter.convert()
+
+
+def _verify_tflite(model, flatbuffer, mode, data, reconvert, input_signature=None):
+    names = [spec.name for spec in _trace.input_signature(model, input_signature)]
+    probe = None if reconvert is None else (lambda tap: _sessions.tflite_session(reconvert(tap), names))
+    _verify.verify_export(model, _sessions.tflite_session(flatbuffer, names), what="to_tflite",
+                          runtime="the TFLite interpreter", mode=mode, data=data, probe=probe)
+
+
 def integer_tflite(model, *, allow_float_ops=False, input_signature=None):
     """The full-integer flatbuffer of a quantization-aware Keras model (see to_tflite).
     ``input_signature``: TensorSpecs for the model inputs (a subclassed model never called)."""
-    _trace.check_quantized(model, "to_tflite")
+    _preflight.check_quantized(model, "to_tflite")
     # Variables the quantizers do not own (LayerNormalization, an unfolded BatchNorm) become
     # constants: left as resource variables they would stay float READ_VARIABLE ops.
     target = TFLiteTarget()

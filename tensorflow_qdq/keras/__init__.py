@@ -22,22 +22,12 @@ from tensorflow_qdq.keras._calibrate import calibrate  # noqa: E402
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize  # noqa: E402
 from tensorflow_qdq.keras._placement import SCHEMES  # noqa: E402
 from tensorflow_qdq.keras._quantize_model import quantize_model  # noqa: E402
-from tensorflow_qdq.keras._quantized_layers import (  # noqa: E402
-    QuantizedConv1D,
-    QuantizedConv2D,
-    QuantizedConv3D,
-    QuantizedDense,
-)
-from tensorflow_qdq.keras._report import ReportRow, quantization_report, report_summary  # noqa: E402
+from tensorflow_qdq.keras._report import ReportRow, layer_rows, report_summary  # noqa: E402
 from tensorflow_qdq.keras._wrapper import QuantizeWrapper  # noqa: E402
 
 __all__ = [
     "QuantizeAndDequantize",
     "QuantizeWrapper",
-    "QuantizedConv1D",
-    "QuantizedConv2D",
-    "QuantizedConv3D",
-    "QuantizedDense",
     "QuantizedMultiHeadAttention",
     "ReportRow",
     "SCHEMES",
@@ -46,3 +36,23 @@ __all__ = [
     "quantize_model",
     "report_summary",
 ]
+
+
+def quantization_report(model, skipped=None, *, runtime=None, **export_options):
+    """Rows (``ReportRow``) for every layer of a model made by ``quantize_model`` (nested
+    models included, their layer names prefixed with the model's name). ``skipped``: the
+    names passed as ``skip_layers`` (default: those ``quantize_model`` recorded on the model).
+
+    ``runtime="onnxruntime"`` or ``"tflite"`` exports the model (``to_onnx`` / ``to_tflite``,
+    given ``export_options`` such as ``opset=``; unverified, since the report is for looking)
+    and fills in what that runtime runs for each layer: integer kernel or float, and why
+    (``runtime_status``, ``runtime_detail``); ``print(report_summary(rows, runtime=...))`` counts them.
+    """
+    rows = layer_rows(model, skipped)
+    if runtime is None:
+        return rows
+    # The runtime's view needs the exporters (deploy/, a layer above this one): the face
+    # presents it, loaded only when asked for.
+    from tensorflow_qdq.deploy import _runtime_report
+
+    return _runtime_report.runtime_rows(model, rows, runtime, export_options)

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tensorflow_qdq._contract import check_num_bits
-from tensorflow_qdq.keras import _deploy, _weights
+from tensorflow_qdq.keras import _target, _weights
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
 
 _PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
@@ -46,7 +46,7 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
 
     def _quantized_kernel(self, dense):
         axes = _weights.weight_specs(dense)[0].channel_axes
-        target = _deploy.current_target()
+        target = _target.current_target()
         if target is None:
             return _weights.quantize_weight(dense.kernel, axes, self.weight_bits)
         with tf.init_scope():

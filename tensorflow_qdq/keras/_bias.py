@@ -9,23 +9,16 @@ deep networks amplify each such flip. So the wrapper adds the bias already round
 grid (gradient straight through), and exports the rounded value: Keras and both runtimes
 then add the same number.
 
-The steps come from the composite's range math (the op's own), so they equal the scales the
-exporters write bit for bit.
+The steps come from ``_grid`` (the op's own range math), as the scales the exporters write, so
+they are equal bit for bit.
 """
 
 import tensorflow as tf
 
-from tensorflow_qdq import _composite, _learned
+from tensorflow_qdq import _grid, _learned
 
 # int32 codes: a bias that does not fit stays float (the exporters keep it float too).
 _INT32_LIMIT = 2.0 ** 31 - 1
-
-
-def step_of_range(lo, hi, num_bits, signed, narrow_range):
-    """The grid step (inverse scale) the op uses for [lo, hi], float32; 0 where degenerate."""
-    qmin, qmax, _ = _composite._int_range(num_bits, signed, narrow_range, tf.float32)
-    *_, inv, degenerate = _composite.range_params(tf.cast(lo, tf.float32), tf.cast(hi, tf.float32), qmin, qmax)
-    return tf.where(degenerate, tf.zeros_like(inv), inv)
 
 
 def quantizer_step(quantizer):
@@ -39,20 +32,21 @@ def quantizer_step(quantizer):
     elif mode == "tracked":
         lo, hi = quantizer.tracked_min, quantizer.tracked_max
     elif mode == "learned":
-        lo, hi = _learned.range_of_step(quantizer.step, tf.float32, *quantizer._grid())
+        grid = _grid.code_range(quantizer.num_bits, quantizer.signed, quantizer.narrow_range)
+        lo, hi = _learned.range_of_step(quantizer.step, tf.float32, *grid)
     else:
         return None
-    return step_of_range(lo, hi, quantizer.num_bits, quantizer.signed, quantizer.narrow_range)
+    return _grid.step_tensor(lo, hi, quantizer.num_bits, quantizer.signed, quantizer.narrow_range)
 
 
 def weight_steps(weight, channel_axes, num_bits):
-    """The per-output-channel steps of the weight grid (symmetric, narrow range: max|w| /
-    (2^(bits-1) - 1)), flattened in channel order as the bias is."""
+    """The per-output-channel steps of the weight grid (``_grid``: max|w| / (2^(bits-1) - 1)),
+    flattened in channel order as the bias is."""
     rank = len(weight.shape)
     axes = tuple(a % rank for a in channel_axes)
     others = [a for a in range(rank) if a not in axes]
     amax = tf.reshape(tf.reduce_max(tf.abs(tf.cast(weight, tf.float32)), axis=others), [-1])
-    return step_of_range(-amax, amax, num_bits, True, True)
+    return _grid.step_tensor(-amax, amax, num_bits, _grid.WEIGHT_SIGNED, _grid.WEIGHT_NARROW_RANGE)
 
 
 def rounded(bias, input_step, weight_step):

@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from tensorflow_qdq.keras import _deploy
+from tensorflow_qdq._contract import check_choice
+from tensorflow_qdq.keras import _observer
 from tensorflow_qdq.keras._calibrators import CALIBRATION_METHODS, make_calibrator
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
 
@@ -44,11 +45,11 @@ def calibrate(model, data, method="max", num_batches=None, *, batch_size=32, ver
                              "QuantizeAndDequantize(range_mode='tracked') (or 'learned') to calibrate them")
         raise ValueError(f"calibrate: model {model.name!r} has no QuantizeAndDequantize layer with a tracked or "
                          "learned range; make it with tensorflow_qdq.keras.quantize_model first")
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, CALIBRATION_METHODS))}")
+    check_choice("method", method, CALIBRATION_METHODS)
     if num_batches is not None and (isinstance(num_batches, bool) or int(num_batches) < 1):
         raise ValueError(f"num_batches={num_batches!r} must be None or a positive number of batches")
-    calibrators = {id(q): make_calibrator(method, q.signed, q.num_bits, **options) for q in quantizers}
+    calibrators = {id(q): make_calibrator(method, q.signed, q.num_bits, narrow_range=q.narrow_range, **options)
+                   for q in quantizers}
 
     def observe(quantizer, tensor):
         calibrator = calibrators.get(id(quantizer))
@@ -58,7 +59,7 @@ def calibrate(model, data, method="max", num_batches=None, *, batch_size=32, ver
     batches = _batches(data, batch_size)
     total = num_batches if num_batches is not None else _length(data, batch_size)
     seen = 0
-    with _deploy.calibration_pass(observe):
+    with _observer.calibration_pass(observe):
         for batch in batches:
             if num_batches is not None and seen >= num_batches:
                 break
@@ -67,9 +68,9 @@ def calibrate(model, data, method="max", num_batches=None, *, batch_size=32, ver
                 # Built with the observers off: Keras then records the input shapes (the
                 # exporters read them from a subclassed model); with them on, its symbolic build
                 # trace fails on the observers and no shape is recorded.
-                with _deploy.calibration_pass(None):
+                with _observer.calibration_pass(None):
                     model(batch, training=False)
-            _deploy.remember_samples(model, batch)  # the exporters verify on these rows
+            _observer.remember_samples(model, batch)  # the exporters verify on these rows
             model(batch, training=False)  # eager: each quantizer hands over its float input
             seen += 1
             if verbose:

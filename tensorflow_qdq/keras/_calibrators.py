@@ -4,9 +4,10 @@ One calibrator serves one quantizer. ``observe`` streams batches through it and
 ``compute_range`` returns the ``(lo, hi)`` range (plain floats, ``lo <= 0 <= hi``) to give
 the quantizer. NaN and +-inf entries are ignored. The module needs numpy only.
 
-The grid is the one the op uses: signed codes ``-2^(b-1) .. 2^(b-1)-1``, unsigned
-``0 .. 2^b-1``; a symmetric range ``(-amax, amax)`` (unsigned ``(0, amax)``) has the step
-``amax / qmax`` (``amax / 2^(b-1)`` for 1-bit signed, whose ``qmax`` is 0).
+The grid is the one the op uses (``_contract.code_range``): signed codes
+``-2^(b-1) .. 2^(b-1)-1`` (narrow range from ``-2^(b-1)+1``), unsigned ``0 .. 2^b-1``; a
+symmetric range ``(-amax, amax)`` (unsigned ``(0, amax)``) has the step ``amax / qmax``
+(``amax / 2^(b-1)`` for 1-bit signed, whose ``qmax`` is 0).
 
 Methods (see ``make_calibrator``):
 
@@ -27,7 +28,7 @@ Every method returns ``(0.0, 0.0)`` for all-zero data.
 
 import numpy as np
 
-from tensorflow_qdq._contract import check_num_bits
+from tensorflow_qdq._contract import check_num_bits, code_range
 
 CALIBRATION_METHODS = ("max", "percentile", "mse", "entropy")
 
@@ -45,11 +46,10 @@ class Calibrator:
 
     method = None
 
-    def __init__(self, signed, num_bits):
+    def __init__(self, signed, num_bits, *, narrow_range=False):
         self.signed = bool(signed)
         self.num_bits = check_num_bits(num_bits, self.signed, not_int=ValueError)
-        self.qmax = 2 ** (self.num_bits - 1) - 1 if self.signed else 2**self.num_bits - 1
-        self.qmin = -(2 ** (self.num_bits - 1)) if self.signed else 0
+        self.qmin, self.qmax = code_range(self.num_bits, self.signed, bool(narrow_range))
         self._seen = False
 
     def observe(self, x):
@@ -90,8 +90,8 @@ class MaxCalibrator(Calibrator):
 
     method = "max"
 
-    def __init__(self, signed, num_bits):
-        super().__init__(signed, num_bits)
+    def __init__(self, signed, num_bits, *, narrow_range=False):
+        super().__init__(signed, num_bits, narrow_range=narrow_range)
         self._lo = self._hi = 0.0
 
     def _observe(self, x):
@@ -105,8 +105,8 @@ class MaxCalibrator(Calibrator):
 class _HistogramCalibrator(Calibrator):
     """Keeps the streaming histogram of magnitudes; subclasses choose ``amax`` from it."""
 
-    def __init__(self, signed, num_bits, num_bins=_DEFAULT_BINS):
-        super().__init__(signed, num_bits)
+    def __init__(self, signed, num_bits, num_bins=_DEFAULT_BINS, *, narrow_range=False):
+        super().__init__(signed, num_bits, narrow_range=narrow_range)
         self.num_bins = _check_num_bins(num_bins)
         self._edge = 0.0  # R: the histogram covers [0, R), every magnitude seen lies below R
         self._max = 0.0  # exact largest magnitude, so no result exceeds the data
@@ -167,8 +167,8 @@ class PercentileCalibrator(_HistogramCalibrator):
 
     method = "percentile"
 
-    def __init__(self, signed, num_bits, percentile=99.99, num_bins=_DEFAULT_BINS):
-        super().__init__(signed, num_bits, num_bins)
+    def __init__(self, signed, num_bits, percentile=99.99, num_bins=_DEFAULT_BINS, *, narrow_range=False):
+        super().__init__(signed, num_bits, num_bins, narrow_range=narrow_range)
         number = isinstance(percentile, (int, float, np.number)) and not isinstance(percentile, bool)
         if not number or not 0 < percentile <= 100:
             raise ValueError(f"percentile={percentile!r} is out of range: must be a number in (0, 100]")
@@ -291,8 +291,9 @@ _CLASSES = {
 }
 
 
-def make_calibrator(method, signed, num_bits, **options):
-    """Returns a fresh calibrator for ``method`` (one of ``CALIBRATION_METHODS``).
+def make_calibrator(method, signed, num_bits, *, narrow_range=False, **options):
+    """Returns a fresh calibrator for ``method`` (one of ``CALIBRATION_METHODS``) for the grid
+    of ``signed``, ``num_bits`` and ``narrow_range``.
 
     Options: ``percentile`` (percentile only, default 99.99, in (0, 100]) and ``num_bins``
     (histogram methods, default 2048, >= 2).
@@ -306,4 +307,4 @@ def make_calibrator(method, signed, num_bits, **options):
             f"unknown option {unknown[0]!r} for method={method!r}; "
             f"it takes {list(allowed) if allowed else 'no options'}"
         )
-    return cls(signed, num_bits, **options)
+    return cls(signed, num_bits, narrow_range=narrow_range, **options)

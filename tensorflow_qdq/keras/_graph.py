@@ -54,7 +54,7 @@ def _fresh_copy(layer):
         return layer
     try:
         copy = layer.__class__.from_config(layer.get_config())
-    except Exception:  # reported by _Rebuild._clone_layer, which tries again
+    except Exception:  # reported by _ModelRebuild._clone_layer, which tries again
         return layer
     copy.name = layer.name  # a config that renames (KerasHub's DepthwiseConvBlock appends "_0")
     return copy

@@ -88,12 +88,6 @@ FLOAT_REASONS = {
 }
 
 
-def check_scheme(scheme):
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme={scheme!r} is not one of {', '.join(map(repr, SCHEMES))}")
-    return scheme
-
-
 def is_weighted(layer):
     return _weights.weight_specs(layer) is not None or isinstance(layer, _L.MultiHeadAttention)
 

@@ -1,4 +1,4 @@
-"""quantization_report: what quantize_model quantized, folded and left float, layer by layer."""
+"""quantization_report's rows: what quantize_model quantized, folded and left float, layer by layer."""
 
 import dataclasses
 
@@ -39,16 +39,9 @@ class ReportRow:
     runtime_detail: str = ""
 
 
-def quantization_report(model, skipped=None, *, runtime=None, **export_options):
-    """Rows (``ReportRow``) for every layer of a model made by ``quantize_model`` (nested
-    models included, their layer names prefixed with the model's name). ``skipped``: the
-    names passed as ``skip_layers`` (default: those ``quantize_model`` recorded on the model).
-
-    ``runtime="onnxruntime"`` or ``"tflite"`` exports the model (``to_onnx`` / ``to_tflite``,
-    given ``export_options`` such as ``opset=``; unverified, since the report is for looking)
-    and fills in what that runtime runs for each layer: integer kernel or float, and why
-    (``runtime_status``, ``runtime_detail``); ``print(report_summary(rows, runtime=...))`` counts them.
-    """
+def layer_rows(model, skipped=None):
+    """``quantization_report``'s rows without a runtime (see its docstring in the package face,
+    tensorflow_qdq.keras, which adds the runtime's view from deploy/)."""
     skipped = getattr(model, "_qdq_skip_layers", ()) if skipped is None else skipped
     reasons = getattr(model, "_qdq_float_reasons", {})  # layers quantize_model kept float, and why
     rows = []
@@ -57,12 +50,6 @@ def quantization_report(model, skipped=None, *, runtime=None, **export_options):
             rows.append(ReportRow(prefix + layer.name, layer.kind, "inlined", layer.detail(), False))
         else:
             rows.append(_row(prefix + layer.name, layer, skipped, reasons))
-    if runtime is not None:
-        # The one import from keras/ into deploy/: the runtime's view needs the exporters,
-        # loaded only when asked for (deploy/ imports keras/, never the other way at import time).
-        from tensorflow_qdq.deploy import _runtime_report
-
-        rows = _runtime_report.runtime_rows(model, rows, runtime, export_options)
     return rows
 
 

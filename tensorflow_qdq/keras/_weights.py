@@ -11,14 +11,11 @@ import contextlib
 import keras
 from keras import ops
 
-import tensorflow_qdq as _qdq
+from tensorflow_qdq import _api
+from tensorflow_qdq._grid import WEIGHT_NARROW_RANGE, WEIGHT_SIGNED
 
-# The weight grid: signed, symmetric (narrow range: -2^(b-1)+1 .. 2^(b-1)-1), per output
-# channel, range measured from the weight itself at every call. Zero maps to a code, so a
-# zero weight stays exactly zero; the symmetric grid is what TensorRT and ONNX Runtime's
-# integer kernels require (zero point 0).
-WEIGHT_SIGNED = True
-WEIGHT_NARROW_RANGE = True
+# Weights are quantized on the weight grid (tensorflow_qdq._grid), with the range measured from
+# the weight itself at every call.
 
 
 class WeightSpec:
@@ -107,7 +104,7 @@ def quantize_weight(weight, channel_axes, num_bits):
 
 def _quantize_channels(weight, zero, axis, num_bits):
     """The weight grid (measured range, per slice along ``axis``) applied to ``weight``."""
-    return _qdq.quantize_and_dequantize_v2(
+    return _api.quantize_and_dequantize_v2(
         weight, zero, zero, signed_input=WEIGHT_SIGNED, num_bits=num_bits, range_given=False,
         narrow_range=WEIGHT_NARROW_RANGE, axis=axis,
     )

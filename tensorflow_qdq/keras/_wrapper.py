@@ -28,7 +28,7 @@ import tensorflow as tf
 from keras import ops
 
 from tensorflow_qdq._contract import check_num_bits
-from tensorflow_qdq.keras import _bias, _deploy, _weights
+from tensorflow_qdq.keras import _bias, _observer, _target, _weights
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
 from tensorflow_qdq.keras._placement import GATED_ACTIVATIONS, sigmoid_grid
 from tensorflow_qdq.keras._weights import activation_name
@@ -183,7 +183,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def call(self, inputs, training=None):
         if self.input_quantizer is not None:
             inputs = self.input_quantizer(inputs, training=training)
-        target = _deploy.current_target()
+        target = _target.current_target()
         if target is not None:
             return self._deploy_call(inputs, target)
         # The factor once per call; the frozen bias only where it is used (a training step with
@@ -252,7 +252,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         with most activations clipped, the batch variances collapse and BatchNorm's
         1/sqrt(variance) blows the gradients up. Calibration normalizes with the batch's
         statistics instead, as the training step will (the moving statistics stay as they are)."""
-        if _deploy.calibration_observer() is None or not tf.executing_eagerly():
+        if _observer.calibration_observer() is None or not tf.executing_eagerly():
             return False
         bn = self.batch_norm
         return bool(np.all(np.asarray(bn.moving_mean) == 0.0) and np.all(np.asarray(bn.moving_variance) == 1.0))
@@ -327,7 +327,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         """``bias`` rounded onto the int32 grid the integer runtimes add it on (see _bias), while
         weights are quantized and the input is on a per-tensor grid; else unchanged. Not while
         calibrating: the ranges that define the grid are being measured."""
-        if bias is None or self.weight_bits is None or _deploy.calibration_observer() is not None:
+        if bias is None or self.weight_bits is None or _observer.calibration_observer() is not None:
             return bias
         spec = next((s for s in self.specs if s.folds_batch_norm), None)
         if spec is None or len(bias.shape) != 1:

@@ -90,5 +90,5 @@ def emulated_package(tmp, objects_dir, *, sanitize=()):
                          extra=["-DQDQ_WITH_CUDA"], sanitize=sanitize)
     # Copies outside the repository: the repository's conftest would put the real package first.
     shutil.copy(ROOT / "tests" / "test_gpu.py", tmp / "test_gpu.py")
-    shutil.copy(ROOT / "benchmarks" / "device_buffers.py", tmp / "device_buffers.py")
+    shutil.copy(ROOT / "tests" / "helpers" / "device_buffers.py", tmp / "device_buffers.py")
     return tmp, core

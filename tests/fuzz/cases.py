@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from tensorflow_qdq import _contract
-from tests import reference as ref
+from tests.helpers import reference as ref
 
 RAW_OPS = ("V2", "V3", "V4", "V4Grad")
 API_OPS = ("api_qdq", "api_qdq_v2", "api_qdq_v4")
@@ -32,7 +32,7 @@ EDGE_INTS = (
     7, 8, 16, 23, 24, 25, 31, 32, 33, 52, 53, 54, 60, 61, 62, 63, 64, 65, 100, 2**16,
     ref.INT32_MAX - 1, ref.INT32_MAX, ref.INT32_MAX + 1, ref.INT32_MIN - 1, 2**32, INT64_MIN, INT64_MAX,
 )
-ROUND_MODES = _contract.ROUND_MODES  # every valid mode; the model (tests/reference.py) rounds each its own way
+ROUND_MODES = _contract.ROUND_MODES  # every valid mode; the model (tests/helpers/reference.py) rounds each its own way
 
 
 class RandomDraw:

@@ -19,7 +19,7 @@ import threading
 def specs(rng, count):
     import numpy as np
 
-    from tests import reference as ref
+    from tests.helpers import reference as ref
 
     out = []
     for k in range(count):

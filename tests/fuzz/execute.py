@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from tests import reference as ref
+from tests.helpers import reference as ref
 
 from . import oracle
 

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from tests import reference as ref
+from tests.helpers import reference as ref
 
 from .cases import API_OPS, KERAS_OPS, TAPE_OPS
 

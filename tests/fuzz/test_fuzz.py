@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 
-from tests import reference as ref
+from tests.helpers import reference as ref
 
 from . import cases, execute, oracle, pool
 

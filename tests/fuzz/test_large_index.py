@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from tests import reference as ref
+from tests.helpers import reference as ref
 
 pytestmark = pytest.mark.slow
 

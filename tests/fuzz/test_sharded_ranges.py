@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_qdq as qdq
-from tests import reference as ref
+from tests.helpers import reference as ref
 
 SHARD = 32768  # the CPU loops' minimum elements per shard (cc/qdq_cpu.cc)
 

@@ -1,7 +1,7 @@
 """A stand-in for CuPy over NumPy, for tests/test_gpu_emulated.py only: "device"
 arrays are host arrays, and ``data.ptr`` is their host address, which the emulated
 build of tensorflow_qdq._core (tests/cuda_emu/emu_api.cc) reads and writes. It
-implements just what tests/test_gpu.py and benchmarks/device_buffers.py use."""
+implements just what tests/test_gpu.py and tests/helpers/device_buffers.py use."""
 import types
 
 import numpy as _np

@@ -55,15 +55,9 @@ def tracked_ranges(batches, momentum, axis=None):
     return history
 
 
-def bits(a):
-    """Bit patterns of a float array, so -0.0 and NaN placement count in comparisons."""
-    a = np.ascontiguousarray(a)
-    return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
-
-
 def grid_step(lo, hi, num_bits, signed=True, narrow_range=False):
     """The op's grid step for a given range (SEMANTICS §3.4), from the NumPy oracle."""
-    from reference import Arith, int_range, slice_params
+    from tests.helpers.reference import Arith, int_range, slice_params
 
     qmin, qmax = int_range(signed, num_bits, narrow_range)
     ar = Arith(np.float32, daz=True)

@@ -1,14 +1,25 @@
-"""Random quantize-and-dequantize cases for the conformance tests.
+"""Random quantize-and-dequantize cases: the one case generator of the tests (the fuzz suite,
+tests/fuzz/, has its own strategies). Generators are seeded, so a failing case is reproducible
+from its index. Two kinds, for two jobs:
 
-A Case holds the input, the range tensors and every attribute; `kwargs(op)`
-gives the keyword arguments of `tf.raw_ops.<op>` / `tensorflow_qdq.raw_ops.<op>`.
-Generators are seeded, so a failing case is reproducible from its index.
+* ``Case`` / ``random_case(s)``: op calls checked against TensorFlow's kernels and the NumPy model
+  (conformance, gradients, half/bfloat16, edge cases). A Case holds the input, the range tensors
+  and every attribute; ``kwargs(op)`` gives the keyword arguments of ``tf.raw_ops.<op>`` /
+  ``tensorflow_qdq.raw_ops.<op>``. Values are finite (TensorFlow is the reference).
+* ``random_attrs`` + ``per_tensor_case`` / ``per_channel_case``: calls for the XLA composite and
+  the export tests, checked against our own kernels. Each slice (channel, or the whole tensor) is
+  drawn from a mix of distributions chosen to reach every branch of SEMANTICS §3: values near
+  rounding ties, values outside given ranges, degenerate ranges (all zeros, unsigned data <= 0,
+  1-bit signed), NaN and inf, negative zeros, and num_bits up to the limits where HALF_UP's float
+  artifacts appear.
 """
+import contextlib
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
 
-from tests import reference
+from tests.helpers import reference
 
 # Bit widths: mostly the useful ones, plus the edges of float32/float64 precision and the maximum.
 _BITS = list(range(1, 17)) + [23, 24, 25, 31, 32, 40, 52, 53, 54, 60, 61, 62]
@@ -191,3 +202,158 @@ def random_case(rng, dtype=np.float32, *, per_channel=None, range_given=None, al
 def random_cases(seed, count, dtype=np.float32, **kwargs):
     rng = np.random.default_rng(seed)
     return [random_case(rng, dtype, **kwargs) for _ in range(count)]
+
+
+# --- Calls for the XLA composite and the export tests -----------------------------------------
+
+DTYPES = (tf.float32, tf.float64, tf.float16, tf.bfloat16)
+_XLA_BITS = (1, 2, 3, 4, 5, 7, 8, 8, 8, 12, 16, 23, 24, 25, 31, 52)
+_KINDS = ("normal", "normal", "uniform", "positive", "negative", "dyadic", "ties", "zeros", "nan", "inf", "tiny")
+
+
+def random_attrs(rng, dtype, range_given=None):
+    """One random set of op attributes (raw axis convention is set by the caller)."""
+    signed = bool(rng.random() < 0.7)
+    bits = int(rng.choice(_XLA_BITS))
+    if rng.random() < 0.05:
+        bits = 61 if signed else 62
+    if dtype in (tf.float16, tf.bfloat16) and bits > 24 and rng.random() < 0.5:
+        bits = int(rng.integers(2, 17))
+    return dict(
+        signed_input=signed,
+        num_bits=bits,
+        narrow_range=bool(rng.random() < 0.3),
+        round_mode=str(rng.choice(["HALF_TO_EVEN", "HALF_UP"])),
+        range_given=bool(rng.random() < 0.5) if range_given is None else range_given,
+    )
+
+
+def _finite_limit(dtype):
+    return 6e4 if dtype == tf.float16 else 1e30
+
+
+def random_range(rng, dtype):
+    """A given (lo, hi) with lo <= hi in dtype, in float64."""
+    magnitude = 10.0 ** rng.uniform(-3, 3)
+    pattern = rng.integers(0, 6)
+    a, b = rng.normal(size=2) * magnitude
+    if pattern == 1:
+        a, b = -abs(a), abs(b)
+    elif pattern == 2:
+        a, b = 0.0, abs(b)
+    elif pattern == 3:
+        a, b = -abs(a), 0.0
+    elif pattern == 4:
+        a = b
+    elif pattern == 5:
+        a, b = -magnitude, magnitude
+    lo, hi = sorted(np.asarray([a, b], dtype.as_numpy_dtype).astype(np.float64))
+    return lo, hi
+
+
+def slice_values(rng, n, dtype, lo_hi=None, bits=8):
+    """n values of one slice, float64 (cast to dtype by the caller)."""
+    kind = rng.choice(_KINDS)
+    scale = 10.0 ** rng.uniform(-3, 3)
+    if lo_hi is not None:
+        scale = max(abs(lo_hi[0]), abs(lo_hi[1]), 1e-3) * 1.5
+    if kind == "normal":
+        v = rng.normal(size=n) * scale
+    elif kind == "uniform":
+        v = rng.uniform(-scale, scale, size=n)
+    elif kind == "positive":
+        v = rng.uniform(0, scale, size=n)
+    elif kind == "negative":
+        v = -rng.uniform(0, scale, size=n)
+    elif kind == "dyadic":
+        v = rng.integers(-64, 65, size=n) / 2.0 ** rng.integers(0, 8)
+    elif kind == "ties":
+        # (k + 1/2) grid steps, so v * scale lands on or next to a rounding tie.
+        steps = 2.0 ** min(bits - 1, 20)
+        v = (rng.integers(-int(steps), int(steps) + 1, size=n) + 0.5) * (scale / steps)
+    elif kind == "zeros":
+        v = np.where(rng.random(n) < 0.5, -0.0, 0.0)
+    elif kind == "tiny":
+        v = rng.normal(size=n) * 1e-30 if dtype in (tf.float32, tf.float64) else rng.normal(size=n) * 1e-3
+    else:
+        v = rng.normal(size=n) * scale
+    if kind == "nan":
+        v[rng.random(n) < 0.2] = np.nan
+    if kind == "inf":
+        v[rng.integers(0, n)] = np.inf if rng.random() < 0.5 else -np.inf
+    limit = _finite_limit(dtype)
+    return np.clip(v, -limit, limit, out=v, where=np.isfinite(v))
+
+
+def per_tensor_case(rng, dtype, shape, attrs):
+    """(x, input_min, input_max) for a per-tensor call (numpy arrays of dtype)."""
+    np_dtype = dtype.as_numpy_dtype
+    lo_hi = random_range(rng, dtype) if attrs["range_given"] else None
+    x = slice_values(rng, int(np.prod(shape)), dtype, lo_hi, attrs["num_bits"]).reshape(shape)
+    lo, hi = lo_hi if lo_hi is not None else rng.normal(size=2)  # auto ignores them
+    return x.astype(np_dtype), np.asarray(lo, np_dtype), np.asarray(hi, np_dtype)
+
+
+def per_channel_case(rng, dtype, depth, per_slice, axis_layout, attrs):
+    """(x, input_min, input_max, axis): `depth` channels of `per_slice` values each.
+
+    axis_layout: 0 -> x is [depth, per_slice]; 1 -> [per_slice, depth];
+    2 -> [2, depth, per_slice // 2] with axis 1.
+    """
+    np_dtype = dtype.as_numpy_dtype
+    rows, los, his = [], [], []
+    for _ in range(depth):
+        lo_hi = random_range(rng, dtype) if attrs["range_given"] else None
+        rows.append(slice_values(rng, per_slice, dtype, lo_hi, attrs["num_bits"]))
+        lo, hi = lo_hi if lo_hi is not None else rng.normal(size=2)
+        los.append(lo)
+        his.append(hi)
+    data = np.stack(rows)  # [depth, per_slice]
+    if axis_layout == 0:
+        x, axis = data, 0
+    elif axis_layout == 1:
+        x, axis = data.T, 1
+    else:
+        x, axis = np.transpose(data.reshape(depth, 2, per_slice // 2), (1, 0, 2)), 1
+    return np.ascontiguousarray(x).astype(np_dtype), np.asarray(los, np_dtype), np.asarray(his, np_dtype), axis
+
+
+def unsigned_zero_slices(x, axis, attrs):
+    """Elements whose zero's sign is unspecified (SEMANTICS §3.4 and cc/qdq_math.h).
+
+    A degenerate slice's zero takes the sign of inv_scale = max / qmax. With a measured
+    range whose max is a zero, and both +0 and -0 in the slice, which zero the max is
+    depends on the reduction order (the kernels' vector lanes and shards, XLA's
+    reduction tree), so the output zeros' sign is not defined there.
+    """
+    x = np.asarray(x, np.float64)
+    mask = np.zeros(x.shape, bool)
+    if attrs.get("range_given", True) or x.size == 0:
+        return mask
+    qmin, qmax = reference.int_range(attrs["signed_input"], attrs["num_bits"], attrs["narrow_range"])
+    channels = [slice(None)] if axis == -1 else range(x.shape[axis])
+    for c in channels:
+        index = (slice(None),) * axis + (c,) if axis != -1 else (Ellipsis,)
+        xs = x[index]
+        finite = xs[~np.isnan(xs)]
+        if finite.size == 0 or qmax == 0:
+            continue
+        lo, hi = finite.min(), finite.max()
+        zeros = finite[finite == 0]
+        mixed = np.signbit(zeros).any() and not np.signbit(zeros).all()
+        if hi == 0 and mixed and not qmin * lo > 0:
+            mask[index] = True
+    return mask
+
+
+ISAS = ("best", "baseline")
+
+
+@contextlib.contextmanager
+def cpu_loops(isa):
+    """Runs the kernels on one set of CPU loops: "best" (AVX2 where the CPU has it, what
+    users run) or "baseline" (the portable loops, cc/qdq_math.h element by element)."""
+    from tensorflow_qdq import _isa
+
+    with _isa.using(isa):
+        yield

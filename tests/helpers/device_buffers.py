@@ -1,10 +1,11 @@
 """Runs the CUDA launchers of ``tensorflow_qdq._core`` on PyTorch tensors or CuPy
 arrays that live on a GPU: no TensorFlow needed. Tooling of tests/test_gpu.py and
 benchmarks/gpu.py (not part of the installed package); also an example of using the
-kernels from other frameworks.
+kernels from other frameworks. Imported as a plain module (``import device_buffers``): the
+emulated GPU run copies it next to tests/test_gpu.py, outside the repository.
 
     import torch
-    import device_buffers as db   # with benchmarks/ on sys.path
+    import device_buffers as db   # with tests/helpers/ on sys.path
     x = torch.randn(1 << 20, device="cuda")
     y = db.quantize(x, num_bits=8)                       # auto range, per tensor
     y = db.quantize(x.view(256, -1), -1.0, 1.0, range_given=True, axis=0)

@@ -4,7 +4,7 @@
 import importlib.util
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parents[1] / "setup.py"
+_PATH = Path(__file__).resolve().parents[2] / "setup.py"
 
 
 def module():

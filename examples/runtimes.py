@@ -1,4 +1,6 @@
-"""Run exported models in the runtimes that deploy them, for the demo and the benchmarks.
+"""Run exported models in the runtimes that deploy them, for the demo and the benchmarks
+(tooling, not in the installed package: the examples import it from their folder,
+benchmarks/deploy.py and the tests put examples/ on sys.path).
 
 ``onnx_runner`` and ``tflite_runner`` return a function ``predict(x) -> np.ndarray`` over a
 batch of any size (one input, one output); ``latencies_ms`` times several of them

@@ -8,7 +8,7 @@ is an attribute. MODE is "eager", "function" (tf.function over constants: static
 so shape functions run at trace) or "graph" (tf.function whose tensor arguments have
 unknown shapes: the kernel's own checks run). A result is
     {"outcome": "ok"|"error"|"crash", "type": exception class, "message": str, "returncode": int}.
-Child side: `python tests/qdq_worker.py` reads the call list as JSON on stdin and writes
+Child side: `python tests/helpers/qdq_worker.py` reads the call list as JSON on stdin and writes
 a "start" line before and a result line after each call, flushing both.
 """
 import json
@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_ROOT = os.path.dirname(_HERE)
+_ROOT = os.path.dirname(os.path.dirname(_HERE))
 
 
 def tensor(value, dtype="float32"):

@@ -276,16 +276,11 @@ def _concat_before_clamping_activation(model, target, readers):
             continue
         tensors = layer._inbound_nodes[0].outputs
         users = readers.get(id(tensors[0]), []) if len(tensors) == 1 else []
-        if len(users) != 1 or id(tensors[0]) in outputs:
-            continue
-        activation, node = users[0]
-        if (not isinstance(activation, (keras.layers.ReLU, keras.layers.Activation))
-                or _placement.activation_of(activation) not in _CLAMPING_ACTIVATIONS
-                or len(node.outputs) != 1 or id(node.outputs[0]) in outputs):
-            continue
-        after = readers.get(id(node.outputs[0]), [])  # only the quantizer: nobody reads the ReLU unrounded
-        if len(after) == 1 and isinstance(after[0][0], QuantizeAndDequantize) and not _is_passthrough(after[0][1]):
-            found[layer] = _quantized_output_call(layer, after[0][0], target)
+        if len(users) != 1 or not isinstance(users[0][0], (keras.layers.ReLU, keras.layers.Activation)):
+            continue  # (a concat read straight by its quantizer is rounded once already)
+        quantizer = _quantizer_after(tensors[0], readers, outputs)  # nobody reads the ReLU unrounded
+        if quantizer is not None:
+            found[layer] = _quantized_output_call(layer, quantizer, target)
     return found
 
 

@@ -18,11 +18,13 @@ if _keras.backend.backend() != "tensorflow":
     )
 
 from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention  # noqa: E402
+from tensorflow_qdq.keras._bias_correction import correct_bias  # noqa: E402
 from tensorflow_qdq.keras._calibrate import calibrate  # noqa: E402
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize  # noqa: E402
 from tensorflow_qdq.keras._placement import SCHEMES  # noqa: E402
 from tensorflow_qdq.keras._quantize_model import quantize_model  # noqa: E402
 from tensorflow_qdq.keras._report import ReportRow, layer_rows, report_summary  # noqa: E402
+from tensorflow_qdq.keras._sensitivity import sensitivity  # noqa: E402
 from tensorflow_qdq.keras._wrapper import QuantizeWrapper  # noqa: E402
 
 __all__ = [
@@ -32,9 +34,11 @@ __all__ = [
     "ReportRow",
     "SCHEMES",
     "calibrate",
+    "correct_bias",
     "quantization_report",
     "quantize_model",
     "report_summary",
+    "sensitivity",
 ]
 
 

@@ -20,6 +20,7 @@ if _keras.backend.backend() != "tensorflow":
 from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention  # noqa: E402
 from tensorflow_qdq.keras._bias_correction import correct_bias  # noqa: E402
 from tensorflow_qdq.keras._calibrate import calibrate  # noqa: E402
+from tensorflow_qdq.keras._equalize import equalize  # noqa: E402
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize  # noqa: E402
 from tensorflow_qdq.keras._placement import SCHEMES  # noqa: E402
 from tensorflow_qdq.keras._quantize_model import quantize_model  # noqa: E402
@@ -35,6 +36,7 @@ __all__ = [
     "SCHEMES",
     "calibrate",
     "correct_bias",
+    "equalize",
     "quantization_report",
     "quantize_model",
     "report_summary",

@@ -25,6 +25,7 @@ from tensorflow_qdq.keras._attention import QuantizedMultiHeadAttention
 from tensorflow_qdq.keras._graph import _all_layers, _rebuildable
 from tensorflow_qdq.keras._layer import QuantizeAndDequantize
 from tensorflow_qdq.keras._plan import functional
+from tensorflow_qdq.keras._weights import activation_name
 from tensorflow_qdq.keras._wrapper import QuantizeWrapper
 
 _L = keras.layers
@@ -243,14 +244,6 @@ def _kind(op):
     return type(op).__name__
 
 
-def _activation_name(layer):
-    activation = getattr(layer, "activation", None)
-    if activation is None:
-        return None
-    name = keras.activations.serialize(activation)
-    return name if isinstance(name, str) else getattr(activation, "__name__", None)
-
-
 def _relu_kind(op):
     """How an activation op scales: "relu", "linear", "relu6", or None (not homogeneous / not one)."""
     if type(op) is _L.ReLU:
@@ -262,7 +255,7 @@ def _relu_kind(op):
     if type(op) in (_L.LeakyReLU, _L.PReLU):
         return "relu"
     if type(op) is _L.Activation:
-        name = _activation_name(op)
+        name = activation_name(op)
         return {"relu": "relu", "leaky_relu": "relu", "linear": "linear", "relu6": "relu6"}.get(name)
     return None
 
@@ -322,8 +315,8 @@ class _Equalizer:
         reason = self._supported_reason(layer)
         if reason is not None:
             return f"follows {layer.name!r} ({_kind(layer)}), which equalize does not fold into: {reason}"
-        if _activation_name(layer) not in (None, "linear"):
-            return f"follows {layer.name!r}, which applies {_activation_name(layer)} before it"
+        if activation_name(layer) not in (None, "linear"):
+            return f"follows {layer.name!r}, which applies {activation_name(layer)} before it"
         output = self._single_node(layer).outputs[0]
         if len(self._readers_of(output)) != 1:
             return f"the output of {layer.name!r} has other readers"
@@ -377,7 +370,7 @@ class _Equalizer:
     def _chain(self, layer):
         """(_Pair, None) for the layer's output and the next weighted layer, or (None, reason)."""
         through, relu, padded, relu6 = [], False, False, []
-        own = _activation_name(layer)
+        own = activation_name(layer)
         if own == "relu6":
             if not self.relu6_to_relu:
                 return None, ("applies relu6, which is not positively homogeneous (min(x/s, 6) != min(x, 6)/s); "
@@ -451,7 +444,7 @@ class _Equalizer:
             elif _rebuildable(op):
                 return None, f"reaches the nested model {op.name!r} (equalized inside, not across its border)"
             else:
-                name = _activation_name(op) if isinstance(op, _L.Activation) else None
+                name = activation_name(op) if isinstance(op, _L.Activation) else None
                 what = f"{_kind(op)}" + (f" {name}" if name else "")
                 return None, f"reaches {op.name!r} ({what}), which does not commute with a per-channel scale"
             node = readers[0]
